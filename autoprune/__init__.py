@@ -1,0 +1,68 @@
+"""autoprune: find the pruned network you would actually deploy.
+
+Structured (channel) pruning searched per coupled group under FLOPs, params and latency budgets,
+with a Pareto front of accuracy vs cost. Heavy parts (torch, torch-pruning, optuna) are imported
+on first use, so ``import autoprune`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from autoprune.errors import (
+    AutopruneError,
+    BackendUnavailable,
+    BudgetError,
+    ConfigError,
+    UnsupportedModelError,
+)
+from autoprune.plan import Budget, PruningPlan, fit_budget
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Cost": "autoprune.cost",
+    "measure": "autoprune.cost",
+    "Group": "autoprune.graph",
+    "PrunableModel": "autoprune.graph",
+    "analyze": "autoprune.graph",
+    "apply_plan": "autoprune.graph",
+    "prunable_groups": "autoprune.graph",
+    "load_pruned": "autoprune.archive",
+    "save_pruned": "autoprune.archive",
+}
+
+__all__ = [
+    "AutopruneError",
+    "BackendUnavailable",
+    "Budget",
+    "BudgetError",
+    "ConfigError",
+    "Cost",
+    "Group",
+    "PrunableModel",
+    "PruningPlan",
+    "UnsupportedModelError",
+    "analyze",
+    "apply_plan",
+    "fit_budget",
+    "load_pruned",
+    "measure",
+    "prunable_groups",
+    "save_pruned",
+]
+
+if TYPE_CHECKING:
+    from autoprune.archive import load_pruned, save_pruned
+    from autoprune.cost import Cost, measure
+    from autoprune.graph import Group, PrunableModel, analyze, apply_plan, prunable_groups
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,182 @@
+"""Pruned-model files that load again without hand surgery, and safely.
+
+The portable form (DESIGN decision 7) is the dense model's constructor reference
+(``module:callable`` + JSON-like kwargs) + torch-pruning's pruning history + the pruned
+``state_dict``. Loading rebuilds the dense model, replays the history (channel indices per root
+layer) and loads the weights. The file holds only tensors, numbers, strings and lists, so it is
+read with ``torch.load(weights_only=True)``; the constructor reference is resolved only from
+torchvision's builders, autoprune's own model builders, builders the caller passes, or with an
+explicit ``trust=True``. A crafted file cannot run ``os:system``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+from autoprune.plan import PruningPlan
+
+__all__ = ["FORMAT", "load_pruned", "save_pruned"]
+
+FORMAT = "autoprune.pruned/1"
+_OWN_BUILDERS = ("cifar_resnet", "vgg_small", "lenet5")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _reference(builder: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(builder, str):
+        return builder, {}
+    if isinstance(builder, functools.partial):
+        ref, kwargs = _reference(builder.func)
+        if builder.args:
+            raise ConfigError("builder partial has positional args; bind them as keywords")
+        return ref, {**kwargs, **builder.keywords}
+    if callable(builder) and hasattr(builder, "__module__") and hasattr(builder, "__qualname__"):
+        if "<" in builder.__qualname__:
+            raise ConfigError(
+                f"builder {builder.__qualname__!r} is a local function or lambda; pass a "
+                "module-level function or a 'package.module:function' string"
+            )
+        return f"{builder.__module__}:{builder.__qualname__}", {}
+    raise ConfigError(f"builder={builder!r} must be a callable or a 'module:callable' string")
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, where)
+        return
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        for v in value.values():
+            _check_plain(v, where)
+        return
+    raise ConfigError(f"{where} holds {type(value).__name__}; only numbers, strings, lists "
+                      "and str-keyed dicts can be archived")
+
+
+def _input_spec(example_inputs: Any) -> Any:
+    if isinstance(example_inputs, torch.Tensor):
+        return {"shape": list(example_inputs.shape), "dtype": str(example_inputs.dtype)}
+    if isinstance(example_inputs, (tuple, list)):
+        return [_input_spec(x) for x in example_inputs]
+    if isinstance(example_inputs, dict):
+        return {"__dict__": {k: _input_spec(v) for k, v in example_inputs.items()}}
+    raise ConfigError(f"example_inputs of type {type(example_inputs).__name__} cannot be archived")
+
+
+def _make_inputs(spec: Any) -> Any:
+    if isinstance(spec, list):
+        return tuple(_make_inputs(s) for s in spec)
+    if "__dict__" in spec:
+        return {k: _make_inputs(v) for k, v in spec["__dict__"].items()}
+    dtype = getattr(torch, spec["dtype"].replace("torch.", ""))
+    return torch.zeros(spec["shape"], dtype=dtype)
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
+                builder: Any, builder_kwargs: Mapping[str, Any] | None = None,
+                plan: PruningPlan | None = None, history: list | None = None) -> Path:
+    """Write the portable archive of a model pruned by :func:`autoprune.apply_plan`.
+
+    ``builder`` rebuilds the *dense* model: a ``'module:callable'`` string, a module-level
+    function or a ``functools.partial``; ``builder_kwargs`` must be plain data.
+    """
+    history = history if history is not None else model.__dict__.get("autoprune_history")
+    if history is None:
+        raise ConfigError("model has no pruning history: prune it with ap.apply_plan (which "
+                          "records one) or pass history=")
+    ref, kwargs = _reference(builder)
+    kwargs.update(builder_kwargs or {})
+    _check_plain(kwargs, "builder_kwargs")
+    archive = {
+        "format": FORMAT,
+        "builder": ref,
+        "builder_kwargs": kwargs,
+        "example_inputs": _input_spec(example_inputs),
+        "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
+        "plan": plan.to_json() if plan is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(archive, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
+             trust: bool) -> Callable[..., nn.Module]:
+    if builders and ref in builders:
+        return builders[ref]
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"builder reference {ref!r} is not of the form 'module:callable'")
+    trusted = (
+        (module_name.startswith("torchvision.models") and attr in _torchvision_builders())
+        or (module_name == "autoprune.tasks.models" and attr in _OWN_BUILDERS)
+    )
+    if not (trusted or trust):
+        raise ConfigError(
+            f"archive asks to build the model with {ref!r}, which is not a torchvision or "
+            "autoprune builder; refusing to call it. Pass builders={ref: your_function} (or "
+            "trust=True if you trust the file)"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import builder {ref!r}: {exc}") from exc
+    return obj
+
+
+@functools.cache
+def _torchvision_builders() -> frozenset[str]:
+    import torchvision
+
+    return frozenset(torchvision.models.list_models())
+
+
+def load_pruned(path: str | os.PathLike[str],
+                builders: Mapping[str, Callable[..., nn.Module]] | None = None,
+                trust: bool = False, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a pruned model from :func:`save_pruned`'s archive: dense build, history, weights."""
+    from autoprune.graph import replay_history
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no pruned-model archive at {str(path)!r}")
+    try:
+        archive = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for anything beyond plain data and tensors
+        raise ConfigError(
+            f"{str(path)!r} is not a plain-data autoprune archive (it would need to unpickle "
+            f"objects: {str(exc).splitlines()[0][:160]}); refusing to load it"
+        ) from exc
+    if not isinstance(archive, dict) or archive.get("format") != FORMAT:
+        raise ConfigError(f"{str(path)!r} is not an autoprune archive (format {FORMAT!r})")
+    build = _resolve(str(archive["builder"]), builders, trust)
+    model = build(**archive["builder_kwargs"])
+    replay_history(model, _make_inputs(archive["example_inputs"]), archive["history"])
+    model.load_state_dict(archive["state_dict"])
+    model.__dict__["autoprune_history"] = archive["history"]
+    if archive.get("plan"):
+        model.__dict__["autoprune_plan"] = PruningPlan.from_json(archive["plan"])
+    return model.eval()

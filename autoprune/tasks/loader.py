@@ -1,0 +1,183 @@
+"""Resolve ``--task`` into a Task: a built-in name, a ``task.py`` file or ``package.module:attr``.
+
+Every failure is one ConfigError line naming the value and the fix, so the CLI can exit 2
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from autoprune.errors import ConfigError
+from autoprune.tasks.base import Task
+
+__all__ = ["BUILTIN_TASKS", "REQUIRED", "load_task"]
+
+BUILTIN_TASKS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
+REQUIRED = ("name", "dense_model", "example_inputs", "splits", "evaluate")
+FILE_ENTRY_POINTS = ("task", "make_task", "get_task")
+
+
+def load_task(
+    spec: str = "digits",
+    *,
+    data_dir: str | Path | None = None,
+    model: str | None = None,
+    weights: str | Path | None = None,
+    seed: int = 0,
+) -> Task:
+    """The task named by ``spec`` (see the module docstring), built with the given options.
+
+    For a user's file or ``module:attr``, options that are set are passed to the factory when its
+    signature accepts them; a set option it cannot take is an error rather than silently ignored.
+    """
+    options = {"data_dir": data_dir, "model": model, "weights": weights, "seed": seed}
+    if spec in BUILTIN_TASKS:
+        return _builtin(spec, options)
+    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+        return _from_file(spec, options)
+    if ":" in spec:
+        return _from_module(spec, options)
+    raise ConfigError(
+        f"--task {spec!r}: unknown task; use one of {', '.join(BUILTIN_TASKS)}, a file "
+        f"path/to/task.py, or package.module:attr"
+    )
+
+
+def _builtin(name: str, options: dict[str, Any]) -> Task:
+    data_dir, model, weights, seed = (options[k] for k in ("data_dir", "model", "weights", "seed"))
+    if name == "digits":
+        for key, flag in (("data_dir", "--data-dir"), ("model", "--model")):
+            if options[key] is not None:
+                raise ConfigError(
+                    f"{flag} {options[key]!r} does not apply to --task digits (its data ships with "
+                    f"scikit-learn, its model is fixed); drop {flag} or use --task fashion-mnist, "
+                    f"cifar10 or imagefolder"
+                )
+        from autoprune.tasks.digits import DigitsTask
+
+        return DigitsTask(seed=seed, weights=weights)
+    if name == "fashion-mnist":
+        from autoprune.tasks.fashion_mnist import DEFAULT_DATA_DIR, FashionMNISTTask
+
+        return FashionMNISTTask(data_dir=data_dir or DEFAULT_DATA_DIR, seed=seed,
+                                model=model or "resnet", weights=weights)
+    if data_dir is None:
+        raise ConfigError(
+            f"--task {name} needs --data-dir FOLDER ("
+            + ("holding cifar-10-batches-py" if name == "cifar10" else "with train/ and val/")
+            + "); autoprune never downloads data"
+        )
+    from autoprune.tasks import vision
+
+    build = vision.cifar10_task if name == "cifar10" else vision.imagefolder_task
+    return build(data_dir, model=model or "resnet18", weights=weights, seed=seed)
+
+
+def _from_file(spec: str, options: dict[str, Any]) -> Task:
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"--task {spec!r}: no such file; pass the path of a .py file that defines `task` or "
+            f"make_task()"
+        )
+    module_name = f"autoprune_user_task_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"--task {spec!r}: cannot be imported as Python; give a .py file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up here
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise ConfigError(
+            f"--task {spec!r} raised {type(exc).__name__}: {_one_line(exc)} while importing; "
+            f"fix the file (run `python {spec}` to see the traceback)"
+        ) from exc
+    return _from_namespace(module, spec, options)
+
+
+def _from_namespace(module: ModuleType, spec: str, options: dict[str, Any]) -> Task:
+    for attr in FILE_ENTRY_POINTS:
+        if hasattr(module, attr):
+            return _resolve(getattr(module, attr), f"{spec}:{attr}", options)
+    raise ConfigError(
+        f"--task {spec!r} defines none of {', '.join(FILE_ENTRY_POINTS)}; add `task = MyTask()` "
+        f"or `def make_task(): return MyTask()`"
+    )
+
+
+def _from_module(spec: str, options: dict[str, Any]) -> Task:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--task {spec!r}: write package.module:attr, e.g. mypkg.tasks:task")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(
+            f"--task {spec!r}: importing {module_name} raised {type(exc).__name__}: "
+            f"{_one_line(exc)}; install it or put it on PYTHONPATH"
+        ) from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"--task {spec!r}: module {module_name} has no attribute {attr!r}")
+    return _resolve(getattr(module, attr), spec, options)
+
+
+def _resolve(obj: object, where: str, options: dict[str, Any]) -> Task:
+    """A Task as is, or the Task a factory returns; then check that it has the Task methods."""
+    if isinstance(obj, type) or (callable(obj) and _missing(obj)):
+        obj = _call_factory(obj, where, options)
+    else:
+        _reject_unused(where, options, accepted=())
+    missing = _missing(obj)
+    if missing:
+        raise ConfigError(
+            f"--task {where!r} gave a {type(obj).__name__} that lacks {', '.join(missing)}; "
+            f"a task needs {', '.join(REQUIRED)} (see autoprune.tasks.Task)"
+        )
+    return obj  # type: ignore[return-value]
+
+
+def _call_factory(factory: Callable[..., object], where: str, options: dict[str, Any]) -> object:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = tuple(k for k in options if takes_all or k in params)
+    _reject_unused(where, options, accepted)
+    kwargs = {k: options[k] for k in accepted if options[k] is not None}
+    try:
+        return factory(**kwargs)
+    except Exception as exc:
+        raise ConfigError(
+            f"--task {where!r} raised {type(exc).__name__}: {_one_line(exc)} while building the "
+            f"task; fix the factory"
+        ) from exc
+
+
+def _reject_unused(where: str, options: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    for key in ("data_dir", "model", "weights"):
+        if options[key] is not None and key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {str(options[key])!r} cannot be passed to --task {where!r}; add a "
+                f"`{key}` parameter to its make_task() or drop {flag}"
+            )
+
+
+def _missing(obj: object) -> list[str]:
+    return [name for name in REQUIRED if not hasattr(obj, name)]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

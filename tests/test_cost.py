@@ -1,0 +1,48 @@
+"""measure(): counted costs, latency statistics, the shape-signature cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_pruning as tp
+from conftest import Residual
+
+import autoprune as ap
+from autoprune.cost import LatencyCache, shape_signature
+from autoprune.errors import ConfigError
+
+
+def test_measure_counts_like_torch_pruning_and_times(image):
+    model = Residual().eval()
+    cost = ap.measure(model, image, repeats=5, warmup=1)
+    macs, params = tp.utils.count_ops_and_params(model, image)
+    assert cost.macs == macs and cost.params == params
+    assert cost.flops == 2 * macs
+    assert cost.latency_ms > 0 and cost.latency_iqr_ms >= 0
+    assert cost.to_dict()["latency_cv"] is not None
+
+
+def test_measure_batch_and_dtype_and_no_side_effects(image):
+    model = Residual().train()
+    cost = ap.measure(model, image, batch_size=4, dtype="bfloat16", repeats=3, warmup=1)
+    assert cost.batch_size == 4 and cost.dtype == "bfloat16"
+    assert model.training and next(model.parameters()).dtype == torch.float32
+
+
+def test_cache_by_shape_signature(image):
+    cache = LatencyCache()
+    a, b = Residual(), Residual()  # same architecture, different weights
+    assert shape_signature(a) == shape_signature(b)
+    first = ap.measure(a, image, repeats=3, warmup=1, cache=cache)
+    second = ap.measure(b, image, repeats=3, warmup=1, cache=cache)
+    assert len(cache) == 1 and first.latency_ms == second.latency_ms
+    pruned = ap.apply_plan(a, image, ap.PruningPlan({"mid": 0.5}))
+    assert shape_signature(pruned) != shape_signature(a)
+
+
+def test_bad_arguments(image):
+    with pytest.raises(ConfigError, match="dtype='int4'"):
+        ap.measure(Residual(), image, dtype="int4")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            ap.measure(Residual(), image, device="cuda")
