@@ -29,6 +29,12 @@ _LAZY = {
     "analyze": "autoprune.graph",
     "apply_plan": "autoprune.graph",
     "prunable_groups": "autoprune.graph",
+    "search": "autoprune.searcher",
+    "SearchResult": "autoprune.searcher",
+    "SearchSettings": "autoprune.searcher",
+    "FinetuneSettings": "autoprune.evaluate",
+    "SearchSpace": "autoprune.space",
+    "load_space": "autoprune.space",
     "load_pruned": "autoprune.archive",
     "save_pruned": "autoprune.archive",
 }
@@ -40,23 +46,32 @@ __all__ = [
     "BudgetError",
     "ConfigError",
     "Cost",
+    "FinetuneSettings",
     "Group",
     "PrunableModel",
     "PruningPlan",
+    "SearchResult",
+    "SearchSettings",
+    "SearchSpace",
     "UnsupportedModelError",
     "analyze",
     "apply_plan",
     "fit_budget",
     "load_pruned",
+    "load_space",
     "measure",
     "prunable_groups",
     "save_pruned",
+    "search",
 ]
 
 if TYPE_CHECKING:
     from autoprune.archive import load_pruned, save_pruned
     from autoprune.cost import Cost, measure
+    from autoprune.evaluate import FinetuneSettings
     from autoprune.graph import Group, PrunableModel, analyze, apply_plan, prunable_groups
+    from autoprune.searcher import SearchResult, SearchSettings, search
+    from autoprune.space import SearchSpace, load_space
 
 
 def __getattr__(name: str) -> Any:

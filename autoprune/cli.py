@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.evaluate import FinetuneSettings
+from autoprune.plan import Budget
+from autoprune.searcher import SearchSettings
 
 __all__ = ["main"]
 
@@ -114,17 +117,139 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable)")
     _add_task_args(p)
     p.set_defaults(func=_cmd_inspect)
-    _add_more_commands(sub)
+    _add_search(sub)
+    p = sub.add_parser("report", help="print the summary of a run directory")
+    p.add_argument("run_dir", help="a folder written by `autoprune search`")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
-def _add_more_commands(sub: Any) -> None:
-    """Commands whose implementation lives beside the search (added as they land)."""
-    try:
-        from autoprune import commands
-    except ImportError:  # pragma: no cover - during partial installs
+BUDGET_HELP = """budgets (fractions of the dense model; the pruned model keeps AT MOST this much):
+  --budget-flops 0.4    keep at most 40 % of the dense model's FLOPs (= MACs x 2; same ratio)
+  --budget-params 0.5   keep at most 50 % of the dense model's parameters
+  --budget-latency 0.6  at most 60 % of the dense model's measured latency (not implemented yet)
+  --budget-latency-ms   an absolute latency in milliseconds (not implemented yet)
+Every candidate is fitted onto the budget before training, so none is over it."""
+
+
+def _add_search(sub: Any) -> None:
+    p = sub.add_parser(
+        "search", help="search per-group pruning ratios under a budget (the main job)",
+        description="Search one pruning ratio per coupled channel group under a budget; keep "
+                    "the Pareto front of validation accuracy vs cost.",
+        epilog=BUDGET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_task_args(p)
+    p.add_argument("--model", help="torchvision builder for cifar10/imagefolder tasks")
+    p.add_argument("--weights", help="state_dict file of the dense model (your checkpoint)")
+    g = p.add_argument_group("budget (fractions of the dense model; see below)")
+    g.add_argument("--budget-flops", type=_fraction("--budget-flops"), metavar="F",
+                   help="keep at most F of the dense FLOPs, e.g. 0.4 = at most 40 %%")
+    g.add_argument("--budget-params", type=_fraction("--budget-params"), metavar="F",
+                   help="keep at most F of the dense parameters")
+    g.add_argument("--budget-latency", type=_fraction("--budget-latency"), metavar="F",
+                   help="at most F of the dense measured latency")
+    g.add_argument("--budget-latency-ms", type=float, metavar="MS",
+                   help="at most MS milliseconds measured latency")
+    p.add_argument("--trials", type=int, default=None, help="trials to run (default 40)")
+    p.add_argument("--space", default="default",
+                   help="search space: default | resnet | mobilenet | plain | PATH.yaml")
+    p.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | random")
+    p.add_argument("--importance", default="l2", help="l2 (default) | l1 | bn | random")
+    p.add_argument("--storage", help="Optuna storage URL (default: study.journal in the run dir)")
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="fine-tune steps per candidate (default 120)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
+    p.add_argument("--optimizer", default="sgd", help="sgd (default) | adamw")
+    p.add_argument("--distill", action="store_true", help="distil from the dense model")
+    p.add_argument("--bn-batches", type=int, default=20,
+                   help="batches for BatchNorm re-estimation (proxy score)")
+    p.add_argument("--no-latency", action="store_true", help="do not time candidates")
+    p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from autoprune.runner import run_search
+    from autoprune.searcher import Search
+    from autoprune.space import load_space
+
+    if args.resume:
+        from autoprune.results import RunDir
+
+        config = RunDir.open(args.resume).read_config()
+        task_cfg, trials = config["task"], args.trials or int(config["trials"])
+        if task_cfg.get("python"):
+            raise ConfigError(f"--resume {args.resume!r}: this run was started from Python; "
+                              "resume it with ap.search(..., run_dir=..., resume=True)")
+        budget = Budget(**config["budget"])
+        space = load_space_from_config(config["space"])
+        ft = FinetuneSettings(**config["finetune"])
+        settings = SearchSettings(**{**config["search"], "progress": not args.quiet})
+        out = args.resume
+    else:
+        budget = Budget(flops=args.budget_flops, params=args.budget_params,
+                        latency=args.budget_latency, latency_ms=args.budget_latency_ms)
+        if budget.is_empty:
+            budget = Budget(flops=0.4)
+        task_cfg = {"spec": args.task or "digits", "data_dir": args.data_dir,
+                    "model": args.model, "weights": args.weights, "seed": args.seed}
+        trials = args.trials if args.trials is not None else 40
+        space = load_space(args.space)
+        ft = FinetuneSettings(steps=120 if args.finetune_steps is None else args.finetune_steps,
+                              lr=args.lr, optimizer=args.optimizer, distill=args.distill,
+                              bn_batches=args.bn_batches, device=args.device)
+        settings = SearchSettings(sampler=args.sampler, seed=args.seed,
+                                  importance=args.importance, latency=not args.no_latency,
+                                  storage=args.storage, progress=not args.quiet)
+        out = args.out
+    if trials < 1:
+        raise ConfigError(f"--trials {trials} must be >= 1")
+    _check_device(ft.device)
+    from autoprune.tasks import load_task
+
+    task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
+                     model=task_cfg.get("model"), weights=task_cfg.get("weights"),
+                     seed=int(task_cfg.get("seed") or 0))
+    log.info("task %s: preparing the dense model (trained once, then cached)", task.name)
+    model, example = task.dense_model(), task.example_inputs()
+    result = run_search(
+        lambda run: Search(model, example, task.evaluate, task.splits().train, budget, run,
+                           getattr(task, "finetune", None), space, ft, settings),
+        budget=budget, trials=trials, run_dir=out, config={"task": task_cfg},
+        resume=bool(args.resume), settings=settings, space=space, finetune_settings=ft)
+    from autoprune.report import terminal_summary
+
+    print(terminal_summary(str(result.run_dir)))
+    return 0
+
+
+def load_space_from_config(data: dict[str, Any]) -> Any:
+    from autoprune.space import SearchSpace
+
+    data = dict(data)
+    source = data.pop("source", "config")
+    return SearchSpace.from_dict(data, source=source)
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
         return
-    commands.register(sub, _Parser, _fraction, _add_task_args)
+    import torch
+
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r}; use cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r} but no CUDA device is available; use --device cpu")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autoprune.report import terminal_summary
+
+    print(terminal_summary(args.run_dir))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
+    # torch warns about a missing CUDA toolkit when its benchmark timer loads; not our user's issue
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except AutopruneError as exc:

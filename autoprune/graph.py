@@ -455,6 +455,29 @@ class PrunableModel:
     def params(self, plan: PruningPlan) -> float:
         return self.cost_model.params(self.kept(plan))
 
+    def importance_scores(self, criterion: str = "l2") -> list[np.ndarray]:
+        """Per-channel importance of each group's root channels on the dense weights.
+
+        Normalised by the group's mean (torch-pruning's default), so scores compare across groups:
+        this is what global ranking thresholds. Grouped convs get one score per channel group.
+        """
+        if criterion == "taylor":
+            raise ConfigError("importance_scores(): 'taylor' needs gradients; use l1/l2/bn")
+        importance = _IMPORTANCE[criterion]()
+        scores = []
+        for raw in self._raw_groups:
+            group = self._dg.get_pruning_group(raw["root"], raw["handler"],
+                                               list(range(raw["channels"])))
+            with torch.no_grad():
+                imp = importance(group)
+            if imp is None:
+                imp = torch.ones(raw["channels"])
+            imp = imp.detach().float().cpu()
+            if raw["ch_groups"] > 1:
+                imp = imp.view(raw["ch_groups"], -1).mean(0)
+            scores.append((imp / imp.mean().clamp_min(1e-12)).numpy())
+        return scores
+
     def apply(self, plan: PruningPlan, taylor_batch: tuple[Any, Any] | None = None,
               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> nn.Module:
         """A pruned deep copy of the dense model; ``.autoprune_history`` holds its history."""

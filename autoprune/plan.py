@@ -22,7 +22,8 @@ from autoprune.errors import BudgetError, ConfigError
 if TYPE_CHECKING:
     from autoprune.cost import CostModel
 
-__all__ = ["IMPORTANCES", "Budget", "PruningPlan", "fit_allocation", "fit_budget", "kept_channels"]
+__all__ = ["IMPORTANCES", "Budget", "PruningPlan", "fit_allocation", "fit_budget",
+           "global_ratios", "kept_channels"]
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
 
@@ -206,6 +207,38 @@ def _greedy_fill(cost: Any, kept: list[int], channels: list[int],
         kept[best] += quanta[best] * (round_to // math.gcd(round_to, quanta[best])
                                       if round_to else 1)
     return kept
+
+
+def global_ratios(scores: list[np.ndarray], channels: list[int], quanta: list[int],
+                  cost_model: CostModel, target: float, metric: str = "macs",
+                  caps: np.ndarray | None = None) -> list[float]:
+    """Per-group ratios from one global importance threshold that lands on ``target``.
+
+    torch-pruning's global ranking: every channel below the threshold goes, whatever its layer,
+    bounded by each group's cap. ``scores[g]`` has one entry per channel (per channel group for
+    grouped convs). Bisects the threshold on the analytic cost.
+    """
+    cost = cost_model.macs if metric == "macs" else cost_model.params
+    caps_arr = np.full(len(scores), 0.95) if caps is None else np.asarray(caps, dtype=float)
+    sorted_scores = [np.sort(s) for s in scores]
+
+    def ratios_at(t: float) -> list[float]:
+        return [min(float(np.searchsorted(s, t)) / len(s), float(c))
+                for s, c in zip(sorted_scores, caps_arr)]
+
+    def kept_at(t: float) -> list[int]:
+        return [kept_channels(c, r, None, q) for c, r, q in zip(channels, ratios_at(t), quanta)]
+
+    lo, hi = 0.0, float(max(s[-1] for s in sorted_scores)) + 1.0
+    if cost(kept_at(hi)) > target:
+        raise BudgetError(f"global ranking cannot reach {metric} {target:.4g} within the caps")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cost(kept_at(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return ratios_at(hi)
 
 
 def fit_budget(model: Any, example_inputs: Any, allocation: Mapping[str, float] | float = 1.0,

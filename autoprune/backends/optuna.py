@@ -1,0 +1,171 @@
+"""The Optuna backend: embedded journal storage, seeded samplers, ask-evaluate-tell.
+
+The search hands over a *search problem* (parameter ranges and an ``evaluate(params)`` that
+returns a :class:`Outcome`); this module owns every optuna import and turns finished
+``FrozenTrial`` objects into autoprune's :class:`~autoprune.results.TrialRecord`, so nothing
+downstream knows Optuna exists.
+
+Storage: a journal file in the run directory by default (safe for several local processes,
+readable by optuna-dashboard), or any Optuna storage URL (e.g. ``postgresql://``). Never
+``n_jobs > 1`` (threads reseed the sampler); parallel means processes on one storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.errors import ConfigError
+from autoprune.results import TrialRecord
+
+__all__ = ["SAMPLERS", "OptunaBackend", "Outcome", "ParamSpec"]
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "nsga2", "random")
+_RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    low: float
+    high: float
+    step: float | None = None
+
+
+@dataclass
+class Outcome:
+    """What one evaluation produced: objective values (or none) and the attributes to record."""
+
+    state: str  # COMPLETE | FAIL | INFEASIBLE
+    values: tuple[float, ...] | None = None
+    violation: float = 0.0  # > 0: over budget (an Optuna constraint)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Failed(Exception):
+    """Raised inside the objective so Optuna marks the trial FAIL; caught by optimize()."""
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"--sampler {name!r} is unknown; use one of {', '.join(SAMPLERS)}")
+
+
+def make_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
+    if url is None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise ConfigError(f"--storage {url!r} cannot be opened ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]})") from exc
+
+
+class OptunaBackend:
+    """One study on one storage; several processes may share it."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, sampler: str,
+                 seed: int, directions: Sequence[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = storage
+        self.study = optuna.create_study(
+            storage=storage, study_name=study_name, load_if_exists=True,
+            sampler=make_sampler(sampler, seed), directions=list(directions))
+
+    # -- queue -------------------------------------------------------------------------------
+    def enqueue(self, params: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
+        self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
+
+    def recover(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        """Fail trials a dead process left RUNNING; return (params, attrs) of all to retry."""
+        retried = {t.user_attrs.get("retry_of") for t in self.study.get_trials(deepcopy=False)}
+        retry = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.RUNNING:
+                self.storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                                 "interrupted (process killed); retried")
+                self.storage.set_trial_user_attr(t._trial_id, "retry", True)
+                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            elif not (t.state == TrialState.FAIL and t.user_attrs.get("retry")):
+                continue
+            if t.number in retried or not t.params:
+                continue
+            attrs = {"retry_of": t.number}
+            if t.user_attrs.get("baseline"):
+                attrs["baseline"] = t.user_attrs["baseline"]
+            retry.append((dict(t.params), attrs))
+        return retry
+
+    def done(self) -> int:
+        """Finished trials that count toward the requested number (retried ones do not)."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+                   and not t.user_attrs.get("retry"))
+
+    # -- run ---------------------------------------------------------------------------------
+    def optimize(self, specs: Sequence[ParamSpec], evaluate: Callable[[dict[str, float], int,
+                 dict[str, Any]], Outcome], n_trials: int,
+                 on_trial: Callable[[], None] | None = None) -> None:
+        """Run ``n_trials`` evaluations; ``evaluate(params, trial_number, attrs)``."""
+
+        def objective(trial: optuna.Trial) -> tuple[float, ...]:
+            params = {s.name: trial.suggest_float(s.name, s.low, s.high, step=s.step)
+                      for s in specs}
+            try:
+                outcome = evaluate(params, trial.number, dict(trial.user_attrs))
+            except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); retried on resume")
+                trial.set_user_attr("retry", True)
+                raise
+            for key, value in outcome.attrs.items():
+                trial.set_user_attr(key, _plain(value))
+            trial.set_user_attr("state", outcome.state)
+            trial.set_constraint("budget", float(outcome.violation))
+            if outcome.state == "FAIL" or outcome.values is None:
+                raise _Failed(outcome.attrs.get("fail_reason", "failed"))
+            return outcome.values
+
+        callbacks = [lambda study, trial: on_trial()] if on_trial else []
+        self.study.optimize(objective, n_trials=n_trials, catch=(_Failed,), callbacks=callbacks,
+                            gc_after_trial=False)
+
+    # -- records -----------------------------------------------------------------------------
+    def records(self) -> list[TrialRecord]:
+        return [to_record(t) for t in self.study.get_trials(deepcopy=False)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def to_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
+    attrs = t.user_attrs
+    state = {TrialState.RUNNING: "RUNNING", TrialState.WAITING: "RUNNING",
+             TrialState.FAIL: "FAIL"}.get(t.state, attrs.get("state", "COMPLETE"))
+    if t.state == TrialState.COMPLETE and attrs.get("state") in ("INFEASIBLE",):
+        state = "INFEASIBLE"
+    kwargs = {k: attrs[k] for k in _RECORD_FIELDS if k in attrs}
+    if state == "FAIL" and "fail_reason" not in kwargs:
+        kwargs["fail_reason"] = "failed"
+    return TrialRecord(trial=t.number, state=state, searched=dict(t.params), **kwargs)

@@ -1,0 +1,124 @@
+"""The run loop: run directory, config, storage, resume, progress, and the final front.
+
+Resume rules: trials a killed process left RUNNING (or Ctrl-C left failed) are marked failed and
+their parameters enqueued again; completed trials are never rerun; the run continues until the
+requested number of trials has finished.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError
+from autoprune.evaluate import FinetuneSettings
+from autoprune.plan import Budget
+from autoprune.results import RunDir, TrialRecord
+from autoprune.space import SearchSpace
+
+__all__ = ["default_run_name", "run_search"]
+
+log = logging.getLogger(__name__)
+
+STUDY = "autoprune"
+
+
+def default_run_name(task: str, budget: Budget) -> str:
+    parts = [task.replace("/", "_").replace(":", "_").removesuffix(".py")]
+    for key in ("flops", "params"):
+        value = getattr(budget, key)
+        if value is not None:
+            parts.append(f"{key}{value:g}")
+    parts.append(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return "-".join(parts)
+
+
+def resolved_config(config: dict[str, Any], budget: Budget, trials: int, settings: Any,
+                    space: SearchSpace, finetune_settings: FinetuneSettings) -> dict[str, Any]:
+    import autoprune
+
+    return {
+        "autoprune_version": autoprune.__version__,
+        **config,
+        "budget": {k: v for k, v in asdict(budget).items() if v is not None},
+        "trials": trials,
+        "space": {"source": space.source, **space.to_dict()},
+        "finetune": asdict(finetune_settings),
+        "search": asdict(settings),
+        "study_name": STUDY,
+    }
+
+
+def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: int,
+               run_dir: str | Path | None, config: dict[str, Any], resume: bool, settings: Any,
+               space: SearchSpace, finetune_settings: FinetuneSettings) -> Any:
+    """Create (or resume) the run directory, run the study, and write every result file."""
+    from autoprune.backends.optuna import OptunaBackend, make_storage
+    from autoprune.searcher import SearchResult
+
+    if trials < 1:
+        raise ConfigError(f"--trials {trials} must be >= 1")
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resume needs the run directory to continue")
+        run = RunDir.open(run_dir)
+    else:
+        path = Path(run_dir) if run_dir else Path("results") / default_run_name(
+            str(config.get("task", {}).get("spec", "python")), budget)
+        if (path / "config.yaml").exists():
+            raise ConfigError(f"{str(path)!r} already holds a run; pass --resume {path} to "
+                              "continue it or choose another --out")
+        run = RunDir.create(path)
+        run.write_config(resolved_config(config, budget, trials, settings, space,
+                                         finetune_settings))
+    search = make_search(run)
+    baseline = search.baseline()
+    storage = make_storage(settings.storage, run.journal_path)
+    backend = OptunaBackend(storage, STUDY, settings.sampler, settings.seed, ("maximize",
+                                                                              "minimize"))
+    if resume:
+        for params, attrs in backend.recover():
+            backend.enqueue(params, attrs)
+    elif not backend.study.trials:
+        for params, attrs in search.baseline_params():
+            backend.enqueue(params, attrs)
+    records = search.write(backend.records())
+    remaining = max(0, trials - backend.done())
+    bar = _progress(trials, trials - remaining, settings.progress)
+
+    def on_trial() -> None:
+        nonlocal records
+        records = search.write(backend.records())
+        bar.update(max(0, backend.done() - bar.n))
+        best = _best(records, search)
+        if best is not None:
+            bar.set_postfix_str(f"best val {best.val_acc:.2%} at {search.cost_of(best):.1%}")
+
+    try:
+        if remaining:
+            backend.optimize(search.specs(), search.evaluate_trial, remaining, on_trial)
+    except KeyboardInterrupt:
+        records = search.write(backend.records())
+        bar.close()
+        raise
+    bar.close()
+    records = search.write(backend.records())
+    search.score_front_on_test(search.front_of(records))
+    records = search.write(backend.records())
+    return SearchResult(run.path, records, search.front_of(records), baseline)
+
+
+def _best(records: list[TrialRecord], search: Any) -> TrialRecord | None:
+    done = [r for r in records if r.state == "COMPLETE" and r.val_acc is not None]
+    return max(done, key=lambda r: r.val_acc, default=None)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="search", unit="trial", disable=not enabled,
+                dynamic_ncols=True, leave=True)

@@ -1,0 +1,339 @@
+"""One search, end to end: dense baseline -> feasible candidates -> pipeline -> results -> front.
+
+The CLI (``autoprune search``) and the Python API (:func:`search`) both end in :class:`Search`.
+Candidates are feasible by construction: each trial samples a relative allocation per searched
+parameter and a cost level at or under the budget, and :func:`~autoprune.plan.fit_allocation`
+projects it onto that level exactly, so no fine-tune is ever spent on an over-budget model. The
+uniform and global-ranking plans at the budget are enqueued as the first trials, so every front
+shows the naive answer beside the searched one. The validation split selects; the test split is
+touched only for front members at the end.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import pareto
+from autoprune.errors import BudgetError, ConfigError
+from autoprune.evaluate import CandidateFailed, FinetuneSettings, Pipeline
+from autoprune.plan import Budget, PruningPlan, fit_allocation, global_ratios
+from autoprune.results import RunDir, TrialRecord, atomic_write_bytes, atomic_write_text
+from autoprune.space import SearchSpace, load_space
+
+__all__ = ["Search", "SearchResult", "SearchSettings", "search"]
+
+log = logging.getLogger(__name__)
+
+LEVEL = "cost_level"  # the searched cost level, a fraction of the dense model
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search is run (the budget, trial count and run directory are arguments)."""
+
+    sampler: str = "tpe"
+    seed: int = 0
+    importance: str = "l2"
+    level_low: float = 0.6  # lowest cost level sampled, as a fraction of the budget
+    latency: bool = True  # measure each candidate's latency (CPU timer / CUDA events)
+    latency_batch: int = 1
+    storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.level_low <= 1.0:
+            raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    run_dir: Path
+    trials: list[TrialRecord]
+    front: list[TrialRecord]
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_evaluator(evaluate: Callable[..., float]) -> Callable[[nn.Module, str], float | None]:
+    """Adapt ``evaluate(model)`` or ``evaluate(model, split)`` to ``(model, split)``."""
+    try:
+        takes_split = "split" in inspect.signature(evaluate).parameters or len(
+            [p for p in inspect.signature(evaluate).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
+    except (TypeError, ValueError):
+        takes_split = False
+
+    def call(model: nn.Module, split: str) -> float | None:
+        if takes_split:
+            return float(evaluate(model, split))
+        return float(evaluate(model)) if split == "val" else None
+
+    return call
+
+
+def _finetune_adapter(
+    finetune: Callable[..., Any] | None,
+) -> Callable[[nn.Module, int], Any] | None:
+    if finetune is None:
+        return None
+    try:
+        n = len(inspect.signature(finetune).parameters)
+    except (TypeError, ValueError):
+        n = 2
+    return finetune if n >= 2 else (lambda model, steps: finetune(model))
+
+
+def environment(device: str) -> dict[str, Any]:
+    import optuna
+    import torch_pruning
+
+    import autoprune
+
+    env = {"autoprune": autoprune.__version__, "torch": torch.__version__,
+           "torch_pruning": torch_pruning.__version__, "optuna": optuna.__version__,
+           "python": platform.python_version(), "platform": platform.platform(),
+           "cpu_threads": torch.get_num_threads(), "device": device,
+           "cuda": torch.version.cuda}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(0)
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env
+
+
+class Search:
+    """Everything one run needs; :meth:`run` searches and writes the run directory."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, evaluate: Callable[..., float],
+                 train_loader: Iterable[Any] | None, budget: Budget, run: RunDir,
+                 finetune: Callable[..., Any] | None = None,
+                 space: SearchSpace | None = None,
+                 finetune_settings: FinetuneSettings | None = None,
+                 settings: SearchSettings | None = None) -> None:
+        from autoprune.graph import analyze
+
+        if budget.latency is not None or budget.latency_ms is not None:
+            raise ConfigError("latency budgets are not implemented yet; use --budget-flops or "
+                              "--budget-params (latency is still measured and reported)")
+        if budget.flops is None and budget.params is None:
+            raise BudgetError("give a budget: --budget-flops F or --budget-params F")
+        self.settings = settings or SearchSettings()
+        self.ft = finetune_settings or FinetuneSettings()
+        self.space = space or load_space("default")
+        self.budget, self.run_dir = budget, run
+        self.example_inputs = example_inputs
+        self.evaluate = _split_evaluator(evaluate)
+        self.analysis = analyze(model.eval(), example_inputs, ignore=self.space.ignore)
+        self.groups = self.analysis.groups
+        self.resolved = self.space.resolve([g.name for g in self.groups])
+        self.pipeline = Pipeline(self.analysis, self.evaluate, train_loader, self.ft,
+                                 _finetune_adapter(finetune))
+        self.metric = "macs" if budget.flops is not None else "params"
+        self.fraction = float(budget.flops if budget.flops is not None else budget.params)
+        cm = self.analysis.cost_model
+        self.dense_macs, self.dense_params = cm.dense_macs(), cm.dense_params()
+        from autoprune.cost import LatencyCache
+
+        self.latency_cache = LatencyCache()
+
+    # -- dense baseline --------------------------------------------------------------------
+    def baseline(self) -> dict[str, Any]:
+        if self.run_dir.baseline_path.is_file():
+            return self.run_dir.read_baseline()
+        from autoprune.cost import measure
+
+        dense = self.analysis.model
+        cost = measure(dense, self.example_inputs, device=self.ft.device,
+                       latency=self.settings.latency, batch_size=self.settings.latency_batch,
+                       repeats=30)
+        data = {
+            "dense": {**cost.to_dict(), "val_acc": self.evaluate(dense, "val"),
+                      "test_acc": self.evaluate(dense, "test")},
+            "groups": len(self.groups),
+            "budget": asdict(self.budget),
+            "environment": environment(self.ft.device),
+        }
+        self.run_dir.write_baseline(data)
+        return data
+
+    # -- candidates ------------------------------------------------------------------------
+    def specs(self) -> list[Any]:
+        from autoprune.backends.optuna import ParamSpec
+
+        specs = [ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
+        low = self.fraction * self.settings.level_low
+        return [*specs, ParamSpec(LEVEL, low, self.fraction)]
+
+    def plan_for(self, params: dict[str, float]) -> PruningPlan:
+        level = float(params.get(LEVEL, self.fraction))
+        dense = self.dense_macs if self.metric == "macs" else self.dense_params
+        kept = fit_allocation(self.analysis.cost_model, [g.channels for g in self.groups],
+                              [g.quantum for g in self.groups],
+                              self.resolved.allocation(params), level * dense, self.metric,
+                              self.resolved.caps(), self.space.round_to)
+        ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
+                  if k < g.channels}
+        return PruningPlan(ratios, self.settings.importance, self.space.round_to)
+
+    def baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        """The uniform and global-ranking plans at the budget, as searched parameter values."""
+        label = self.settings.importance if self.settings.importance != "taylor" else "l2"
+        out = [({**self.resolved.uniform(), LEVEL: self.fraction},
+                {"baseline": f"uniform-{label}"})]
+        try:
+            ratios = global_ratios(
+                self.analysis.importance_scores(label), [g.channels for g in self.groups],
+                [g.quantum for g in self.groups], self.analysis.cost_model,
+                self.fraction * (self.dense_macs if self.metric == "macs" else self.dense_params),
+                self.metric, self.resolved.caps())
+            by_name = {g.name: r for g, r in zip(self.groups, ratios)}
+            out.append(({**self.resolved.from_group_ratios(by_name), LEVEL: self.fraction},
+                        {"baseline": f"global-{label}"}))
+        except BudgetError as exc:
+            log.warning("global-ranking baseline skipped: %s", exc)
+        return out
+
+    def evaluate_trial(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Any:
+        from autoprune.backends.optuna import Outcome
+        from autoprune.cost import measure
+
+        start = time.perf_counter()
+        try:
+            plan = self.plan_for(params)
+        except BudgetError as exc:
+            return Outcome("INFEASIBLE", (0.0, self.fraction), 1.0,
+                           {"fail_reason": str(exc), "seconds": time.perf_counter() - start})
+        self.run_dir.write_plan(number, plan.to_dict())
+        kept = self.analysis.kept(plan)
+        cm = self.analysis.cost_model
+        macs, n_params = cm.macs(kept), cm.params(kept)
+        rec: dict[str, Any] = {"macs": macs, "params": n_params,
+                               "flops_ratio": macs / self.dense_macs,
+                               "params_ratio": n_params / self.dense_params,
+                               "plan": plan.to_dict(), "fidelity": 1.0}
+        cost = rec["flops_ratio"] if self.metric == "macs" else rec["params_ratio"]
+        if self.budget.params is not None and self.metric == "macs" \
+                and rec["params_ratio"] > self.budget.params:
+            violation = rec["params_ratio"] - self.budget.params
+            return Outcome("INFEASIBLE", (0.0, cost), violation, {
+                **rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over budget",
+                "seconds": time.perf_counter() - start})
+        torch.manual_seed(self.settings.seed * 100_003 + number)
+        try:
+            result = self.pipeline.run(plan)
+        except CandidateFailed as exc:
+            return Outcome("FAIL", None, 0.0, {**rec, "fail_reason": str(exc),
+                                               "seconds": time.perf_counter() - start})
+        if self.settings.latency:
+            measured = measure(result.model, self.example_inputs, device=self.ft.device,
+                               batch_size=self.settings.latency_batch, repeats=10, warmup=3,
+                               cache=self.latency_cache)
+            rec["latency_ms"] = measured.latency_ms
+        self._save_state(number, result.model)
+        rec.update(proxy_acc=result.proxy_acc, val_acc=result.val_acc, stages=result.stages,
+                   seconds=time.perf_counter() - start)
+        return Outcome("COMPLETE", (result.val_acc, cost), 0.0, rec)
+
+    def _state_path(self, number: int) -> Path:
+        return self.run_dir.models_dir / f"trial_{number}.pt"
+
+    def _save_state(self, number: int, model: nn.Module) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        atomic_write_bytes(self._state_path(number), buffer.getvalue())
+
+    def load_candidate(self, record: TrialRecord) -> nn.Module:
+        """The fine-tuned candidate of a completed trial, rebuilt from its plan and weights."""
+        plan = PruningPlan.from_dict(record.plan or self.run_dir.read_plan(record.trial))
+        model = self.analysis.apply(plan)
+        model.load_state_dict(torch.load(self._state_path(record.trial), weights_only=True))
+        return model.eval()
+
+    # -- results ---------------------------------------------------------------------------
+    def cost_of(self, r: TrialRecord) -> float | None:
+        return r.flops_ratio if self.metric == "macs" else r.params_ratio
+
+    def front_of(self, records: list[TrialRecord]) -> list[TrialRecord]:
+        full = [r for r in records if r.state == "COMPLETE" and r.val_acc is not None
+                and (r.fidelity or 0) >= 1.0 and self.cost_of(r) is not None]
+        idx = pareto.non_dominated([(r.val_acc, self.cost_of(r)) for r in full], ("max", "min"))
+        return sorted((full[i] for i in idx), key=lambda r: self.cost_of(r) or 0.0)
+
+    def _test_scores_path(self) -> Path:
+        return self.run_dir.path / "test_scores.json"
+
+    def test_scores(self) -> dict[int, float]:
+        path = self._test_scores_path()
+        if not path.is_file():
+            return {}
+        return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+
+    def write(self, records: list[TrialRecord]) -> list[TrialRecord]:
+        """Write trials.csv and the front; drop saved weights of dominated candidates."""
+        scores = self.test_scores()
+        records = [_with(r, test_acc=scores.get(r.trial)) for r in records]
+        front = self.front_of(records)
+        self.run_dir.write_trials(records)
+        self.run_dir.write_front(front)
+        keep = {r.trial for r in front} | {r.trial for r in records if r.baseline}
+        for path in self.run_dir.models_dir.glob("trial_*.pt"):
+            if int(path.stem.split("_")[1]) not in keep:
+                path.unlink(missing_ok=True)
+        return records
+
+    def score_front_on_test(self, front: list[TrialRecord]) -> None:
+        scores = self.test_scores()
+        baselines = [r for r in self.run_dir.read_trials() if r.baseline and r.state == "COMPLETE"]
+        for r in [*front, *baselines]:
+            if r.trial in scores or not self._state_path(r.trial).is_file():
+                continue
+            value = self.evaluate(self.load_candidate(r), "test")
+            if value is not None:
+                scores[r.trial] = value
+        atomic_write_text(self._test_scores_path(), json.dumps(scores, indent=2))
+
+
+def _with(r: TrialRecord, **changes: Any) -> TrialRecord:
+    from dataclasses import replace
+
+    return replace(r, **{k: v for k, v in changes.items() if v is not None})
+
+
+def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., float],
+           finetune: Callable[..., Any] | None = None,
+           train_loader: Iterable[Any] | None = None,
+           budget: Budget | None = None, trials: int = 20,
+           run_dir: str | Path | None = None, space: str | SearchSpace = "default",
+           finetune_settings: FinetuneSettings | None = None,
+           settings: SearchSettings | None = None, resume: bool = False) -> SearchResult:
+    """Search per-group pruning ratios of ``model`` under ``budget``; keep the Pareto front.
+
+    ``evaluate(model)`` (or ``evaluate(model, split)`` with split ``"val"``/``"test"``) returns
+    accuracy, higher is better. ``finetune(model, steps)`` (or ``finetune(model)``) trains a
+    candidate in place; without it autoprune fine-tunes on ``train_loader`` batches of
+    ``(inputs, targets)`` with cross-entropy. ``train_loader`` also feeds BatchNorm
+    re-estimation for the proxy score. Results go to ``run_dir`` (default ``results/<name>``).
+    """
+    from autoprune.runner import run_search
+
+    budget = budget or Budget(flops=0.4)
+    space_obj = space if isinstance(space, SearchSpace) else load_space(space)
+    config = {"task": {"python": True}}
+    return run_search(
+        lambda run: Search(model, example_inputs, evaluate, train_loader, budget, run, finetune,
+                           space_obj, finetune_settings, settings),
+        budget=budget, trials=trials, run_dir=run_dir, config=config, resume=resume,
+        settings=settings or SearchSettings(), space=space_obj,
+        finetune_settings=finetune_settings or FinetuneSettings())

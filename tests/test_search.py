@@ -1,0 +1,286 @@
+"""The main job end to end: CLI and Python API, run directory invariants, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import torch_pruning as tp
+
+import autoprune as ap
+from autoprune.results import COLUMNS, RunDir
+
+FILES = ("config.yaml", "baseline.json", "study.journal", "trials.csv", "front.csv",
+         "front.json", "plans")
+FAST = ("--finetune-steps", "15", "--bn-batches", "4", "--quiet")
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def dominated_oracle(points: list[tuple[float, float]]) -> set[int]:
+    """O(n^2): i is dominated if some j is >= in accuracy, <= in cost, and better in one."""
+    out = set()
+    for i, (a, c) in enumerate(points):
+        for j, (a2, c2) in enumerate(points):
+            if j != i and a2 >= a and c2 <= c and (a2 > a or c2 < c):
+                out.add(i)
+    return out
+
+
+def check_run(run_dir: Path, budget: float, trials: int) -> list:
+    for name in FILES:
+        assert (run_dir / name).exists(), name
+    run = RunDir.open(run_dir)
+    records = run.read_trials()
+    header = (run_dir / "trials.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header[: len(COLUMNS)]) == COLUMNS
+    # rows consistent with the journal
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal")))
+    study = optuna.load_study(study_name="autoprune", storage=storage)
+    journal = {t.number: t for t in study.trials}
+    assert sorted(journal) == sorted(r.trial for r in records)
+    for r in records:
+        t = journal[r.trial]
+        assert r.searched == pytest.approx(t.params)
+        if r.state == "COMPLETE":
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.values[0] == pytest.approx(r.val_acc)
+            assert r.flops_ratio <= budget * 1.01
+    done = [r for r in records if r.state in ("COMPLETE", "FAIL") and not _retried(journal, r)]
+    assert len(done) == trials
+    # the front is exactly the non-dominated set of full-fidelity completed trials
+    complete = [r for r in records if r.state == "COMPLETE"]
+    dominated = dominated_oracle([(r.val_acc, r.flops_ratio) for r in complete])
+    expected = {r.trial for i, r in enumerate(complete) if i not in dominated}
+    front = json.loads((run_dir / "front.json").read_text())
+    assert {f["trial"] for f in front} == expected
+    assert all(f["test_acc"] is not None for f in front)  # front members scored on test
+    return records
+
+
+def _retried(journal, r) -> bool:
+    return bool(journal[r.trial].user_attrs.get("retry"))
+
+
+@pytest.mark.slow
+def test_cli_search_digits_run_directory(tmp_path):
+    proc = cli("search", "--budget-flops", "0.4", "--trials", "4", "--out", "run", *FAST,
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front" in proc.stdout and "dense" in proc.stdout
+    run_dir = tmp_path / "run"
+    records = check_run(run_dir, 0.4, 4)
+    assert {r.baseline for r in records} >= {"uniform-l2", "global-l2"}
+    baseline = json.loads((run_dir / "baseline.json").read_text())
+    assert baseline["dense"]["val_acc"] > 0.9 and baseline["environment"]["torch"]
+    # plans replay to the recorded MACs on the real dense model
+    from autoprune.tasks import load_task
+
+    task = load_task("digits")
+    dense, x = task.dense_model(), task.example_inputs()
+    for r in records[:2]:
+        plan = ap.PruningPlan.from_json((run_dir / "plans" / f"{r.trial}.json").read_text())
+        macs, _ = tp.utils.count_ops_and_params(ap.apply_plan(dense, x, plan), x)
+        assert macs == pytest.approx(r.macs)
+    report = cli("report", str(run_dir), cwd=tmp_path)
+    assert report.returncode == 0 and "Pareto front" in report.stdout
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path):
+    args = ["search", "--budget-flops", "0.5", "--trials", "6", "--out", "run",
+            "--finetune-steps", "150", "--bn-batches", "4", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trials_csv = tmp_path / "run" / "trials.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if trials_csv.exists() and trials_csv.read_text().count("COMPLETE") >= 2:
+            break
+        time.sleep(0.2)
+    time.sleep(0.4)  # into the next trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r.trial: r for r in RunDir.open(tmp_path / "run").read_trials()
+              if r.state == "COMPLETE"}
+    assert len(before) >= 2
+    resumed = cli("search", "--resume", "run", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    records = check_run(tmp_path / "run", 0.5, 6)
+    after = {r.trial: r for r in records}
+    for n, r in before.items():  # nothing completed is lost or rerun
+        assert after[n].state == "COMPLETE" and after[n].val_acc == r.val_acc
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal")))
+    trials = optuna.load_study(study_name="autoprune", storage=storage).trials
+    killed = [t for t in trials if t.user_attrs.get("retry")]
+    retries = {t.user_attrs.get("retry_of") for t in trials}
+    assert all(t.number in retries for t in killed)  # each leftover was retried
+    assert len({t.number for t in trials}) == len(trials)
+
+
+USER_TASK = '''
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class MyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.5
+    x[:, :, :4] += y.view(-1, 1, 1, 1) * 1.5  # class 1: bright top half
+    return x, y
+
+
+class MyTask:
+    name = "mytask"
+    FAIL_ON = {FAIL_ON}
+
+    def __init__(self):
+        self.calls = 0
+        self.train = DataLoader(TensorDataset(*_data(256, 0)), batch_size=32, shuffle=True)
+        self.val = DataLoader(TensorDataset(*_data(128, 1)), batch_size=64)
+        self.test = DataLoader(TensorDataset(*_data(128, 2)), batch_size=64)
+        torch.manual_seed(0)
+        self.model = MyNet()
+        self.finetune(self.model, 60)
+        self.calls = 0
+
+    def dense_model(self):
+        import copy
+        return copy.deepcopy(self.model).eval()
+
+    def example_inputs(self):
+        return torch.zeros(1, 1, 8, 8)
+
+    def splits(self):
+        from autoprune.tasks import Splits
+        return Splits(self.train, self.val, self.test)
+
+    def finetune(self, model, steps):  # my own training loop
+        self.calls += 1
+        if self.calls in self.FAIL_ON:
+            raise RuntimeError("my loop crashed")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        done = 0
+        while done < steps:
+            for x, y in self.train:
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(); loss.backward(); opt.step()
+                done += 1
+                if done >= steps:
+                    break
+
+    def evaluate(self, model, split="val"):
+        loader = self.val if split == "val" else self.test
+        model.eval()
+        with torch.no_grad():
+            hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+        return hits / len(loader.dataset)
+
+
+task = MyTask()
+'''
+
+
+@pytest.mark.slow
+def test_user_task_file_through_cli_with_a_failing_candidate(tmp_path):
+    (tmp_path / "my_task.py").write_text(USER_TASK.replace("{FAIL_ON}", "{2}"))
+    proc = cli("search", "--task", "my_task.py", "--budget-flops", "0.5", "--trials", "4",
+               "--out", "run", "--finetune-steps", "10", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = RunDir.open(tmp_path / "run").read_trials()
+    failed = [r for r in records if r.state == "FAIL"]
+    assert len(failed) == 1 and "RuntimeError: my loop crashed" in failed[0].fail_reason
+    assert sum(r.state == "COMPLETE" for r in records) == 3  # the search went on
+
+
+@pytest.mark.slow
+def test_user_model_through_python_api(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_task_api.py").write_text(USER_TASK.replace("{FAIL_ON}", "set()"))
+    import my_task_api
+
+    t = my_task_api.MyTask()
+    result = ap.search(t.dense_model(), torch.zeros(1, 1, 8, 8), evaluate=t.evaluate,
+                       finetune=t.finetune, train_loader=t.train,
+                       budget=ap.Budget(flops=0.5), trials=3, run_dir=tmp_path / "api",
+                       finetune_settings=ap.FinetuneSettings(steps=10, bn_batches=2),
+                       settings=ap.SearchSettings(progress=False))
+    assert result.run_dir == tmp_path / "api"
+    assert len(result.trials) == 3 and result.front
+    assert all(r.flops_ratio <= 0.505 for r in result.trials if r.state == "COMPLETE")
+    assert all(r.test_acc is not None for r in result.front)
+
+
+BAD = [
+    (["--budget-flops", "0"], "--budget-flops '0' is outside (0, 1]"),
+    (["--budget-flops", "1.5"], "--budget-flops '1.5' is outside (0, 1]"),
+    (["--budget-flops", "abc"], "--budget-flops 'abc' is not a number"),
+    (["--task", "nosuch/task.py"], "nosuch/task.py"),
+    (["--space", "nosuchspace"], "'nosuchspace'"),
+    (["--resume", "."], "not an autoprune run directory"),
+    (["--trials", "0"], "--trials 0"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD)
+def test_bad_input_one_line_exit_2(args, needle, tmp_path):
+    proc = cli("search", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert needle in err and "Traceback" not in err and err.count("\n") == 0, err
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("class T:\n    name = 't'\ntask = T()\n", "evaluate"),
+    ("raise ImportError('no numpy for you')\n", "no numpy for you"),
+])
+def test_bad_task_files(body, needle, tmp_path):
+    (tmp_path / "t.py").write_text(body)
+    proc = cli("search", "--task", "t.py", cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_space_pattern_matching_nothing(tmp_path):
+    (tmp_path / "s.yaml").write_text("rules:\n  - {pattern: 'nothing.*', shared: true}\n")
+    proc = cli("search", "--space", "s.yaml", "--trials", "1", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "'nothing.*' matches no group" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_budgets(tmp_path):
+    out = cli("search", "--help", cwd=tmp_path).stdout
+    assert "keep at most 40 % of the dense model's FLOPs" in out
+    for flag in ("--budget-flops", "--budget-params", "--budget-latency", "--budget-latency-ms"):
+        assert flag in out
