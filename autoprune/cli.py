@@ -159,6 +159,8 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="fine-tune steps per candidate (default 120)")
+    p.add_argument("--finetune-epochs", type=float, default=None,
+                   help="fine-tune epochs per candidate (instead of --finetune-steps)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--optimizer", default="sgd", help="sgd (default) | adamw")
     p.add_argument("--distill", action="store_true", help="distil from the dense model")
@@ -199,7 +201,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         trials = args.trials if args.trials is not None else 40
         space = load_space(args.space)
         ft = FinetuneSettings(steps=120 if args.finetune_steps is None else args.finetune_steps,
-                              lr=args.lr, optimizer=args.optimizer, distill=args.distill,
+                              epochs=args.finetune_epochs, lr=args.lr, optimizer=args.optimizer, distill=args.distill,
                               bn_batches=args.bn_batches, device=args.device)
         settings = SearchSettings(sampler=args.sampler, seed=args.seed,
                                   importance=args.importance, latency=not args.no_latency,

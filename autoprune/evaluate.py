@@ -42,6 +42,7 @@ class FinetuneSettings:
     """How each candidate is fine-tuned (the same for every candidate of a run)."""
 
     steps: int = 100
+    epochs: float | None = None  # if set, overrides steps: epochs x batches per epoch
     lr: float = 0.01
     optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) | adamw
     weight_decay: float = 5e-4
@@ -56,6 +57,8 @@ class FinetuneSettings:
             raise ConfigError(f"optimizer={self.optimizer!r}; use 'sgd' or 'adamw'")
         if self.steps < 0 or self.bn_batches < 0:
             raise ConfigError(f"steps={self.steps} and bn_batches={self.bn_batches} must be >= 0")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"epochs={self.epochs} must be > 0 (or None to use steps)")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
 
@@ -181,6 +184,17 @@ class Pipeline:
             raise ConfigError("no training data and no finetune(): give the task a train split "
                               "or its own finetune(model, steps), or set steps=0")
 
+    def steps(self) -> int:
+        """Fine-tune steps per candidate: ``epochs`` passes over the loader, else ``steps``."""
+        s = self.settings
+        if s.epochs is None:
+            return s.steps
+        try:
+            per_epoch = len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError("epochs= needs a train loader with len(); use steps=") from exc
+        return max(1, round(s.epochs * per_epoch))
+
     def teacher(self) -> nn.Module:
         if self._teacher is None:
             import copy
@@ -212,7 +226,7 @@ class Pipeline:
                 proxy = float(self.evaluate(model, "val"))
             stages["proxy_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        n = s.steps if steps is None else steps
+        n = self.steps() if steps is None else steps
         if self.user_finetune is not None:
             model.train()
             self.user_finetune(model, n)

@@ -66,6 +66,7 @@ class TrialRecord:
 #: Columns parsed back as text; every other column of ``COLUMNS`` except ``trial`` is a float.
 _TEXT_COLUMNS = frozenset({"state", "fail_reason", "baseline"})
 _PARAM_PREFIX = "p:"
+_STAGE_PREFIX = "s:"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -117,15 +118,19 @@ def records_to_frame(records: Sequence[TrialRecord]) -> pd.DataFrame:
     """The one table layout of trials.csv and front.csv.
 
     ``COLUMNS`` in order, then one ``p:<name>`` column per searched parameter (union over records,
-    sorted); rows sorted by ``trial``; missing values are ``None``/NaN and written as empty cells.
+    sorted), then one ``s:<stage>`` column per pipeline stage time in seconds; rows sorted by
+    ``trial``; missing values are ``None``/NaN and written as empty cells.
     """
     names = sorted({name for record in records for name in record.searched})
+    stages = sorted({name for record in records for name in record.stages})
     rows = []
     for record in sorted(records, key=lambda r: r.trial):
         row: dict[str, Any] = {column: getattr(record, column) for column in COLUMNS}
         row.update({_PARAM_PREFIX + name: record.searched.get(name) for name in names})
+        row.update({_STAGE_PREFIX + name: record.stages.get(name) for name in stages})
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*COLUMNS, *(_PARAM_PREFIX + name for name in names)])
+    return pd.DataFrame(rows, columns=[*COLUMNS, *(_PARAM_PREFIX + name for name in names),
+                                       *(_STAGE_PREFIX + name for name in stages)])
 
 
 def _parse_row(row: dict[str, str]) -> dict[str, Any]:
@@ -146,6 +151,11 @@ def _parse_row(row: dict[str, str]) -> dict[str, Any]:
         for key, cell in row.items()
         if key.startswith(_PARAM_PREFIX) and cell != ""
     }
+    kwargs["stages"] = {
+        key[len(_STAGE_PREFIX):]: float(cell)
+        for key, cell in row.items()
+        if key.startswith(_STAGE_PREFIX) and cell != ""
+    }
     return kwargs
 
 
@@ -153,8 +163,7 @@ def _parse_row(row: dict[str, str]) -> dict[str, Any]:
 class RunDir:
     """A ``results/<run>/`` folder; every write is atomic so a crash never leaves half a file.
 
-    ``stages`` of a :class:`TrialRecord` is not persisted; an empty ``fail_reason``/``baseline``
-    and a NaN metric read back as ``None``.
+    An empty ``fail_reason``/``baseline`` and a NaN metric read back as ``None``.
     """
 
     path: Path

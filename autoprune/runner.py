@@ -104,6 +104,8 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     except KeyboardInterrupt:
         records = search.write(backend.records())
         bar.close()
+        log.warning("interrupted: %d trials are written to %s; continue with "
+                    "`autoprune search --resume %s`", backend.done(), run.path, run.path)
         raise
     bar.close()
     records = search.write(backend.records())

@@ -284,3 +284,35 @@ def test_help_explains_budgets(tmp_path):
     assert "keep at most 40 % of the dense model's FLOPs" in out
     for flag in ("--budget-flops", "--budget-params", "--budget-latency", "--budget-latency-ms"):
         assert flag in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    args = ["search", "--budget-flops", "0.5", "--trials", "5", "--out", "run",
+            "--finetune-steps", "150", "--bn-batches", "4", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trials_csv = tmp_path / "run" / "trials.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if trials_csv.exists() and trials_csv.read_text().count("COMPLETE") >= 1:
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert RunDir.open(tmp_path / "run").read_trials()  # what was done is written
+    resumed = cli("search", "--resume", "run", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    check_run(tmp_path / "run", 0.5, 5)
+
+
+def test_fit_budget_rejects_bad_fractions():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 3))
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ap.BudgetError, match=r"\(0, 1\]"):
+            ap.fit_budget(model, torch.randn(1, 3, 8, 8), 1.0, flops=bad)
+    with pytest.raises(ap.BudgetError, match="exactly one"):
+        ap.fit_budget(model, torch.randn(1, 3, 8, 8), 1.0)

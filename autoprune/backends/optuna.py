@@ -83,7 +83,7 @@ class OptunaBackend:
 
     def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, sampler: str,
                  seed: int, directions: Sequence[str]) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures go to trials.csv
         self.storage = storage
         self.study = optuna.create_study(
             storage=storage, study_name=study_name, load_if_exists=True,
