@@ -201,7 +201,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         trials = args.trials if args.trials is not None else 40
         space = load_space(args.space)
         ft = FinetuneSettings(steps=120 if args.finetune_steps is None else args.finetune_steps,
-                              epochs=args.finetune_epochs, lr=args.lr, optimizer=args.optimizer, distill=args.distill,
+                              epochs=args.finetune_epochs, lr=args.lr,
+                              optimizer=args.optimizer, distill=args.distill,
                               bn_batches=args.bn_batches, device=args.device)
         settings = SearchSettings(sampler=args.sampler, seed=args.seed,
                                   importance=args.importance, latency=not args.no_latency,
