@@ -30,6 +30,8 @@ _LAZY = {
     "apply_plan": "autoprune.graph",
     "prunable_groups": "autoprune.graph",
     "search": "autoprune.searcher",
+    "Session": "autoprune.hooks",
+    "PruneHook": "autoprune.hooks",
     "SearchResult": "autoprune.searcher",
     "SearchSettings": "autoprune.searcher",
     "FinetuneSettings": "autoprune.evaluate",
@@ -49,10 +51,12 @@ __all__ = [
     "FinetuneSettings",
     "Group",
     "PrunableModel",
+    "PruneHook",
     "PruningPlan",
     "SearchResult",
     "SearchSettings",
     "SearchSpace",
+    "Session",
     "UnsupportedModelError",
     "analyze",
     "apply_plan",
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
     from autoprune.cost import Cost, measure
     from autoprune.evaluate import FinetuneSettings
     from autoprune.graph import Group, PrunableModel, analyze, apply_plan, prunable_groups
+    from autoprune.hooks import PruneHook, Session
     from autoprune.searcher import SearchResult, SearchSettings, search
     from autoprune.space import SearchSpace, load_space
 

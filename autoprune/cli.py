@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     p.set_defaults(func=_cmd_inspect)
     _add_search(sub)
-    p = sub.add_parser("report", help="print the summary of a run directory")
+    p = sub.add_parser("report", help="write report.html of a run and print its summary")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
     p.set_defaults(func=_cmd_report)
     return parser
@@ -223,9 +223,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
                            getattr(task, "finetune", None), space, ft, settings),
         budget=budget, trials=trials, run_dir=out, config={"task": task_cfg},
         resume=bool(args.resume), settings=settings, space=space, finetune_settings=ft)
-    from autoprune.report import terminal_summary
+    from autoprune.report import terminal_summary, write_report
 
+    report = write_report(str(result.run_dir))
     print(terminal_summary(str(result.run_dir)))
+    print(f"\nreport: {report}")
     return 0
 
 
@@ -249,9 +251,11 @@ def _check_device(device: str) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from autoprune.report import terminal_summary
+    from autoprune.report import terminal_summary, write_report
 
+    report = write_report(args.run_dir)
     print(terminal_summary(args.run_dir))
+    print(f"\nreport: {report}")
     return 0
 
 

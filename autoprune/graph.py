@@ -479,13 +479,18 @@ class PrunableModel:
         return scores
 
     def apply(self, plan: PruningPlan, taylor_batch: tuple[Any, Any] | None = None,
-              loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> nn.Module:
-        """A pruned deep copy of the dense model; ``.autoprune_history`` holds its history."""
+              loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+              inplace: bool = False) -> nn.Module:
+        """A pruned deep copy of the dense model (``.autoprune_history`` holds its history).
+
+        ``inplace=True`` prunes the analysed model itself (for hooks in a training loop); its
+        pruned parameters become new tensors.
+        """
         kept = self.kept(plan)
         if plan.importance == "taylor" and taylor_batch is None:
             raise ConfigError("importance='taylor' needs a batch: pass taylor_batch=(inputs, "
                               "targets) (and loss_fn, default cross-entropy)")
-        pruned = copy.deepcopy(self.model)
+        pruned = self.model if inplace else copy.deepcopy(self.model)
         was_training = pruned.training
         pruned.eval()
         grad_flags = [p.requires_grad for p in pruned.parameters()]
@@ -516,7 +521,9 @@ class PrunableModel:
             p.requires_grad_(flag)
         pruned.train(was_training)
         history = [(n, bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
-        pruned.__dict__["autoprune_history"] = history
+        # a model pruned before (gradual pruning) keeps its earlier steps: replay needs them all
+        pruned.__dict__["autoprune_history"] = [*pruned.__dict__.get("autoprune_history", []),
+                                                *history]
         _verify(pruned, self.example_inputs)
         return pruned
 

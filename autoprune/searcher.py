@@ -64,8 +64,12 @@ class SearchResult:
     baseline: dict[str, Any] = field(default_factory=dict)
 
 
-def _split_evaluator(evaluate: Callable[..., float]) -> Callable[[nn.Module, str], float | None]:
+def _split_evaluator(
+    evaluate: Callable[..., float] | None,
+) -> Callable[[nn.Module, str], float | None]:
     """Adapt ``evaluate(model)`` or ``evaluate(model, split)`` to ``(model, split)``."""
+    if evaluate is None:
+        return lambda model, split: None
     try:
         takes_split = "split" in inspect.signature(evaluate).parameters or len(
             [p for p in inspect.signature(evaluate).parameters.values()
@@ -114,7 +118,8 @@ def environment(device: str) -> dict[str, Any]:
 class Search:
     """Everything one run needs; :meth:`run` searches and writes the run directory."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, evaluate: Callable[..., float],
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 evaluate: Callable[..., float] | None,
                  train_loader: Iterable[Any] | None, budget: Budget, run: RunDir,
                  finetune: Callable[..., Any] | None = None,
                  space: SearchSpace | None = None,
@@ -136,8 +141,9 @@ class Search:
         self.analysis = analyze(model.eval(), example_inputs, ignore=self.space.ignore)
         self.groups = self.analysis.groups
         self.resolved = self.space.resolve([g.name for g in self.groups])
-        self.pipeline = Pipeline(self.analysis, self.evaluate, train_loader, self.ft,
-                                 _finetune_adapter(finetune))
+        self.train_loader = train_loader
+        self._finetune = _finetune_adapter(finetune)
+        self._pipeline: Pipeline | None = None
         self.metric = "macs" if budget.flops is not None else "params"
         self.fraction = float(budget.flops if budget.flops is not None else budget.params)
         cm = self.analysis.cost_model
@@ -145,6 +151,14 @@ class Search:
         from autoprune.cost import LatencyCache
 
         self.latency_cache = LatencyCache()
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """Built on first use: ask/tell sessions train candidates themselves and never need it."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.analysis, self.evaluate,  # type: ignore[arg-type]
+                                      self.train_loader, self.ft, self._finetune)
+        return self._pipeline
 
     # -- dense baseline --------------------------------------------------------------------
     def baseline(self) -> dict[str, Any]:
@@ -203,6 +217,27 @@ class Search:
             log.warning("global-ranking baseline skipped: %s", exc)
         return out
 
+    def costs(self, plan: PruningPlan) -> dict[str, Any]:
+        """Analytic MACs/params of ``plan`` and their ratios to the dense model."""
+        kept = self.analysis.kept(plan)
+        cm = self.analysis.cost_model
+        macs, n_params = cm.macs(kept), cm.params(kept)
+        return {"macs": macs, "params": n_params, "flops_ratio": macs / self.dense_macs,
+                "params_ratio": n_params / self.dense_params, "plan": plan.to_dict(),
+                "fidelity": 1.0}
+
+    def over_budget(self, rec: dict[str, Any]) -> Any:
+        """An INFEASIBLE outcome when a secondary (params) budget is exceeded, else None."""
+        from autoprune.backends.optuna import Outcome
+
+        if self.budget.params is None or self.metric != "macs" \
+                or rec["params_ratio"] <= self.budget.params:
+            return None
+        return Outcome("INFEASIBLE", (0.0, rec["flops_ratio"]),
+                       rec["params_ratio"] - self.budget.params,
+                       {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
+                                              f"budget {self.budget.params}"})
+
     def evaluate_trial(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Any:
         from autoprune.backends.optuna import Outcome
         from autoprune.cost import measure
@@ -214,20 +249,12 @@ class Search:
             return Outcome("INFEASIBLE", (0.0, self.fraction), 1.0,
                            {"fail_reason": str(exc), "seconds": time.perf_counter() - start})
         self.run_dir.write_plan(number, plan.to_dict())
-        kept = self.analysis.kept(plan)
-        cm = self.analysis.cost_model
-        macs, n_params = cm.macs(kept), cm.params(kept)
-        rec: dict[str, Any] = {"macs": macs, "params": n_params,
-                               "flops_ratio": macs / self.dense_macs,
-                               "params_ratio": n_params / self.dense_params,
-                               "plan": plan.to_dict(), "fidelity": 1.0}
+        rec = self.costs(plan)
         cost = rec["flops_ratio"] if self.metric == "macs" else rec["params_ratio"]
-        if self.budget.params is not None and self.metric == "macs" \
-                and rec["params_ratio"] > self.budget.params:
-            violation = rec["params_ratio"] - self.budget.params
-            return Outcome("INFEASIBLE", (0.0, cost), violation, {
-                **rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over budget",
-                "seconds": time.perf_counter() - start})
+        over = self.over_budget(rec)
+        if over is not None:
+            over.attrs["seconds"] = time.perf_counter() - start
+            return over
         torch.manual_seed(self.settings.seed * 100_003 + number)
         try:
             result = self.pipeline.run(plan)

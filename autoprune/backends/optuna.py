@@ -146,6 +146,25 @@ class OptunaBackend:
         self.study.optimize(objective, n_trials=n_trials, catch=(_Failed,), callbacks=callbacks,
                             gc_after_trial=False)
 
+    # -- ask / tell (the user's own loop) -----------------------------------------------------
+    def ask(self, specs: Sequence[ParamSpec]) -> tuple[optuna.Trial, dict[str, float]]:
+        """A new trial (enqueued ones first) and its parameter values."""
+        from optuna.distributions import FloatDistribution
+
+        trial = self.study.ask({s.name: FloatDistribution(s.low, s.high, step=s.step)
+                                for s in specs})
+        return trial, dict(trial.params)
+
+    def tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, _plain(value))
+        trial.set_user_attr("state", outcome.state)
+        trial.set_constraint("budget", float(outcome.violation))
+        if outcome.state == "FAIL" or outcome.values is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, list(outcome.values))
+
     # -- records -----------------------------------------------------------------------------
     def records(self) -> list[TrialRecord]:
         return [to_record(t) for t in self.study.get_trials(deepcopy=False)]

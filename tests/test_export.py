@@ -1,0 +1,194 @@
+"""``export_trial`` on a real (small) run: each format reloads and matches what the search saw."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import autoprune as ap
+from autoprune.errors import ConfigError
+from autoprune.export import ONNX_TOLERANCE, builder_reference, export_trial
+from autoprune.results import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    """Subprocesses import this checkout, whatever is installed."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "0.4", "--trials",
+         "3", "--finetune-steps", "10", "--bn-batches", "4", "--quiet", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def trial(run: Path) -> int:
+    front = json.loads((run / "front.json").read_text())
+    assert front, "the search wrote an empty front"
+    return int(front[0]["trial"])
+
+
+@pytest.fixture(scope="session")
+def reference(run: Path, trial: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The trial's model rebuilt by hand, and a test batch, to compare exported files with."""
+    from autoprune.tasks import load_task
+
+    task = load_task("digits")
+    plan = ap.PruningPlan.from_dict(RunDir(run).read_plan(trial))
+    model = ap.apply_plan(task.dense_model(), task.example_inputs(), plan)
+    model.load_state_dict(torch.load(run / "models" / f"trial_{trial}.pt", weights_only=True))
+    images, _ = next(iter(task.splits().test))
+    return model.eval(), images[:32]
+
+
+def _recorded(run: Path, trial: int, column: str) -> float | None:
+    return next(getattr(r, column) for r in RunDir(run).read_trials() if r.trial == trial)
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_pt_loads_in_a_fresh_process_with_the_recorded_test_accuracy(run, trial):
+    result = export_trial(run, trial, "pt", progress=False)
+    assert result.model_path == run / "models" / f"trial_{trial}.pruned.pt"
+    assert result.metrics_path == run / "models" / f"trial_{trial}.pruned.metrics.json"
+    metrics = json.loads(result.metrics_path.read_text())
+    recorded = _recorded(run, trial, "test_acc")
+    assert recorded is not None and metrics["test_acc"] == recorded
+    assert metrics["format"] == "pt" and metrics["trial"] == trial
+    assert metrics["file_bytes"] == result.model_path.stat().st_size
+    assert metrics["flops_ratio"] == pytest.approx(_recorded(run, trial, "flops_ratio"), rel=1e-6)
+    assert metrics["macs"] > 0 and metrics["params"] > 0 and metrics["latency_ms"] > 0
+    assert metrics["plan"]["ratios"] and metrics["finetune_epochs"] == 0
+    script = ("import sys, autoprune as ap\nfrom autoprune.tasks import load_task\n"
+              "model = ap.load_pruned(sys.argv[1])\n"
+              "print(repr(load_task('digits').evaluate(model, 'test')))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(result.model_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) == recorded
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_loads_and_matches_pytorch(run, trial, reference, tmp_path):
+    result = export_trial(run, trial, "torchscript", out=tmp_path, progress=False)
+    assert result.model_path == tmp_path / f"trial_{trial}.torchscript.pt"
+    assert result.metrics_path.is_file()
+    model, batch = reference
+    loaded = torch.jit.load(str(result.model_path))
+    with torch.no_grad():
+        assert (loaded(batch) - model(batch)).abs().max() <= 1e-5
+    assert result.metrics["test_acc"] == _recorded(run, trial, "test_acc")
+
+
+def test_onnx_matches_pytorch_within_tolerance(run, trial, reference, tmp_path):
+    for module in ("onnx", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install \"autoprune[onnx]\")")
+    import onnxruntime
+
+    result = export_trial(run, trial, "onnx", out=tmp_path / "model.onnx", progress=False)
+    assert result.metrics_path == tmp_path / "model.metrics.json"
+    assert result.metrics["max_abs_diff"] <= ONNX_TOLERANCE
+    model, batch = reference
+    session = onnxruntime.InferenceSession(str(result.model_path),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": batch.numpy()})[0]
+    with torch.no_grad():
+        assert (torch.from_numpy(got) - model(batch)).abs().max() <= ONNX_TOLERANCE
+
+
+def test_trial_without_weights_needs_and_takes_finetune_epochs(run, trial, tmp_path):
+    copy = _copy(run, tmp_path)
+    (copy / "models" / f"trial_{trial}.pt").unlink()
+    with pytest.raises(ConfigError, match="--finetune-epochs"):
+        export_trial(copy, trial, "pt", progress=False)
+    result = export_trial(copy, trial, "pt", finetune_epochs=1, progress=False)
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["finetune_epochs"] == 1 and metrics["finetune_steps"] > 0
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and result.model_path.is_file()
+
+
+def test_unknown_trial_names_it_and_the_front(run, trial):
+    with pytest.raises(ConfigError, match=rf"--trial 999: .*front is trial .*{trial}"):
+        export_trial(run, 999)
+
+
+def test_failed_trial_is_refused_with_its_state(run, trial, tmp_path):
+    copy = _copy(run, tmp_path)
+    from dataclasses import replace
+
+    records = RunDir(copy).read_trials()
+    failed = next(r for r in records if r.trial != trial)
+    RunDir(copy).write_trials([replace(r, state="FAIL", fail_reason="loss is nan")
+                               if r is failed else r for r in records])
+    with pytest.raises(ConfigError, match=rf"--trial {failed.trial} is FAIL \(loss is nan\).*"
+                                          rf"front is trial .*{trial}"):
+        export_trial(copy, failed.trial)
+
+
+def test_bad_arguments_are_config_errors(run, trial, tmp_path):
+    with pytest.raises(ConfigError, match="pt, torchscript, onnx"):
+        export_trial(run, trial, "tflite")
+    with pytest.raises(ConfigError, match="--finetune-epochs"):
+        export_trial(run, trial, finetune_epochs=-1)
+    with pytest.raises(ConfigError, match="not an autoprune run directory"):
+        export_trial(tmp_path, trial)
+    with pytest.raises(ConfigError, match="overwrite the search's weights"):
+        export_trial(run, trial, out=run / "models" / f"trial_{trial}.pt")
+
+
+def test_python_api_run_points_to_save_pruned(run, trial, tmp_path):
+    copy = _copy(run, tmp_path)
+    config = RunDir(copy).read_config()
+    RunDir(copy).write_config({**config, "task": {"python": True}})
+    with pytest.raises(ConfigError, match=r"ap\.save_pruned"):
+        export_trial(copy, trial)
+
+
+class _Task:
+    name = "mine"
+
+    def __init__(self, **attrs: object) -> None:
+        self.__dict__.update(attrs)
+
+
+def test_builder_reference_of_each_kind_of_task():
+    from autoprune.tasks import vision
+    from autoprune.tasks.models import cifar_resnet
+
+    tv = _Task(model_factory=functools.partial(vision.build_model, "resnet18", 7))
+    assert builder_reference(tv) == ("torchvision.models:resnet18", {"num_classes": 7})
+    own = _Task(model_factory=functools.partial(cifar_resnet, depth=8, num_classes=3))
+    assert builder_reference(own) == ("autoprune.tasks.models:cifar_resnet",
+                                      {"depth": 8, "num_classes": 3})
+    explicit = _Task(builder="pkg.nets:small", builder_kwargs={"width": 4},
+                     model_factory=lambda: None)
+    assert builder_reference(explicit) == ("pkg.nets:small", {"width": 4})
+    with pytest.raises(ConfigError, match="`builder` attribute"):
+        builder_reference(_Task(model_factory=lambda: torch.nn.Linear(2, 2)))
+
+
+def test_onnx_without_the_onnx_package_names_the_extra(run, trial, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(ap.BackendUnavailable, match=r"autoprune\[onnx\]"):
+        export_trial(run, trial, "onnx")

@@ -1,0 +1,139 @@
+"""Session (ask/tell) and PruneHook inside a plain PyTorch training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_pruning as tp
+from conftest import Residual
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import autoprune as ap
+from autoprune.errors import ConfigError
+from autoprune.hooks import PruneHook, Session
+
+
+def blobs(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 5, (n,), generator=g)
+    x = torch.randn(n, 3, 16, 16, generator=g) * 0.3
+    for c in range(5):
+        x[y == c, c % 3] += 1.0 + c * 0.3
+    return TensorDataset(x, y)
+
+
+def accuracy(model: nn.Module, data: TensorDataset) -> float:
+    model.eval()
+    with torch.no_grad():
+        x, y = data.tensors
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def train(model: nn.Module, loader: DataLoader, steps: int, opt=None, hook=None) -> None:
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if hook is not None:
+                hook.on_step_end()
+            done += 1
+            if done >= steps:
+                return
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(0)
+    return DataLoader(blobs(256, 0), batch_size=32, shuffle=True), blobs(128, 1), blobs(128, 2)
+
+
+def test_session_ask_tell_loop(tmp_path, data):
+    loader, val, test = data
+    dense = Residual()
+    train(dense, loader, 40)
+    session = Session(dense, torch.zeros(1, 3, 16, 16), budget=ap.Budget(flops=0.5),
+                      run_dir=tmp_path / "run", train_loader=loader,
+                      evaluate=lambda m, split="val": accuracy(m, val if split == "val" else test),
+                      settings=ap.SearchSettings(progress=False, latency=False))
+    seen = []
+    for cand in session.candidates(5):
+        assert cand.flops_ratio <= 0.5 * 1.0001
+        for step in range(3):  # the user's own loop
+            train(cand.model, loader, 5)
+            acc = accuracy(cand.model, val)
+            cand.report(acc, step)
+            if cand.should_stop():
+                break
+        cand.finish(accuracy=acc)
+        seen.append(cand.number)
+    assert seen == list(range(5))
+    from autoprune.results import RunDir
+
+    records = RunDir.open(tmp_path / "run").read_trials()
+    assert [r.state for r in records] == ["COMPLETE"] * 5
+    assert {r.baseline for r in records} >= {"uniform-l2", "global-l2"}
+    front = RunDir.open(tmp_path / "run").read_front()
+    assert front and all(f["fidelity"] == 1.0 for f in front)
+    assert all(f["test_acc"] is not None for f in front)
+
+
+def test_session_unfinished_candidate_is_failed(tmp_path):
+    session = Session(Residual(), torch.zeros(1, 3, 16, 16), run_dir=tmp_path / "run",
+                      settings=ap.SearchSettings(progress=False, latency=False))
+    for cand in session.candidates(2):
+        if cand.number == 0:
+            continue  # forgot to finish
+        cand.finish(accuracy=0.5)
+    from autoprune.results import RunDir
+
+    records = RunDir.open(tmp_path / "run").read_trials()
+    assert records[0].state == "FAIL" and "finish()" in records[0].fail_reason
+    assert records[1].state == "COMPLETE"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_prune_hook_gradual_keeps_optimizer_valid(data, optimizer):
+    loader, val, _ = data
+    torch.manual_seed(0)
+    model = Residual()
+    x = torch.zeros(1, 3, 16, 16)
+    plan = ap.fit_budget(model, x, 1.0, flops=0.4)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=3e-3))
+    hook = PruneHook(model, x, plan, optimizer=opt, at_steps=[10, 20, 30])
+    train(model, loader, 60, opt=opt, hook=hook)
+    assert [h["event"] for h in hook.history] == [1, 2, 3]
+    macs, _ = tp.utils.count_ops_and_params(model, x)
+    dense_macs, _ = tp.utils.count_ops_and_params(Residual(), x)
+    assert macs / dense_macs <= 0.4 * 1.01
+    # the optimizer holds exactly the model's (new) parameters, and its state fits their shapes
+    params = {id(p) for p in model.parameters()}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == params
+    for p, state in opt.state.items():
+        for value in state.values():
+            if torch.is_tensor(value) and value.dim():
+                assert value.shape == p.shape
+    assert accuracy(model, val) > 0.6  # it kept learning after pruning
+    # the in-place pruned model replays from the dense architecture
+    replayed = ap.analyze(Residual(), x).model
+    from autoprune.graph import replay_history
+
+    replay_history(replayed, x, model.autoprune_history)
+    replayed.load_state_dict(model.state_dict())
+
+
+def test_prune_hook_arguments():
+    model = Residual()
+    x = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="exactly one"):
+        PruneHook(model, x, ap.PruningPlan({"mid": 0.5}))
+    with pytest.raises(ConfigError, match="distinct"):
+        PruneHook(model, x, ap.PruningPlan({"mid": 0.5}), at_steps=[3, 3])
+    with pytest.raises(ConfigError, match="'nosuch'"):
+        PruneHook(model, x, ap.PruningPlan({"nosuch": 0.5}), at_epochs=[1])

@@ -1,0 +1,193 @@
+"""The HTML report: structure from a real run, self-containment, and a headless-browser render."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from autoprune._svg import nice_ticks
+from autoprune.report import terminal_summary, write_report
+from autoprune.results import RunDir, TrialRecord
+
+EVIL = 'RuntimeError: <script>alert("x")</script> & diverged'
+
+
+class _Elements(HTMLParser):
+    """Every start tag as (tag, attrs), plus the page text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def with_class(self, name: str) -> list[dict[str, str]]:
+        return [a for _, a in self.elements if name in a.get("class", "").split()]
+
+
+def parse(path: Path) -> _Elements:
+    parser = _Elements()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) search through the CLI, as a user would run it."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", "--trials", "4", "--finetune-steps",
+         "10", "--bn-batches", "4", "--quiet", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def failed_run(real_run: Path, tmp_path: Path) -> Path:
+    """A copy of the real run with a failed, an infeasible and a running trial appended."""
+    path = tmp_path / "with-failures"
+    shutil.copytree(real_run, path)
+    run = RunDir.open(path)
+    records = run.read_trials()
+    n = max(r.trial for r in records) + 1
+    run.write_trials([*records,
+                      TrialRecord(trial=n, state="FAIL", fail_reason=EVIL),
+                      TrialRecord(trial=n + 1, state="INFEASIBLE", flops_ratio=0.4,
+                                  params_ratio=0.5, fail_reason="params ratio 0.5 over 0.3"),
+                      TrialRecord(trial=n + 2, state="RUNNING")])
+    return path
+
+
+def test_report_shows_every_trial_front_dense_export_and_environment(real_run: Path):
+    path = write_report(real_run)
+    assert path == real_run / "report.html" and path.is_file()
+    page, run = parse(path), RunDir.open(real_run)
+    records, front = run.read_trials(), run.read_front()
+    baseline = run.read_baseline()
+    points = Counter(a["data-trial"] for a in page.with_class("trial-point"))
+    done = [r for r in records if r.state == "COMPLETE" and r.val_acc is not None]
+    assert done
+    for r in done:  # one point per plot: FLOPs, params, and latency where measured
+        assert points[str(r.trial)] == 2 + (r.latency_ms is not None), r
+    assert set(points) == {str(r.trial) for r in done}
+    assert {a["data-trial"] for a in page.with_class("front-point")} == \
+        {str(f["trial"]) for f in front}
+    assert len(page.with_class("front-line")) == 3
+    assert len(page.with_class("dense-point")) == 3
+    assert {a["data-trial"] for a in page.with_class("baseline-point")} == \
+        {str(r.trial) for r in done if r.baseline}
+    assert len(page.with_class("budget-line")) == 1  # FLOPs budget only
+    text = "".join(page.text)
+    for f in front:
+        assert f"autoprune export {real_run.name} --trial {f['trial']}" in text
+        assert f"trial {f['trial']} (on the front)\nval acc" in text  # the hover <title>
+    env = baseline["environment"]
+    assert any(a.get("id") == "environment" for _, a in page.elements)
+    for value in (env["torch"], env["torch_pruning"], env["optuna"], env["device"]):
+        assert str(value) in text
+    assert "FLOPs ≤ 40% of dense" in text
+    rows = [a["data-trial"] for tag, a in page.elements if tag == "tr" and "data-trial" in a]
+    assert sorted(rows, key=int) == [str(r.trial) for r in records]
+    assert sum(tag == "script" for tag, _ in page.elements) == 1
+    assert "dense" in terminal_summary(str(real_run))  # the CLI's summary still works
+
+
+def test_failed_trials_show_their_escaped_reason(failed_run: Path):
+    raw = write_report(failed_run).read_text(encoding="utf-8")
+    assert EVIL not in raw and "<script>alert" not in raw
+    page = parse(failed_run / "report.html")
+    text = "".join(page.text)
+    assert EVIL in text and "params ratio 0.5 over 0.3" in text
+    assert page.with_class("state-fail") and page.with_class("state-infeasible")
+    assert page.with_class("state-running")
+    assert len(page.with_class("failure")) == 2
+
+
+def test_copied_run_renders_without_paths_or_network(real_run: Path, tmp_path: Path):
+    copy = tmp_path / "elsewhere" / "copied-run"
+    shutil.copytree(real_run, copy)
+    raw = write_report(copy).read_text(encoding="utf-8")
+    for location in (real_run.resolve(), copy.resolve(), tmp_path.resolve()):
+        assert str(location) not in raw
+    assert "http://" not in raw and "https://" not in raw and "file:" not in raw
+    assert "<link" not in raw and " src=" not in raw  # everything inline
+    assert "autoprune export copied-run --trial" in raw
+
+
+def test_report_without_front_latency_or_baseline_file(tmp_path: Path):
+    """An interrupted run: one completed trial, no latency, no front or baseline.json yet."""
+    run = RunDir.create(tmp_path / "partial")
+    run.write_config({"task": {"spec": "/home/someone/tasks/mine.py"}, "budget": {"params": 0.5}})
+    run.write_trials([TrialRecord(trial=0, state="COMPLETE", flops_ratio=0.6, params_ratio=0.45,
+                                  val_acc=0.9, fidelity=1.0),
+                      TrialRecord(trial=1, state="FAIL", fail_reason="out of memory")])
+    raw = write_report(run.path).read_text(encoding="utf-8")
+    page = parse(run.report_path)
+    assert len(page.with_class("trial-point")) == 2 and not page.with_class("front-point")
+    assert len(page.with_class("budget-line")) == 1  # on the params plot
+    assert "no completed trial has a latency" in raw and "No front yet" in raw
+    assert "/home/someone" not in raw and "mine.py" in raw
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert nice_ticks(0.0, 1.05) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(-0.5, 11.5, integer=True) == [0.0, 5.0, 10.0]
+    assert nice_ticks(-0.5, 1.5, integer=True) == [0.0, 1.0]
+
+
+# -- headless browser ------------------------------------------------------------------------
+
+def _chromium() -> str:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    if os.environ.get("CI"):
+        pytest.fail("chromium not installed but CI is set; .ci/run installs it (apt-get)")
+    pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+
+
+def _browse(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    """Console output of the page (the report logs nothing, so any of it is a problem)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+def test_report_renders_in_headless_chromium(real_run: Path, tmp_path: Path):
+    binary = _chromium()
+    report = write_report(real_run).resolve()
+    png = tmp_path / "report.png"
+    shot = _browse(binary, tmp_path / "profile1", f"--screenshot={png}",
+                   "--window-size=1400,2400", report.as_uri())
+    assert png.is_file() and png.stat().st_size > 20_000, shot.stderr[-2000:]
+    dump = _browse(binary, tmp_path / "profile2", "--enable-logging=stderr", "--v=0",
+                   "--dump-dom", report.as_uri())
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    assert 'data-ready="1"' in dump.stdout  # the inline script ran to its end
+    assert dump.stdout.count('class="trial-point') >= 2
+    assert not _console_errors(dump.stderr), _console_errors(dump.stderr)
+
+    broken = tmp_path / "broken.html"  # the console check itself must catch a script error
+    broken.write_text(report.read_text(encoding="utf-8").replace(
+        '"use strict";', '"use strict"; undefinedFunction();', 1), encoding="utf-8")
+    bad = _browse(binary, tmp_path / "profile3", "--enable-logging=stderr", "--v=0",
+                  "--dump-dom", broken.as_uri())
+    assert _console_errors(bad.stderr) and 'data-ready="1"' not in bad.stdout
