@@ -114,6 +114,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     os.close(fd)
     try:
         torch.save(archive, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; an exported model is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -118,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     p.set_defaults(func=_cmd_inspect)
     _add_search(sub)
+    p = sub.add_parser("export", help="rebuild a trial's pruned model, test it, write the file")
+    p.add_argument("run_dir", help="a folder written by `autoprune search`")
+    p.add_argument("--trial", type=int, required=True, help="the trial number (see the front)")
+    p.add_argument("--format", default="pt", help="pt (default; ap.load_pruned) | torchscript | "
+                   "onnx")
+    p.add_argument("--finetune-epochs", type=float, default=0.0,
+                   help="fine-tune further before export (default 0: the searched weights)")
+    p.add_argument("-o", "--out", help="output file or folder (default RUN_DIR/models/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("report", help="write report.html of a run and print its summary")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
     p.set_defaults(func=_cmd_report)
@@ -248,6 +258,18 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device!r}; use cpu or cuda")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {device!r} but no CUDA device is available; use --device cpu")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.export import export_trial
+
+    result = export_trial(args.run_dir, args.trial, fmt=args.format, out=args.out,
+                          finetune_epochs=args.finetune_epochs, progress=not args.quiet)
+    m = result.metrics
+    print(f"trial {args.trial}: test accuracy {m['test_acc']:.2%}, "
+          f"{m['flops_ratio']:.1%} of the dense FLOPs, {m['params']:,.0f} params")
+    print(f"model:   {result.model_path}\nmetrics: {result.metrics_path}")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

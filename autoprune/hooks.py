@@ -157,8 +157,8 @@ class Session:
         cand.finished = True
         fidelity = 1.0
         if cand.stopped and cand.curve and self.curves:
-            longest = max(max(c) for c in self.curves)
-            fidelity = min(1.0, max(cand.curve) / longest) if longest else 1.0
+            longest = max(max(c) for c in self.curves)  # steps are 0-based: count them
+            fidelity = min(1.0, (max(cand.curve) + 1) / (longest + 1))
         elif cand.curve:
             self.curves.append(dict(cand.curve))
         cost = cand.costs["flops_ratio" if self.search.metric == "macs" else "params_ratio"]
