@@ -38,6 +38,12 @@ _LAZY = {
     "SearchSpace": "autoprune.space",
     "load_space": "autoprune.space",
     "load_pruned": "autoprune.archive",
+    "WeightMask": "autoprune.weights",
+    "prune_weights": "autoprune.weights",
+    "sparsity_schedule": "autoprune.weights",
+    "sparse_size": "autoprune.weights",
+    "save_sparse": "autoprune.weights",
+    "load_sparse": "autoprune.weights",
     "save_pruned": "autoprune.archive",
 }
 
@@ -58,15 +64,21 @@ __all__ = [
     "SearchSpace",
     "Session",
     "UnsupportedModelError",
+    "WeightMask",
     "analyze",
     "apply_plan",
     "fit_budget",
     "load_pruned",
     "load_space",
+    "load_sparse",
     "measure",
     "prunable_groups",
+    "prune_weights",
     "save_pruned",
+    "save_sparse",
     "search",
+    "sparse_size",
+    "sparsity_schedule",
 ]
 
 if TYPE_CHECKING:
@@ -77,6 +89,14 @@ if TYPE_CHECKING:
     from autoprune.hooks import PruneHook, Session
     from autoprune.searcher import SearchResult, SearchSettings, search
     from autoprune.space import SearchSpace, load_space
+    from autoprune.weights import (
+        WeightMask,
+        load_sparse,
+        prune_weights,
+        save_sparse,
+        sparse_size,
+        sparsity_schedule,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -49,6 +49,19 @@ def _fraction(name: str) -> Any:
     return parse
 
 
+def _positive(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} must be > 0")
+        return value
+
+    return parse
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in text.replace("x", ",").split(","))
@@ -137,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 BUDGET_HELP = """budgets (fractions of the dense model; the pruned model keeps AT MOST this much):
   --budget-flops 0.4    keep at most 40 % of the dense model's FLOPs (= MACs x 2; same ratio)
   --budget-params 0.5   keep at most 50 % of the dense model's parameters
-  --budget-latency 0.6  at most 60 % of the dense model's measured latency (not implemented yet)
-  --budget-latency-ms   an absolute latency in milliseconds (not implemented yet)
-Every candidate is fitted onto the budget before training, so none is over it."""
+  --budget-latency 0.6  at most 60 % of the dense model's latency, measured on --device at
+                        --latency-batch and --latency-dtype
+  --budget-latency-ms   an absolute latency in milliseconds, measured the same way
+FLOPs and params are exact before training: every candidate is fitted onto the budget, so none
+is over it. Latency is measured: a candidate over a latency budget is recorded INFEASIBLE and
+never fine-tuned, and every front member is timed again at the end."""
 
 
 def _add_search(sub: Any) -> None:
@@ -158,7 +174,7 @@ def _add_search(sub: Any) -> None:
                    help="keep at most F of the dense parameters")
     g.add_argument("--budget-latency", type=_fraction("--budget-latency"), metavar="F",
                    help="at most F of the dense measured latency")
-    g.add_argument("--budget-latency-ms", type=float, metavar="MS",
+    g.add_argument("--budget-latency-ms", type=_positive("--budget-latency-ms"), metavar="MS",
                    help="at most MS milliseconds measured latency")
     p.add_argument("--trials", type=int, default=None, help="trials to run (default 40)")
     p.add_argument("--space", default="default",
@@ -177,6 +193,10 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--bn-batches", type=int, default=20,
                    help="batches for BatchNorm re-estimation (proxy score)")
     p.add_argument("--no-latency", action="store_true", help="do not time candidates")
+    p.add_argument("--latency-batch", type=int, default=1,
+                   help="batch size latency is measured at (default 1)")
+    p.add_argument("--latency-dtype", default="float32",
+                   help="float32 (default) | float16 | bfloat16")
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -216,6 +236,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                               bn_batches=args.bn_batches, device=args.device)
         settings = SearchSettings(sampler=args.sampler, seed=args.seed,
                                   importance=args.importance, latency=not args.no_latency,
+                                  latency_batch=args.latency_batch,
+                                  latency_dtype=args.latency_dtype,
                                   storage=args.storage, progress=not args.quiet)
         out = args.out
     if trials < 1:

@@ -202,9 +202,11 @@ class Pipeline:
             self._teacher = copy.deepcopy(self.analysis.model).to(self.settings.device).eval()
         return self._teacher
 
-    def run(self, plan: PruningPlan, steps: int | None = None) -> CandidateResult:
+    def run(self, plan: PruningPlan, steps: int | None = None,
+            model: nn.Module | None = None) -> CandidateResult:
+        """Every stage for ``plan``; ``model`` is the already pruned copy, if the caller has it."""
         try:
-            return self._run(plan, steps)
+            return self._run(plan, steps, model)
         except CandidateFailed:
             raise
         except torch.OutOfMemoryError as exc:
@@ -213,11 +215,12 @@ class Pipeline:
             raise CandidateFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                                   if str(exc) else type(exc).__name__) from exc
 
-    def _run(self, plan: PruningPlan, steps: int | None) -> CandidateResult:
+    def _run(self, plan: PruningPlan, steps: int | None,
+             model: nn.Module | None) -> CandidateResult:
         s = self.settings
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        model = self.analysis.apply(plan).to(s.device)
+        model = (model if model is not None else self.analysis.apply(plan)).to(s.device)
         stages["prune_s"] = time.perf_counter() - t0
         proxy = None
         if self.train_loader is not None and s.bn_batches > 0:

@@ -105,7 +105,7 @@ class Session:
                                                   FinetuneSettings()))
         self.search = Search(model, example_inputs, evaluate, train_loader, budget, self.run,
                              space=space_obj, settings=settings)
-        self.search.baseline()
+        self.search.bind_baseline(self.search.baseline())
         self.backend = OptunaBackend(make_storage(settings.storage, self.run.journal_path),
                                      STUDY, settings.sampler, settings.seed,
                                      ("maximize", "minimize"))

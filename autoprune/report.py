@@ -65,7 +65,8 @@ def terminal_summary(run_dir: str) -> str:
         states[r.state] = states.get(r.state, 0) + 1
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     budget = baseline.get("budget", {})
-    budget_text = ", ".join(f"{k} <= {v:.0%}" for k, v in budget.items() if v is not None)
+    budget_text = ", ".join(f"latency <= {v:g} ms" if k == "latency_ms" else f"{k} <= {v:.0%}"
+                            for k, v in budget.items() if v is not None)
     return (f"run: {run.path}\nbudget: {budget_text or '-'}; trials: {counts or 'none'}\n\n"
             f"Pareto front (validation selects; test shown for front members):\n"
             f"{front_table(front, baseline)}")

@@ -29,10 +29,10 @@ STUDY = "autoprune"
 
 def default_run_name(task: str, budget: Budget) -> str:
     parts = [task.replace("/", "_").replace(":", "_").removesuffix(".py")]
-    for key in ("flops", "params"):
+    for key in ("flops", "params", "latency", "latency_ms"):
         value = getattr(budget, key)
         if value is not None:
-            parts.append(f"{key}{value:g}")
+            parts.append(f"{key.replace('_', '')}{value:g}")
     parts.append(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return "-".join(parts)
 
@@ -77,6 +77,7 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
                                          finetune_settings))
     search = make_search(run)
     baseline = search.baseline()
+    search.bind_baseline(baseline)
     storage = make_storage(settings.storage, run.journal_path)
     backend = OptunaBackend(storage, STUDY, settings.sampler, settings.seed, ("maximize",
                                                                               "minimize"))
@@ -108,6 +109,8 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
                     "`autoprune search --resume %s`", backend.done(), run.path, run.path)
         raise
     bar.close()
+    records = search.write(backend.records())
+    search.remeasure_front(backend.records())
     records = search.write(backend.records())
     search.score_front_on_test(search.front_of(records))
     records = search.write(backend.records())

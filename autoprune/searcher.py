@@ -48,12 +48,18 @@ class SearchSettings:
     level_low: float = 0.6  # lowest cost level sampled, as a fraction of the budget
     latency: bool = True  # measure each candidate's latency (CPU timer / CUDA events)
     latency_batch: int = 1
+    latency_dtype: str = "float32"
     storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
     progress: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.level_low <= 1.0:
             raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
+        if self.latency_batch < 1:
+            raise ConfigError(f"--latency-batch {self.latency_batch} must be >= 1")
+        if self.latency_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"--latency-dtype {self.latency_dtype!r}; use float32, float16 "
+                              "or bfloat16")
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,13 @@ class Search:
                  settings: SearchSettings | None = None) -> None:
         from autoprune.graph import analyze
 
-        if budget.latency is not None or budget.latency_ms is not None:
-            raise ConfigError("latency budgets are not implemented yet; use --budget-flops or "
-                              "--budget-params (latency is still measured and reported)")
-        if budget.flops is None and budget.params is None:
-            raise BudgetError("give a budget: --budget-flops F or --budget-params F")
+        self.latency_bound = budget.latency is not None or budget.latency_ms is not None
+        if budget.is_empty:
+            raise BudgetError("give a budget: --budget-flops F, --budget-params F or "
+                              "--budget-latency F")
         self.settings = settings or SearchSettings()
+        if self.latency_bound and not self.settings.latency:
+            raise ConfigError("a latency budget needs latency measurement; drop --no-latency")
         self.ft = finetune_settings or FinetuneSettings()
         self.space = space or load_space("default")
         self.budget, self.run_dir = budget, run
@@ -144,8 +151,10 @@ class Search:
         self.train_loader = train_loader
         self._finetune = _finetune_adapter(finetune)
         self._pipeline: Pipeline | None = None
-        self.metric = "macs" if budget.flops is not None else "params"
-        self.fraction = float(budget.flops if budget.flops is not None else budget.params)
+        # the cost candidates are fitted on (analytic); latency is measured on top of it
+        self.metric = "params" if budget.flops is None and budget.params is not None else "macs"
+        self.fraction = float(budget.params if self.metric == "params" else budget.flops or 1.0)
+        self.dense_latency: float | None = None
         cm = self.analysis.cost_model
         self.dense_macs, self.dense_params = cm.dense_macs(), cm.dense_params()
         from autoprune.cost import LatencyCache
@@ -169,7 +178,7 @@ class Search:
         dense = self.analysis.model
         cost = measure(dense, self.example_inputs, device=self.ft.device,
                        latency=self.settings.latency, batch_size=self.settings.latency_batch,
-                       repeats=30)
+                       dtype=self.settings.latency_dtype, repeats=30, warmup=10)
         data = {
             "dense": {**cost.to_dict(), "val_acc": self.evaluate(dense, "val"),
                       "test_acc": self.evaluate(dense, "test")},
@@ -180,12 +189,43 @@ class Search:
         self.run_dir.write_baseline(data)
         return data
 
+    def bind_baseline(self, data: dict[str, Any]) -> None:
+        """Take the dense latency from the baseline (latency budgets are fractions of it)."""
+        self.dense_latency = data.get("dense", {}).get("latency_ms")
+        if not self.latency_bound:
+            return
+        if not self.dense_latency:
+            raise ConfigError("the dense model's latency could not be measured; a latency "
+                              "budget needs it")
+        if self.budget.latency_ms is not None:
+            self.latency_limit = float(self.budget.latency_ms)
+        else:
+            self.latency_limit = float(self.budget.latency) * self.dense_latency  # type: ignore
+        if self.budget.flops is None and self.budget.params is None:
+            # FLOPs fall faster than latency (0.6-0.9x here), so a latency fraction L needs
+            # FLOPs at most ~L: candidates are fitted onto FLOPs levels in [L^2, L].
+            self.fraction = min(1.0, self.latency_limit / self.dense_latency)
+
+    def latency_ratio(self, latency_ms: float | None) -> float | None:
+        if latency_ms is None or not self.dense_latency:
+            return None
+        return latency_ms / self.dense_latency
+
+    def time_model(self, model: nn.Module, repeats: int = 10) -> float | None:
+        from autoprune.cost import measure
+
+        return measure(model, self.example_inputs, device=self.ft.device,
+                       batch_size=self.settings.latency_batch, dtype=self.settings.latency_dtype,
+                       repeats=repeats, warmup=3, cache=self.latency_cache).latency_ms
+
     # -- candidates ------------------------------------------------------------------------
     def specs(self) -> list[Any]:
         from autoprune.backends.optuna import ParamSpec
 
         specs = [ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
         low = self.fraction * self.settings.level_low
+        if self.latency_bound and self.budget.flops is None and self.budget.params is None:
+            low = min(low, self.fraction ** 2)
         return [*specs, ParamSpec(LEVEL, low, self.fraction)]
 
     def plan_for(self, params: dict[str, float]) -> PruningPlan:
@@ -238,9 +278,20 @@ class Search:
                        {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
                                               f"budget {self.budget.params}"})
 
+    def over_latency(self, rec: dict[str, Any]) -> Any:
+        """An INFEASIBLE outcome when the measured latency is over a latency budget, else None."""
+        from autoprune.backends.optuna import Outcome
+
+        lat = rec.get("latency_ms")
+        if not self.latency_bound or lat is None or lat <= self.latency_limit:
+            return None
+        return Outcome("INFEASIBLE", (0.0, self.latency_ratio(lat) or 1.0),
+                       (lat - self.latency_limit) / (self.dense_latency or 1.0),
+                       {**rec, "fail_reason": f"latency {lat:.4g} ms over the budget "
+                                              f"{self.latency_limit:.4g} ms; not fine-tuned"})
+
     def evaluate_trial(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Any:
         from autoprune.backends.optuna import Outcome
-        from autoprune.cost import measure
 
         start = time.perf_counter()
         try:
@@ -250,22 +301,23 @@ class Search:
                            {"fail_reason": str(exc), "seconds": time.perf_counter() - start})
         self.run_dir.write_plan(number, plan.to_dict())
         rec = self.costs(plan)
-        cost = rec["flops_ratio"] if self.metric == "macs" else rec["params_ratio"]
-        over = self.over_budget(rec)
+        pruned = None
+        if self.latency_bound:  # latency does not depend on weights: time before training
+            pruned = self.analysis.apply(plan)
+            rec["latency_ms"] = self.time_model(pruned)
+        over = self.over_budget(rec) or self.over_latency(rec)
         if over is not None:
             over.attrs["seconds"] = time.perf_counter() - start
             return over
         torch.manual_seed(self.settings.seed * 100_003 + number)
         try:
-            result = self.pipeline.run(plan)
+            result = self.pipeline.run(plan, model=pruned)
         except CandidateFailed as exc:
             return Outcome("FAIL", None, 0.0, {**rec, "fail_reason": str(exc),
                                                "seconds": time.perf_counter() - start})
-        if self.settings.latency:
-            measured = measure(result.model, self.example_inputs, device=self.ft.device,
-                               batch_size=self.settings.latency_batch, repeats=10, warmup=3,
-                               cache=self.latency_cache)
-            rec["latency_ms"] = measured.latency_ms
+        if self.settings.latency and "latency_ms" not in rec:
+            rec["latency_ms"] = self.time_model(result.model)
+        cost = self.objective_cost(rec["flops_ratio"], rec["params_ratio"], rec.get("latency_ms"))
         self._save_state(number, result.model)
         rec.update(proxy_acc=result.proxy_acc, val_acc=result.val_acc, stages=result.stages,
                    seconds=time.perf_counter() - start)
@@ -289,8 +341,16 @@ class Search:
         return model.eval()
 
     # -- results ---------------------------------------------------------------------------
+    def objective_cost(self, flops_ratio: float | None, params_ratio: float | None,
+                       latency_ms: float | None) -> float | None:
+        """The cost the front is built on: latency ratio under a latency budget, else the
+        fitted ratio (FLOPs, or params when only a params budget is given)."""
+        if self.latency_bound:
+            return self.latency_ratio(latency_ms)
+        return flops_ratio if self.metric == "macs" else params_ratio
+
     def cost_of(self, r: TrialRecord) -> float | None:
-        return r.flops_ratio if self.metric == "macs" else r.params_ratio
+        return self.objective_cost(r.flops_ratio, r.params_ratio, r.latency_ms)
 
     def front_of(self, records: list[TrialRecord]) -> list[TrialRecord]:
         full = [r for r in records if r.state == "COMPLETE" and r.val_acc is not None
@@ -307,10 +367,48 @@ class Search:
             return {}
         return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
 
+    def _remeasured_path(self) -> Path:
+        return self.run_dir.path / "latency_remeasured.json"
+
+    def remeasured(self) -> dict[int, float]:
+        path = self._remeasured_path()
+        if not path.is_file():
+            return {}
+        return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+
+    def merge(self, records: list[TrialRecord]) -> list[TrialRecord]:
+        """Records with test scores and end-of-run latencies (over a latency budget ->
+        INFEASIBLE) folded in."""
+        scores, latency = self.test_scores(), self.remeasured()
+        out = []
+        for r in records:
+            r = _with(r, test_acc=scores.get(r.trial), latency_ms=latency.get(r.trial))
+            if self.latency_bound and r.trial in latency and r.state == "COMPLETE" \
+                    and latency[r.trial] > self.latency_limit:
+                r = _with(r, state="INFEASIBLE", fail_reason=(
+                    f"re-measured latency {latency[r.trial]:.4g} ms over the budget "
+                    f"{self.latency_limit:.4g} ms"))
+            out.append(r)
+        return out
+
+    def remeasure_front(self, records: list[TrialRecord]) -> None:
+        """Time every front member again, alone and longer, until the front is stable."""
+        if not self.settings.latency:
+            return
+        measured = self.remeasured()
+        for _ in range(10):
+            todo = [r for r in self.front_of(self.merge(records))
+                    if r.trial not in measured and self._state_path(r.trial).is_file()]
+            if not todo:
+                break
+            for r in todo:
+                self.latency_cache = type(self.latency_cache)()  # no cached figure
+                measured[r.trial] = self.time_model(self.load_candidate(r), repeats=50) or 0.0
+            atomic_write_text(self._remeasured_path(), json.dumps(measured, indent=2))
+
     def write(self, records: list[TrialRecord]) -> list[TrialRecord]:
         """Write trials.csv and the front; drop saved weights of dominated candidates."""
-        scores = self.test_scores()
-        records = [_with(r, test_acc=scores.get(r.trial)) for r in records]
+        records = self.merge(records)
         front = self.front_of(records)
         self.run_dir.write_trials(records)
         self.run_dir.write_front(front)

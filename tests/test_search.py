@@ -316,3 +316,25 @@ def test_fit_budget_rejects_bad_fractions():
             ap.fit_budget(model, torch.randn(1, 3, 8, 8), 1.0, flops=bad)
     with pytest.raises(ap.BudgetError, match="exactly one"):
         ap.fit_budget(model, torch.randn(1, 3, 8, 8), 1.0)
+
+
+@pytest.mark.slow
+def test_latency_budget_front_is_remeasured_within_budget(tmp_path):
+    proc = cli("search", "--budget-latency", "0.6", "--latency-batch", "128", "--trials", "6",
+               "--out", "run", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir.open(tmp_path / "run")
+    baseline = run.read_baseline()
+    dense = baseline["dense"]
+    assert dense["latency_cv"] is not None and dense["batch_size"] == 128
+    limit = 0.6 * dense["latency_ms"]
+    remeasured = json.loads((tmp_path / "run" / "latency_remeasured.json").read_text())
+    front = run.read_front()
+    for f in front:  # every front member was timed again at the end, and fits
+        assert str(f["trial"]) in remeasured
+        assert f["latency_ms"] == pytest.approx(remeasured[str(f["trial"])])
+        assert f["latency_ms"] <= limit
+    for r in run.read_trials():
+        if r.state == "INFEASIBLE":  # over at the first timing: never fine-tuned
+            assert "over the budget" in r.fail_reason
+            assert r.val_acc is None or r.fail_reason.startswith("re-measured")
