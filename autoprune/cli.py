@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="output file or folder (default RUN_DIR/models/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("worker", help="join a running search as one more worker process")
+    p.add_argument("--run-dir", required=True, help="the run directory of the search to join")
+    p.set_defaults(func=_cmd_worker)
     p = sub.add_parser("report", help="write report.html of a run and print its summary")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
     p.set_defaults(func=_cmd_report)
@@ -199,27 +202,50 @@ def _add_search(sub: Any) -> None:
                    help="float32 (default) | float16 | bfloat16")
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes sharing the study (CPU threads split evenly)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
 
 
+def _from_config(run_dir: str, quiet: bool) -> tuple[Any, ...]:
+    """(task config, budget, space, fine-tune settings, search settings, trials) of a run."""
+    from autoprune.results import RunDir
+
+    config = RunDir.open(run_dir).read_config()
+    task_cfg = config["task"]
+    if task_cfg.get("python"):
+        raise ConfigError(f"{run_dir!r} was started from Python; continue it with "
+                          "ap.search(..., run_dir=..., resume=True)")
+    return (task_cfg, Budget(**config["budget"]), load_space_from_config(config["space"]),
+            FinetuneSettings(**config["finetune"]),
+            SearchSettings(**{**config["search"], "progress": not quiet}), int(config["trials"]))
+
+
+def _search_factory(task_cfg: dict[str, Any], budget: Budget, space: Any,
+                    ft: FinetuneSettings, settings: SearchSettings) -> Any:
+    """Load the task (its dense model is trained once, then cached) and return the factory
+    ``run_dir -> Search`` the runner calls."""
+    from autoprune.searcher import Search
+    from autoprune.tasks import load_task
+
+    _check_device(ft.device)
+    task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
+                     model=task_cfg.get("model"), weights=task_cfg.get("weights"),
+                     seed=int(task_cfg.get("seed") or 0))
+    log.info("task %s: preparing the dense model (trained once, then cached)", task.name)
+    model, example = task.dense_model(), task.example_inputs()
+    return lambda run: Search(model, example, task.evaluate, task.splits().train, budget, run,
+                              getattr(task, "finetune", None), space, ft, settings)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.runner import run_search
-    from autoprune.searcher import Search
     from autoprune.space import load_space
 
     if args.resume:
-        from autoprune.results import RunDir
-
-        config = RunDir.open(args.resume).read_config()
-        task_cfg, trials = config["task"], args.trials or int(config["trials"])
-        if task_cfg.get("python"):
-            raise ConfigError(f"--resume {args.resume!r}: this run was started from Python; "
-                              "resume it with ap.search(..., run_dir=..., resume=True)")
-        budget = Budget(**config["budget"])
-        space = load_space_from_config(config["space"])
-        ft = FinetuneSettings(**config["finetune"])
-        settings = SearchSettings(**{**config["search"], "progress": not args.quiet})
+        task_cfg, budget, space, ft, settings, trials = _from_config(args.resume, args.quiet)
+        trials = args.trials or trials
         out = args.resume
     else:
         budget = Budget(flops=args.budget_flops, params=args.budget_params,
@@ -237,22 +263,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         settings = SearchSettings(sampler=args.sampler, seed=args.seed,
                                   importance=args.importance, latency=not args.no_latency,
                                   latency_batch=args.latency_batch,
-                                  latency_dtype=args.latency_dtype,
+                                  latency_dtype=args.latency_dtype, workers=args.workers,
                                   storage=args.storage, progress=not args.quiet)
         out = args.out
     if trials < 1:
         raise ConfigError(f"--trials {trials} must be >= 1")
-    _check_device(ft.device)
-    from autoprune.tasks import load_task
-
-    task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
-                     model=task_cfg.get("model"), weights=task_cfg.get("weights"),
-                     seed=int(task_cfg.get("seed") or 0))
-    log.info("task %s: preparing the dense model (trained once, then cached)", task.name)
-    model, example = task.dense_model(), task.example_inputs()
     result = run_search(
-        lambda run: Search(model, example, task.evaluate, task.splits().train, budget, run,
-                           getattr(task, "finetune", None), space, ft, settings),
+        _search_factory(task_cfg, budget, space, ft, settings),
         budget=budget, trials=trials, run_dir=out, config={"task": task_cfg},
         resume=bool(args.resume), settings=settings, space=space, finetune_settings=ft)
     from autoprune.report import terminal_summary, write_report
@@ -260,6 +277,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     report = write_report(str(result.run_dir))
     print(terminal_summary(str(result.run_dir)))
     print(f"\nreport: {report}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from autoprune.runner import run_worker
+
+    task_cfg, budget, space, ft, settings, trials = _from_config(args.run_dir, True)
+    done = run_worker(args.run_dir, _search_factory(task_cfg, budget, space, ft, settings),
+                      settings, trials)
+    log.info("worker finished %d trials", done)
     return 0
 
 

@@ -248,6 +248,11 @@ class PrunableModel:
         self.groups = self._describe_groups()
         self._by_name = {g.name: g for g in self.groups}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the traced graph holds autograd nodes, which do not pickle: ship the inputs and
+        # trace again on unpickling (a Ray worker gets the same groups and cost model)
+        return (type(self), (self.model, self.example_inputs, self.ignore, self.ignore_head))
+
     # -- groups -----------------------------------------------------------------------------
     def _channel_groups(self, group: Any) -> int:
         counts = [1]

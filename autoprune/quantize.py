@@ -31,7 +31,7 @@ import itertools
 import logging
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,14 +84,20 @@ class _Cast(nn.Module):
         return _cast(out, torch.float32)
 
 
-def _cast(obj: Any, dtype: torch.dtype) -> Any:
+def _map(obj: Any, fn: Callable[[torch.Tensor], Any], other: Callable[[Any], Any] = lambda o: o,
+         ) -> Any:
+    """``fn`` on every tensor of a (nested) tuple / list / dict of inputs, ``other`` on the rest."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast(x, dtype) for x in obj)
+        return type(obj)(_map(x, fn, other) for x in obj)
     if isinstance(obj, dict):
-        return {k: _cast(v, dtype) for k, v in obj.items()}
-    return obj
+        return {k: _map(v, fn, other) for k, v in obj.items()}
+    return other(obj)
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    return _map(obj, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def _split(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -110,24 +116,12 @@ def _call(model: nn.Module, inputs: Any) -> Any:
 
 def _pair(obj: Any) -> Any:
     """A batch of 2 from the first sample (export specializes a batch of 1 to a constant)."""
-    if isinstance(obj, torch.Tensor):
-        return obj[:1].repeat(2, *[1] * (obj.dim() - 1)) if obj.dim() else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_pair(x) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _pair(v) for k, v in obj.items()}
-    return obj
+    return _map(obj, lambda t: t[:1].repeat(2, *[1] * (t.dim() - 1)) if t.dim() else t)
 
 
 def _dynamic_batch(obj: Any) -> Any:
     """Dim 0 of every tensor is the batch: dynamic where the model allows (``Dim.AUTO``)."""
-    if isinstance(obj, torch.Tensor):
-        return {0: torch.export.Dim.AUTO} if obj.dim() else None
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_dynamic_batch(x) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _dynamic_batch(v) for k, v in obj.items()}
-    return None
+    return _map(obj, lambda t: {0: torch.export.Dim.AUTO} if t.dim() else None, lambda _: None)
 
 
 def _export(model: nn.Module, example: Any, strict: bool = False) -> torch.export.ExportedProgram:
@@ -137,10 +131,9 @@ def _export(model: nn.Module, example: Any, strict: bool = False) -> torch.expor
         shapes = {name: _dynamic_batch(value) for name, value in bound.items()}
         return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=strict)
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UnsupportedModelError(
-            f"torch.export could not capture {type(model).__name__} ({first}); quantization "
-            f"needs a model torch.export can trace"
+            f"torch.export could not capture {type(model).__name__} ({_first_line(exc)}); "
+            f"quantization needs a model that torch.export can trace"
         ) from exc
 
 
@@ -156,6 +149,10 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _inputs_of(batch: Any) -> Any:
@@ -177,16 +174,17 @@ def _quiet_torch_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _torchao() -> tuple[Any, Any, Any]:
+def _torchao() -> tuple[Any, Any, Any, Any]:
     try:
         with _quiet_torch_log():
+            from torchao.quantization.pt2e import allow_exported_model_train_eval
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
             from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError as exc:
         raise BackendUnavailable(
             f"mode='int8' needs torchao's PT2E quantization ({exc}); install it with {_INSTALL}"
         ) from exc
-    return prepare_pt2e, convert_pt2e, x86
+    return prepare_pt2e, convert_pt2e, x86, allow_exported_model_train_eval
 
 
 def _drop_unused(graph_module: torch.fx.GraphModule) -> None:
@@ -205,19 +203,30 @@ def _int8(model: nn.Module, example: Any, calibration: Iterable[Any] | None,
             "calibration=None: mode='int8' is static quantization and needs calibration batches; "
             "pass training batches, e.g. task.splits().train"
         )
-    prepare_pt2e, convert_pt2e, x86 = _torchao()
+    prepare_pt2e, convert_pt2e, x86, allow_train_eval = _torchao()
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(_export(model, example, strict=True).module(), quantizer)
+    try:
+        captured = _export(model, example, strict=True)
+    except UnsupportedModelError:  # strict capture refuses graph breaks; non-strict may still work
+        captured = _export(model, example)
+    try:
+        prepared = prepare_pt2e(captured.module(), quantizer)
+    except ValueError as exc:
+        raise UnsupportedModelError(
+            f"X86InductorQuantizer cannot annotate {type(model).__name__} ({_first_line(exc)}); "
+            f"use mode='bf16' for this model"
+        ) from exc
     seen = 0
     with torch.no_grad():
         for batch in itertools.islice(calibration, batches):
-            _call(prepared, _cast(_inputs_of(batch), torch.float32))
+            _call(prepared, _map(_inputs_of(batch), lambda t: t.cpu()))
             seen += 1
     if not seen:
         raise ConfigError("calibration yielded no batch; pass a non-empty iterable of batches")
     converted = convert_pt2e(prepared)
     _drop_unused(converted)
+    allow_train_eval(converted)  # callers' model.eval() (evaluate, measure) would raise otherwise
     return converted
 
 
@@ -227,9 +236,10 @@ def _low_precision(model: nn.Module, example: Any, mode: str) -> nn.Module:
         with torch.no_grad():
             _call(wrapped, example)
     except (RuntimeError, NotImplementedError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         fix = "fp16 needs a GPU here (use bf16 on CPU)" if mode == "fp16" else "use int8 or fp16"
-        raise ConfigError(f"--quantize {mode!r} cannot run this model ({first}); {fix}") from exc
+        raise ConfigError(
+            f"--quantize {mode!r} cannot run this model ({_first_line(exc)}); {fix}"
+        ) from exc
     return wrapped
 
 
@@ -252,24 +262,11 @@ def quantize(model: nn.Module, example_inputs: Any, mode: str,
         )
     work = copy.deepcopy(model).eval()
     example = _pair(example_inputs)
-    if mode == "int8":
-        work = work.cpu()
-        example = _cast(_to_cpu(example), torch.float32)
-        cpu_batches = (_to_cpu(b) for b in calibration) if calibration is not None else None
-        module = _int8(work, example, cpu_batches, calibration_batches)
-    else:
-        module = _low_precision(work, example, mode)
+    if mode != "int8":
+        return QuantizedModel(_low_precision(work, example, mode), mode, example)
+    example = _map(example, lambda t: t.cpu())  # the int8 program is an x86 CPU program
+    module = _int8(work.cpu(), example, calibration, calibration_batches)
     return QuantizedModel(module, mode, example)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_cpu(x) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    return obj
 
 
 def save_program(module: nn.Module, example_inputs: Any, path: str | Path) -> Path:

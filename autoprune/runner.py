@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -99,15 +103,28 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
         if best is not None:
             bar.set_postfix_str(f"best val {best.val_acc:.2%} at {search.cost_of(best):.1%}")
 
+    from filelock import FileLock
+
+    lock = FileLock(str(run.path / ".ask.lock"))
+    procs = _spawn_workers(run, settings, config) if remaining else []
     try:
-        if remaining:
-            backend.optimize(search.specs(), search.evaluate_trial, remaining, on_trial)
+        while backend.done() < trials:
+            backend.optimize(search.specs(), search.evaluate_trial, trials, on_trial, lock)
+            if backend.done() >= trials:
+                break
+            alive = [p for p in procs if p.poll() is None]
+            if not alive and backend.running() == 0:
+                continue  # nothing left running: the next round reaps and runs the rest
+            time.sleep(0.5)  # other workers' trials are still running
+            on_trial()
     except KeyboardInterrupt:
+        _stop(procs)
         records = search.write(backend.records())
         bar.close()
         log.warning("interrupted: %d trials are written to %s; continue with "
                     "`autoprune search --resume %s`", backend.done(), run.path, run.path)
         raise
+    _stop(procs, wait=True)
     bar.close()
     records = search.write(backend.records())
     search.remeasure_front(backend.records())
@@ -115,6 +132,82 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     search.score_front_on_test(search.front_of(records))
     records = search.write(backend.records())
     return SearchResult(run.path, records, search.front_of(records), baseline)
+
+
+def worker_threads(workers: int) -> int:
+    """CPU threads per worker process: the cores split evenly."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _spawn_workers(run: RunDir, settings: Any, config: dict[str, Any]) -> list[Any]:
+    """Start ``settings.workers - 1`` local worker processes on the run's study."""
+    workers = int(getattr(settings, "workers", 1) or 1)
+    if workers <= 1:
+        return []
+    if "spec" not in config.get("task", {}):
+        raise ConfigError("workers > 1 need a task the workers can rebuild (the CLI's --task); "
+                          "from Python, run several processes with ap.search on one storage")
+    import torch
+
+    torch.set_num_threads(worker_threads(workers))
+    logs = run.path / "workers"
+    logs.mkdir(exist_ok=True)
+    procs = []
+    for i in range(1, workers):
+        env = {**os.environ, "AUTOPRUNE_THREADS": str(worker_threads(workers)),
+               "AUTOPRUNE_WORKER_INDEX": str(i)}
+        with open(logs / f"worker_{i}.log", "ab") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "autoprune.cli", "worker", "--run-dir", str(run.path)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+    log.info("started %d worker processes (logs in %s)", len(procs), logs)
+    return procs
+
+
+def _stop(procs: list[Any], wait: bool = False) -> None:
+    for p in procs:
+        if wait:
+            try:
+                p.wait(timeout=600)
+                continue
+            except subprocess.TimeoutExpired:
+                pass
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run_worker(run_dir: str | Path, make_search: Callable[[RunDir], Any], settings: Any,
+               trials: int) -> int:
+    """One extra worker on a run's study: runs trials until the total is reached; the
+    launching process writes the results files (one writer)."""
+    from filelock import FileLock
+
+    from autoprune.backends.optuna import OptunaBackend, make_storage
+
+    threads = os.environ.get("AUTOPRUNE_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    run = RunDir.open(run_dir)
+    search = make_search(run)
+    if not run.baseline_path.is_file():
+        raise ConfigError(f"{run.path} has no baseline.json yet; start workers after the "
+                          "launching search has begun")
+    search.bind_baseline(run.read_baseline())
+    # each worker samples with its own seed: same-seeded samplers would propose the same plans
+    seed = settings.seed + 1000 * int(os.environ.get("AUTOPRUNE_WORKER_INDEX", "1"))
+    backend = OptunaBackend(make_storage(settings.storage, run.journal_path), STUDY,
+                            settings.sampler, seed, ("maximize", "minimize"))
+    before = backend.done()
+    backend.optimize(search.specs(), search.evaluate_trial, trials, None,
+                     FileLock(str(run.path / ".ask.lock")))
+    return backend.done() - before
 
 
 def _best(records: list[TrialRecord], search: Any) -> TrialRecord | None:

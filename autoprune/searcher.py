@@ -50,11 +50,14 @@ class SearchSettings:
     latency_batch: int = 1
     latency_dtype: str = "float32"
     storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
+    workers: int = 1  # local worker processes sharing the study (CPU threads split evenly)
     progress: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.level_low <= 1.0:
             raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
+        if self.workers < 1:
+            raise ConfigError(f"--workers {self.workers} must be >= 1")
         if self.latency_batch < 1:
             raise ConfigError(f"--latency-batch {self.latency_batch} must be >= 1")
         if self.latency_dtype not in ("float32", "float16", "bfloat16"):
@@ -160,6 +163,14 @@ class Search:
         from autoprune.cost import LatencyCache
 
         self.latency_cache = LatencyCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # for Ray workers: the pipeline is rebuilt lazily there; an absolute run dir keeps
+        # plans/ and models/ in place whatever the worker's working directory
+        state = self.__dict__.copy()
+        state["_pipeline"] = None
+        state["run_dir"] = RunDir(self.run_dir.path.absolute())
+        return state
 
     @property
     def pipeline(self) -> Pipeline:
@@ -374,7 +385,7 @@ class Search:
         path = self._remeasured_path()
         if not path.is_file():
             return {}
-        return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        return {int(k): float(v) for k, v in json.loads(path.read_text()).items() if k.isdigit()}
 
     def merge(self, records: list[TrialRecord]) -> list[TrialRecord]:
         """Records with test scores and end-of-run latencies (over a latency budget ->
@@ -392,10 +403,24 @@ class Search:
         return out
 
     def remeasure_front(self, records: list[TrialRecord]) -> None:
-        """Time every front member again, alone and longer, until the front is stable."""
+        """Time the dense model and every front member again, alone and longer, until the
+        front is stable; latency ratios and a latency budget then use the final dense time."""
         if not self.settings.latency:
             return
-        measured = self.remeasured()
+        measured: dict[Any, float] = dict(self.remeasured())
+        if self.latency_bound or self.dense_latency:
+            # the dense model too, under the same conditions: ratios compare like with like
+            self.latency_cache = type(self.latency_cache)()
+            dense = self.time_model(self.analysis.model, repeats=50)
+            if dense:
+                measured["dense"] = dense
+                self.dense_latency = dense
+                if self.latency_bound and self.budget.latency is not None:
+                    self.latency_limit = float(self.budget.latency) * dense
+                baseline = self.run_dir.read_baseline()
+                baseline["dense"]["latency_final_ms"] = dense
+                self.run_dir.write_baseline(baseline)
+                atomic_write_text(self._remeasured_path(), json.dumps(measured, indent=2))
         for _ in range(10):
             todo = [r for r in self.front_of(self.merge(records))
                     if r.trial not in measured and self._state_path(r.trial).is_file()]
@@ -413,8 +438,10 @@ class Search:
         self.run_dir.write_trials(records)
         self.run_dir.write_front(front)
         keep = {r.trial for r in front} | {r.trial for r in records if r.baseline}
+        finished = {r.trial for r in records if r.state != "RUNNING"}  # a worker may be saving
         for path in self.run_dir.models_dir.glob("trial_*.pt"):
-            if int(path.stem.split("_")[1]) not in keep:
+            number = int(path.stem.split("_")[1])
+            if number in finished and number not in keep:
                 path.unlink(missing_ok=True)
         return records
 

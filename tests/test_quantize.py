@@ -4,22 +4,24 @@ images): an untrained net's near-tied logits would make agreement meaningless.""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import operator
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import autoprune as ap
-from autoprune.errors import ConfigError
+from autoprune.errors import BackendUnavailable, ConfigError
 from autoprune.evaluate import FinetuneSettings, finetune_model, reestimate_bn
+from autoprune.quantize import MODES, QuantizedModel, compare, load, quantize, save_program
 from autoprune.tasks import FashionMNISTTask, cifar_resnet
 from autoprune.tasks.fashion_mnist import DEFAULT_DATA_DIR
 
-pytest.importorskip("torchao", reason='int8 needs torchao: pip install "autoprune[quant]"')
-
-from autoprune.quantize import MODES, QuantizedModel, compare, load, quantize, save_program
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                                   reason='int8 needs torchao: pip install "autoprune[quant]"')
 
 
 def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +64,7 @@ def int8(pruned: dict) -> QuantizedModel:
     return quantize(pruned["model"], pruned["example"], "int8", calibration=pruned["train"])
 
 
+@needs_torchao
 def test_int8_of_a_pruned_resnet_agrees_with_float(pruned: dict, int8: QuantizedModel) -> None:
     x, y = pruned["test"]
     with torch.no_grad():
@@ -70,9 +73,11 @@ def test_int8_of_a_pruned_resnet_agrees_with_float(pruned: dict, int8: Quantized
     assert int8.mode == "int8"
     assert int8.module(x).shape == (len(x), 10)
     assert int8(x[:1]).shape == (1, 10)  # the batch dimension is dynamic
+    int8.module.eval()  # evaluate() / measure() call it; a raw exported graph would raise
     assert compare(pruned["model"], int8, (x, y)) >= 0.95
 
 
+@needs_torchao
 def test_int8_file_is_less_than_half_the_float_file(
     pruned: dict, int8: QuantizedModel, tmp_path: Path
 ) -> None:
@@ -87,6 +92,7 @@ def test_int8_file_is_less_than_half_the_float_file(
     torch.testing.assert_close(reloaded(x), int8.module(x))
 
 
+@needs_torchao
 def test_int8_weights_are_stored_as_int8(int8: QuantizedModel) -> None:
     graph = int8.module.graph
     read = {str(n.target): operator.attrgetter(str(n.target))(int8.module)
@@ -117,6 +123,7 @@ def test_unsupported_mode_is_one_clear_line(pruned: dict) -> None:
     assert MODES == ("int8", "fp16", "bf16")
 
 
+@needs_torchao
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [({"calibration": None}, "calibration=None"), ({"calibration_batches": 0}, "calibration_b")],
@@ -127,6 +134,32 @@ def test_int8_argument_errors_name_the_argument(pruned: dict, kwargs: dict, need
         quantize(pruned["model"], pruned["example"], "int8", **settings)
 
 
+@needs_torchao
 def test_empty_calibration_is_a_config_error(pruned: dict) -> None:
     with pytest.raises(ConfigError, match="no batch"):
         quantize(pruned["model"], pruned["example"], "int8", calibration=[])
+
+
+class _NoHalfOnCpu(torch.nn.Module):
+    """Fails in float16 the way some CPU kernels do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
+        return x
+
+
+def test_fp16_without_kernels_says_use_a_gpu_or_bf16() -> None:
+    with pytest.raises(ConfigError, match=r"fp16 needs a GPU here \(use bf16 on CPU\)"):
+        quantize(_NoHalfOnCpu(), torch.randn(1, 4), "fp16")
+
+
+def test_missing_torchao_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e", None)
+    with pytest.raises(BackendUnavailable, match=r'pip install "autoprune\[quant\]"'):
+        quantize(torch.nn.Linear(4, 2), torch.randn(1, 4), "int8", calibration=[torch.randn(8, 4)])
+
+
+def test_load_of_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "absent.pt2")

@@ -12,9 +12,13 @@ readable by optuna-dashboard), or any Optuna storage URL (e.g. ``postgresql://``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +53,6 @@ class Outcome:
     values: tuple[float, ...] | None = None
     violation: float = 0.0  # > 0: over budget (an Optuna constraint)
     attrs: dict[str, Any] = field(default_factory=dict)
-
-
-class _Failed(Exception):
-    """Raised inside the objective so Optuna marks the trial FAIL; caught by optimize()."""
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -120,31 +120,59 @@ class OptunaBackend:
                    and not t.user_attrs.get("retry"))
 
     # -- run ---------------------------------------------------------------------------------
-    def optimize(self, specs: Sequence[ParamSpec], evaluate: Callable[[dict[str, float], int,
-                 dict[str, Any]], Outcome], n_trials: int,
-                 on_trial: Callable[[], None] | None = None) -> None:
-        """Run ``n_trials`` evaluations; ``evaluate(params, trial_number, attrs)``."""
+    def running(self) -> int:
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state == TrialState.RUNNING)
 
-        def objective(trial: optuna.Trial) -> tuple[float, ...]:
-            params = {s.name: trial.suggest_float(s.name, s.low, s.high, step=s.step)
-                      for s in specs}
+    def reap(self) -> int:
+        """Fail and re-enqueue trials whose worker process on this host has died."""
+        host = socket.gethostname()
+        reaped = 0
+        for t in self.study.get_trials(deepcopy=False):
+            worker = str(t.user_attrs.get("worker", ""))
+            if t.state != TrialState.RUNNING or not worker.startswith(f"{host}:"):
+                continue
+            pid = int(worker.rsplit(":", 1)[1])
+            if pid == os.getpid() or _alive(pid):
+                continue
+            self.storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                             f"worker {worker} died; retried")
+            self.storage.set_trial_user_attr(t._trial_id, "retry", True)
+            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            attrs = {"retry_of": t.number}
+            if t.user_attrs.get("baseline"):
+                attrs["baseline"] = t.user_attrs["baseline"]
+            self.enqueue(dict(t.params), attrs)
+            reaped += 1
+        return reaped
+
+    def optimize(self, specs: Sequence[ParamSpec], evaluate: Callable[[dict[str, float], int,
+                 dict[str, Any]], Outcome], total: int,
+                 on_trial: Callable[[], None] | None = None,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
+        """Run trials until ``total`` have finished across every process sharing the study.
+
+        ``lock`` (an inter-process lock) makes "count, then ask" atomic among local workers, so
+        the total is exact; dead local workers' trials are failed and retried under it.
+        """
+        guard = lock if lock is not None else contextlib.nullcontext()
+        while True:
+            with guard:
+                self.reap()
+                if self.done() + self.running() >= total:
+                    return
+                trial, params = self.ask(specs)
+                trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             try:
                 outcome = evaluate(params, trial.number, dict(trial.user_attrs))
             except KeyboardInterrupt:
                 trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); retried on resume")
                 trial.set_user_attr("retry", True)
+                self.study.tell(trial, state=TrialState.FAIL)
                 raise
-            for key, value in outcome.attrs.items():
-                trial.set_user_attr(key, _plain(value))
-            trial.set_user_attr("state", outcome.state)
-            trial.set_constraint("budget", float(outcome.violation))
-            if outcome.state == "FAIL" or outcome.values is None:
-                raise _Failed(outcome.attrs.get("fail_reason", "failed"))
-            return outcome.values
-
-        callbacks = [lambda study, trial: on_trial()] if on_trial else []
-        self.study.optimize(objective, n_trials=n_trials, catch=(_Failed,), callbacks=callbacks,
-                            gc_after_trial=False)
+            self.tell(trial, outcome)
+            if on_trial is not None:
+                on_trial()
 
     # -- ask / tell (the user's own loop) -----------------------------------------------------
     def ask(self, specs: Sequence[ParamSpec]) -> tuple[optuna.Trial, dict[str, float]]:
@@ -168,6 +196,21 @@ class OptunaBackend:
     # -- records -----------------------------------------------------------------------------
     def records(self) -> list[TrialRecord]:
         return [to_record(t) for t in self.study.get_trials(deepcopy=False)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a local process runs (a zombie, killed but not yet waited for, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _plain(value: Any) -> Any:
