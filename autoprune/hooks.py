@@ -88,7 +88,7 @@ class Session:
                  train_loader: Iterable[Any] | None = None, settings: Any = None) -> None:
         from autoprune.backends.optuna import OptunaBackend, make_storage
         from autoprune.results import RunDir
-        from autoprune.runner import STUDY, default_run_name, resolved_config
+        from autoprune.runner import default_run_name, resolved_config, study_name
         from autoprune.searcher import Search, SearchSettings
         from autoprune.space import SearchSpace, load_space
 
@@ -107,7 +107,8 @@ class Session:
                              space=space_obj, settings=settings)
         self.search.bind_baseline(self.search.baseline())
         self.backend = OptunaBackend(make_storage(settings.storage, self.run.journal_path),
-                                     STUDY, settings.sampler, settings.seed,
+                                     study_name(self.run, settings), settings.sampler,
+                                     settings.seed,
                                      ("maximize", "minimize"))
         if not self.backend.study.trials:
             for params, attrs in self.search.baseline_params():

@@ -289,12 +289,12 @@ def save_program(module: nn.Module, example_inputs: Any, path: str | Path) -> Pa
 
 
 def load(path: str | Path) -> nn.Module:
-    """A program written by :func:`save_program`, as a module (int8 programs need torchao)."""
+    """A program written by :func:`save_program`, as a module (torch alone reads it)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"path={str(path)!r}: no such file; save one with QuantizedModel.save")
-    with contextlib.suppress(BackendUnavailable):
-        _torchao()  # registers the quantized_decomposed ops int8 programs call
+    import torch.ao.quantization.fx._decomposed  # registers the int8 ops; torchao not needed
+
     return torch.export.load(file).module()
 
 

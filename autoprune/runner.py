@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 STUDY = "autoprune"
 
 
+def study_name(run: RunDir, settings: Any) -> str:
+    """The journal in a run dir holds one study; a shared server holds many, one per run."""
+    return STUDY if settings.storage is None else f"autoprune-{run.path.resolve().name}"
+
+
 def default_run_name(task: str, budget: Budget) -> str:
     parts = [task.replace("/", "_").replace(":", "_").removesuffix(".py")]
     for key in ("flops", "params", "latency", "latency_ms"):
@@ -53,7 +58,7 @@ def resolved_config(config: dict[str, Any], budget: Budget, trials: int, setting
         "space": {"source": space.source, **space.to_dict()},
         "finetune": asdict(finetune_settings),
         "search": asdict(settings),
-        "study_name": STUDY,
+        "study_name": None,  # filled in by run_search
     }
 
 
@@ -77,14 +82,16 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
             raise ConfigError(f"{str(path)!r} already holds a run; pass --resume {path} to "
                               "continue it or choose another --out")
         run = RunDir.create(path)
-        run.write_config(resolved_config(config, budget, trials, settings, space,
-                                         finetune_settings))
+        resolved = resolved_config(config, budget, trials, settings, space, finetune_settings)
+        resolved["study_name"] = study_name(run, settings)
+        run.write_config(resolved)
     search = make_search(run)
     baseline = search.baseline()
     search.bind_baseline(baseline)
     storage = make_storage(settings.storage, run.journal_path)
-    backend = OptunaBackend(storage, STUDY, settings.sampler, settings.seed, ("maximize",
-                                                                              "minimize"))
+    name = run.read_config().get("study_name") or study_name(run, settings)
+    backend = OptunaBackend(storage, name, settings.sampler, settings.seed,
+                            ("maximize", "minimize"))
     if resume:
         for params, attrs in backend.recover():
             backend.enqueue(params, attrs)
@@ -202,7 +209,8 @@ def run_worker(run_dir: str | Path, make_search: Callable[[RunDir], Any], settin
     search.bind_baseline(run.read_baseline())
     # each worker samples with its own seed: same-seeded samplers would propose the same plans
     seed = settings.seed + 1000 * int(os.environ.get("AUTOPRUNE_WORKER_INDEX", "1"))
-    backend = OptunaBackend(make_storage(settings.storage, run.journal_path), STUDY,
+    name = run.read_config().get("study_name") or study_name(run, settings)
+    backend = OptunaBackend(make_storage(settings.storage, run.journal_path), name,
                             settings.sampler, seed, ("maximize", "minimize"))
     before = backend.done()
     backend.optimize(search.specs(), search.evaluate_trial, trials, None,

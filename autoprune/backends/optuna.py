@@ -72,6 +72,10 @@ def make_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
     try:
+        if "://" in url and url.split("://")[0].split("+")[0] in ("postgresql", "mysql",
+                                                                  "sqlite"):
+            # many processes and machines: reconnect transparently after idle drops
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         return optuna.storages.get_storage(url)
     except Exception as exc:  # bad URL, missing driver, unreachable server
         raise ConfigError(f"--storage {url!r} cannot be opened ({type(exc).__name__}: "

@@ -44,7 +44,7 @@ def _import_ray() -> Any:
     try:
         import ray
         import ray.tune
-        import ray.tune.search.optuna  # noqa: F401
+        import ray.tune.search.optuna
     except ImportError as exc:
         raise BackendUnavailable(
             f"--backend ray needs Ray Tune ({exc}); install it with: "

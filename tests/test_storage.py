@@ -1,0 +1,54 @@
+"""Many processes on one real PostgreSQL server (the multi-machine storage), on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.results import RunDir
+
+SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    url = os.environ.get("AUTOPRUNE_TEST_PG_URL")
+    if url:
+        return url
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must start PostgreSQL: {proc.stderr.strip()}")
+        pytest.skip(f"no PostgreSQL server could be started here: {proc.stderr.strip()[:200]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres(tmp_path, postgres_url):
+    pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install 'autoprune[test]'")
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "0.4", "--trials",
+         "6", "--workers", "2", "--storage", postgres_url, "--out", "run",
+         "--finetune-steps", "120", "--bn-batches", "4", "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = RunDir.open(tmp_path / "run")
+    config = run.read_config()
+    assert config["search"]["storage"] == postgres_url
+    assert not (tmp_path / "run" / "study.journal").exists()  # the study lives on the server
+    study = optuna.load_study(study_name=config["study_name"], storage=postgres_url)
+    records = run.read_trials()
+    assert sorted(t.number for t in study.trials) == sorted(r.trial for r in records)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6
+    assert len({t.user_attrs.get("worker") for t in study.trials}) == 2  # two processes
+    for t in done:
+        r = next(r for r in records if r.trial == t.number)
+        assert r.val_acc == pytest.approx(t.values[0]) and r.flops_ratio <= 0.404
+    front = run.read_front()
+    assert front and all(f["test_acc"] is not None for f in front)
