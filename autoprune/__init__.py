@@ -38,6 +38,8 @@ _LAZY = {
     "SearchSpace": "autoprune.space",
     "load_space": "autoprune.space",
     "load_pruned": "autoprune.archive",
+    "QuantizedModel": "autoprune.quantize",
+    "quantize": "autoprune.quantize",
     "WeightMask": "autoprune.weights",
     "prune_weights": "autoprune.weights",
     "sparsity_schedule": "autoprune.weights",
@@ -59,6 +61,7 @@ __all__ = [
     "PrunableModel",
     "PruneHook",
     "PruningPlan",
+    "QuantizedModel",
     "SearchResult",
     "SearchSettings",
     "SearchSpace",
@@ -74,6 +77,7 @@ __all__ = [
     "measure",
     "prunable_groups",
     "prune_weights",
+    "quantize",
     "save_pruned",
     "save_sparse",
     "search",
@@ -87,6 +91,7 @@ if TYPE_CHECKING:
     from autoprune.evaluate import FinetuneSettings
     from autoprune.graph import Group, PrunableModel, analyze, apply_plan, prunable_groups
     from autoprune.hooks import PruneHook, Session
+    from autoprune.quantize import QuantizedModel, quantize
     from autoprune.searcher import SearchResult, SearchSettings, search
     from autoprune.space import SearchSpace, load_space
     from autoprune.weights import (

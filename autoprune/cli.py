@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=0.0,
                    help="fine-tune further before export (default 0: the searched weights)")
     p.add_argument("-o", "--out", help="output file or folder (default RUN_DIR/models/)")
+    p.add_argument("--sparsity", type=float, default=0.0,
+                   help="hybrid: also zero this fraction of the remaining weights, in [0, 1)")
+    p.add_argument("--quantize", help="also write a quantized copy: int8 | fp16 | bf16")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("worker", help="join a running search as one more worker process")
@@ -313,11 +316,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from autoprune.export import export_trial
 
     result = export_trial(args.run_dir, args.trial, fmt=args.format, out=args.out,
-                          finetune_epochs=args.finetune_epochs, progress=not args.quiet)
+                          finetune_epochs=args.finetune_epochs, progress=not args.quiet,
+                          sparsity=args.sparsity, quantize=args.quantize)
     m = result.metrics
     print(f"trial {args.trial}: test accuracy {m['test_acc']:.2%}, "
           f"{m['flops_ratio']:.1%} of the dense FLOPs, {m['params']:,.0f} params")
     print(f"model:   {result.model_path}\nmetrics: {result.metrics_path}")
+    if "weights" in m:
+        w = m["weights"]
+        print(f"weights: {w['sparsity']:.1%} of all parameters zero, sparse file "
+              f"{w['compressed_bytes']:,} bytes (dense {w['dense_bytes']:,}); {w['note']}")
+    if "quantized" in m:
+        q = m["quantized"]
+        print(f"{q['mode']}:    test accuracy {q['test_acc']:.2%}, {q['file_bytes']:,} bytes, "
+              f"{q['latency_ms']:.2f} ms at batch {q['latency_batch']} ({q['file']})")
     return 0
 
 

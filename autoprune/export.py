@@ -70,7 +70,8 @@ class ExportResult:
 
 def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
                  out: str | os.PathLike[str] | None = None, finetune_epochs: float = 0.0,
-                 progress: bool = True) -> ExportResult:
+                 progress: bool = True, sparsity: float = 0.0,
+                 quantize: str | None = None) -> ExportResult:
     """Export ``trial`` of the run in ``run_dir`` as ``fmt`` and write its metrics beside it.
 
     Call it once a reviewer has chosen a candidate; it needs the run directory and the task the
@@ -79,7 +80,21 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     settings, which is also the way to export a trial whose weights the search dropped (a
     dominated, non-baseline trial). ``out`` is a file path or an existing folder; the default is
     ``<run_dir>/models/trial_<N>`` + the format's suffix in :data:`FORMATS`.
+
+    ``sparsity`` > 0 makes a hybrid: after the channels, that fraction of the remaining weights
+    is zeroed (cubic schedule, retrained ``max(finetune_epochs, 1)`` epochs) and a sparse
+    ``.sparse.pt`` is written beside the model. ``quantize`` (int8 | fp16 | bf16) also writes
+    the quantized program (``.<mode>.pt2``) with its own metrics, beside its float parent.
     """
+    from autoprune.variants import check_sparsity
+
+    check_sparsity(sparsity)
+    if quantize is not None:
+        from autoprune.quantize import MODES
+
+        if quantize not in MODES:
+            raise ConfigError(f"--quantize {quantize!r} is not supported; use one of "
+                              f"{', '.join(MODES)}")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not an export format; use one of "
                           f"{', '.join(FORMATS)}")
@@ -110,15 +125,36 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     plan = _plan_of(run, record)
     model, steps = _rebuild(config, task, plan, record.trial, state_path, finetune_epochs,
                             progress)
+    sparse: dict[str, Any] = {}
+    if sparsity > 0:
+        from autoprune.variants import weight_pruned
+        from autoprune.weights import save_sparse
+
+        sparse = weight_pruned(model, sparsity, task.splits().train, max(finetune_epochs, 1.0))
+        save_sparse(model, model_path.with_name(_stem(model_path) + ".sparse.pt"))
     metrics = _metrics(run, config, task, model, example, record, plan)  # before any runtime
+    if sparse:
+        metrics["weights"] = sparse
     check = _write(fmt, model, model_path, example, _check_batch(task, example), builder, plan)
     metrics.update(check, format=fmt, file=model_path.name, file_bytes=model_path.stat().st_size,
                    finetune_epochs=finetune_epochs, finetune_steps=steps)
-    if finetune_epochs == 0 and record.test_acc is not None \
+    if finetune_epochs == 0 and not sparsity and record.test_acc is not None \
             and abs(metrics["test_acc"] - record.test_acc) > 1e-9:
         log.warning("trial %d: test accuracy %.4f differs from the %.4f the search recorded; "
                     "did the task's data or dense model change?", record.trial,
                     metrics["test_acc"], record.test_acc)
+    if quantize is not None:
+        from autoprune.variants import quantized_variant
+
+        q_path = model_path.with_name(f"{_stem(model_path)}.{quantize}.pt2")
+        q = quantized_variant(model, example, quantize, task.splits().train, q_path,
+                              task.evaluate, _check_batch(task, example)[0])
+        float_only = ("latency_iqr_ms", "check", "max_abs_diff", "weights")
+        q_metrics = {k: v for k, v in metrics.items() if k not in float_only}
+        q_metrics.update(q, format=f"{quantize} torch.export program", parent=model_path.name)
+        atomic_write_text(q_path.with_name(q_path.name + ".metrics.json"),
+                          json.dumps(q_metrics, indent=2) + "\n")
+        metrics["quantized"] = q
     metrics_path = model_path.with_name(_stem(model_path) + ".metrics.json")
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     log.info("trial %d: wrote %s (%d bytes) and %s", record.trial, model_path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
 import os
 import re
@@ -381,7 +382,32 @@ _LEGEND = ('<p class="legend"><span class="sw sw-trial"></span>completed trial'
            " · hover a point for details</p>")
 
 
-def _render(run: _Run) -> str:
+def _exports(path: Path) -> str:
+    """Exported models (``autoprune export``), quantized variants beside their float parent."""
+    rows = []
+    for file in sorted((path / "models").glob("*.metrics.json")):
+        try:
+            m = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = m.get("weights") or {}
+        rows.append((m.get("parent") or m.get("file", ""), m.get("parent") is not None, (
+            f"<tr><td>{_e(m.get('file', file.name))}</td><td>{_e(m.get('format', '-'))}</td>"
+            f"<td>{_e(m.get('trial', '-'))}</td><td>{_pct(m.get('test_acc'))}</td>"
+            f"<td>{_pct(m.get('flops_ratio'))}</td>"
+            f"<td>{_pct(weights.get('sparsity')) if weights else '-'}</td>"
+            f"<td>{int(m.get('file_bytes') or 0):,}</td><td>{_ms(m.get('latency_ms'))}</td>"
+            f"<td>{_e(m.get('parent') or '')}</td></tr>")))
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (r[0], r[1]))  # each parent, then its quantized variants
+    head = ("<tr><th>file</th><th>format</th><th>trial</th><th>test acc</th><th>FLOPs</th>"
+            "<th>weights zero</th><th>bytes</th><th>latency ms</th><th>float parent</th></tr>")
+    return (f"<h2>Exported models</h2><table class=\"exports\">{head}"
+            f"{''.join(r[2] for r in rows)}</table>")
+
+
+def _render(run: _Run, exports: str = "") -> str:
     plots = "".join(f"<figure>{_scatter(run, key)}</figure>" for key in _AXES)
     name = _e(run.name)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
@@ -393,7 +419,7 @@ def _render(run: _Run) -> str:
             f'<div class="plots">{plots}</div><h2>Front members</h2>{_front_section(run)}'
             f"<h2>Search progress</h2>{_progress(run)}"
             f"<h2>All trials</h2><p>Click a header to sort.</p>{_trials_table(run)}"
-            f"<script>{_svg.SCRIPT}</script></body></html>\n")
+            f"{exports}<script>{_svg.SCRIPT}</script></body></html>\n")
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -402,5 +428,5 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     Call after a search (or on a copied run folder): the page is self-contained and offline.
     """
     run = RunDir.open(run_dir)
-    atomic_write_text(run.report_path, _render(_load(run)))
+    atomic_write_text(run.report_path, _render(_load(run), _exports(run.path)))
     return run.report_path

@@ -192,3 +192,39 @@ def test_onnx_without_the_onnx_package_names_the_extra(run, trial, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(ap.BackendUnavailable, match=r"autoprune\[onnx\]"):
         export_trial(run, trial, "onnx")
+
+
+# -- hybrid (weights after channels) and quantized variants -------------------------------------
+def test_hybrid_and_int8_variants(run: Path, trial: int, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = export_trial(copy, trial, progress=False, sparsity=0.6, quantize="int8")
+    m = result.metrics
+    weights = m["weights"]
+    assert 0.5 < weights["sparsity"] < 0.6  # of all parameters; BN and biases stay
+    sparse_file = result.model_path.with_name(f"trial_{trial}.pruned.sparse.pt")
+    assert sparse_file.stat().st_size < 0.8 * weights["dense_bytes"]
+    q = m["quantized"]
+    assert q["file_bytes"] < 0.5 * result.model_path.stat().st_size
+    assert abs(q["test_acc"] - m["test_acc"]) <= 0.05
+    q_metrics = json.loads((result.model_path.parent / (q["file"] + ".metrics.json")).read_text())
+    assert q_metrics["parent"] == result.model_path.name
+    from autoprune.report import write_report
+
+    html = write_report(copy).read_text()  # the quantized variant beside its float parent
+    section = html.split("<h2>Exported models</h2>")[1]
+    assert section.index(result.model_path.name) < section.index(q["file"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--quantize", "int4"], "--quantize 'int4' is not supported; use one of int8, fp16, bf16"),
+    (["--sparsity", "1.5"], "--sparsity 1.5 must be in [0, 1)"),
+    (["--sparsity", "-0.1"], "--sparsity -0.1 must be in [0, 1)"),
+])
+def test_variant_bad_input_exit_2(run: Path, trial: int, args: list[str], needle: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "autoprune.cli", "export", str(run),
+                           "--trial", str(trial), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=_env())
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert needle in err and "Traceback" not in err and err.count("\n") == 0, err

@@ -1,0 +1,87 @@
+"""Deployment variants of an exported candidate: weight-pruned (hybrid) and quantized.
+
+Structured pruning removes channels; these two classics act on what remains. Both are measured
+the way the search measures candidates: test accuracy on the task's test split, parameters,
+bytes on disk, CPU latency. Zeroed weights do not speed up dense kernels (the metrics say so);
+eager int8 dequantizes and is usually slower on CPU than float (measured, not assumed).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+
+__all__ = ["check_sparsity", "quantized_variant", "weight_pruned"]
+
+log = logging.getLogger(__name__)
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
+        raise ConfigError(f"--sparsity {sparsity} must be in [0, 1): the fraction of the "
+                          "remaining weights set to zero, e.g. 0.8")
+
+
+def weight_pruned(model: nn.Module, sparsity: float, loader: Iterable[Any], epochs: float,
+                  lr: float = 1e-3, phases: int = 4) -> dict[str, Any]:
+    """Prune ``model``'s weights in place to ``sparsity`` on a cubic schedule, retraining
+    ``epochs`` in total between the phases (AdamW, masked); returns the size metrics."""
+    from autoprune.weights import prune_weights, sparse_size, sparsity_schedule
+
+    check_sparsity(sparsity)
+    steps_total = max(phases, round(epochs * len(loader)))  # type: ignore[arg-type]
+    for target in sparsity_schedule(sparsity, phases):
+        mask = prune_weights(model, target, scope="global")
+        _train(model, loader, steps_total // phases, lr, mask)
+    size = sparse_size(model)
+    return {"sparsity": size.sparsity, "nonzeros": size.nonzeros,
+            "dense_bytes": size.dense_bytes, "compressed_bytes": size.compressed_bytes,
+            "retrain_steps": steps_total,
+            "note": "zeroed weights: smaller file, no speed-up on dense kernels"}
+
+
+def _train(model: nn.Module, loader: Iterable[Any], steps: int, lr: float, mask: Any) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    model.train()
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            mask.apply(model)
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+
+
+def quantized_variant(model: nn.Module, example: Any, mode: str, loader: Iterable[Any],
+                      path: Path, evaluate: Any, batch: torch.Tensor) -> dict[str, Any]:
+    """Quantize a copy of ``model``, save it to ``path`` and measure it."""
+    from torch.utils import benchmark
+
+    from autoprune.quantize import quantize
+
+    quantized = quantize(copy.deepcopy(model).eval(), example, mode, calibration=loader)
+    quantized.save(path)
+    timer = benchmark.Timer("m(x)", globals={"m": quantized.module, "x": batch},
+                            num_threads=torch.get_num_threads())
+    with torch.inference_mode():
+        latency = timer.blocked_autorange(min_run_time=0.3).median * 1000
+    return {"mode": mode, "file": path.name, "file_bytes": path.stat().st_size,
+            "test_acc": float(evaluate(quantized.module, "test")),
+            "latency_ms": latency, "latency_batch": int(batch.shape[0]),
+            "note": "eager CPU execution; compile with torch.compile for int8 kernels"}
