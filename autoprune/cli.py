@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("worker", help="join a running search as one more worker process")
-    p.add_argument("--run-dir", required=True, help="the run directory of the search to join")
+    p.add_argument("--run-dir", help="the run directory of the search to join (same machine); "
+                   "with --storage: where this worker keeps its own files")
+    p.add_argument("--storage", help="the search's storage URL (another machine)")
+    p.add_argument("--study", help="the study name (config.yaml: study_name) with --storage")
     p.set_defaults(func=_cmd_worker)
     p = sub.add_parser("report", help="write report.html of a run and print its summary")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
@@ -286,8 +289,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from autoprune.runner import run_worker
 
-    task_cfg, budget, space, ft, settings, trials = _from_config(args.run_dir, True)
-    done = run_worker(args.run_dir, _search_factory(task_cfg, budget, space, ft, settings),
+    run_dir = args.run_dir
+    if args.storage or args.study:
+        if not (args.storage and args.study):
+            raise ConfigError("a worker on another machine needs both --storage URL and "
+                              "--study NAME")
+        from autoprune.runner import join_study
+
+        run_dir = str(join_study(args.storage, args.study, run_dir).path)
+    elif not run_dir:
+        raise ConfigError("autoprune worker needs --run-dir RUN_DIR (same machine) or "
+                          "--storage URL --study NAME (another machine)")
+    task_cfg, budget, space, ft, settings, trials = _from_config(run_dir, True)
+    done = run_worker(run_dir, _search_factory(task_cfg, budget, space, ft, settings),
                       settings, trials)
     log.info("worker finished %d trials", done)
     return 0

@@ -98,6 +98,9 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     elif not backend.study.trials:
         for params, attrs in search.baseline_params():
             backend.enqueue(params, attrs)
+    if settings.storage is not None:  # workers on other machines rebuild the run from these
+        backend.study.set_user_attr("autoprune_config", run.read_config())
+        backend.study.set_user_attr("autoprune_baseline", run.read_baseline())
     records = search.write(backend.records())
     remaining = max(0, trials - backend.done())
     bar = _progress(trials, trials - remaining, settings.progress)
@@ -186,6 +189,24 @@ def _stop(procs: list[Any], wait: bool = False) -> None:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def join_study(storage: str, study: str, run_dir: str | Path | None) -> RunDir:
+    """A local run directory for a worker on another machine, from the study's attributes."""
+    import optuna
+
+    try:
+        attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
+    except KeyError as exc:
+        raise ConfigError(f"--study {study!r} does not exist on --storage {storage!r}; the "
+                          "launching `autoprune search` prints and records its study name "
+                          "(config.yaml: study_name)") from exc
+    if "autoprune_config" not in attrs:
+        raise ConfigError(f"study {study!r} was not started by autoprune search --storage")
+    run = RunDir.create(Path(run_dir) if run_dir else Path("results") / f"worker-{study}")
+    run.write_config(attrs["autoprune_config"])
+    run.write_baseline(attrs["autoprune_baseline"])
+    return run
 
 
 def run_worker(run_dir: str | Path, make_search: Callable[[RunDir], Any], settings: Any,

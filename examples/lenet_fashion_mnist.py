@@ -15,6 +15,7 @@ import argparse
 import copy
 import datetime
 import io
+import logging
 import platform
 import tempfile
 import time
@@ -72,7 +73,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--retrain-epochs", type=float, default=3.0)
     parser.add_argument("--subset", type=int, default=None, help="quick runs: training images")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (LeNet is too small to gain from more; on a busy "
+                             "machine extra threads spin and slow it ~10x)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress
     start = time.perf_counter()
     torch.manual_seed(0)
     task = FashionMNISTTask(args.data_dir, model="lenet", epochs=args.dense_epochs,
@@ -130,7 +136,7 @@ def main() -> None:
 
     minutes = (time.perf_counter() - start) / 60
     table = ["| model | test acc | params (nonzero) | FLOPs | size on disk | CPU latency, "
-             "batch 64 |", "|---|---|---|---|---|---|"]
+             f"batch 64, {args.threads} thread(s) |", "|---|---|---|---|---|---|"]
     for name, acc, params, flops, size_b, lat in rows:
         table.append(f"| {name} | {acc:.2%} | {params:,.0f} | {flops / 1e6:.3f} M | "
                      f"{size_b / 1024:.1f} KiB | {lat:.2f} ms |")

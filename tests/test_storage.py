@@ -52,3 +52,36 @@ def test_two_workers_on_postgres(tmp_path, postgres_url):
         assert r.val_acc == pytest.approx(t.values[0]) and r.flops_ratio <= 0.404
     front = run.read_front()
     assert front and all(f["test_acc"] is not None for f in front)
+
+
+@pytest.mark.slow
+def test_worker_from_another_machine_joins_by_storage_and_study(tmp_path, postgres_url):
+    pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install 'autoprune[test]'")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "autoprune.cli", "search", "--budget-flops", "0.5", "--trials",
+         "6", "--storage", postgres_url, "--out", "run", "--finetune-steps", "150",
+         "--bn-batches", "4", "--quiet"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = tmp_path / "run" / "config.yaml"
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "run" / "baseline.json").exists():
+        time.sleep(0.3)
+    study = RunDir.open(tmp_path / "run").read_config()["study_name"]
+    assert config.exists() and study
+    time.sleep(2)  # the launcher publishes the run on the study right after its baseline
+    worker = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "worker", "--storage", postgres_url, "--study",
+         study, "--run-dir", str(tmp_path / "elsewhere")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr
+    _, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err
+    trials = optuna.load_study(study_name=study, storage=postgres_url).trials
+    hosts = {t.user_attrs.get("worker") for t in trials}
+    assert len(hosts) == 2  # the launcher and the joined worker both ran trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6
+    records = RunDir.open(tmp_path / "run").read_trials()  # results on the launching side
+    assert sorted(r.trial for r in records) == sorted(t.number for t in trials)
