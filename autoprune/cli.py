@@ -210,6 +210,12 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes sharing the study (CPU threads split evenly)")
+    p.add_argument("--backend", default="optuna",
+                   help="optuna (default, embedded) | ray (pip install 'autoprune[ray]')")
+    p.add_argument("--ray-address", help="with --backend ray: 'auto' joins a running cluster")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="with --backend ray")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="with --backend ray, e.g. 0.5 (fractions do not cap memory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
 
@@ -270,6 +276,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                   importance=args.importance, latency=not args.no_latency,
                                   latency_batch=args.latency_batch,
                                   latency_dtype=args.latency_dtype, workers=args.workers,
+                                  backend=args.backend, ray_address=args.ray_address,
+                                  cpus_per_trial=args.cpus_per_trial,
+                                  gpus_per_trial=args.gpus_per_trial,
                                   storage=args.storage, progress=not args.quiet)
         out = args.out
     if trials < 1:

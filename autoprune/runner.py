@@ -90,8 +90,17 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     search.bind_baseline(baseline)
     storage = make_storage(settings.storage, run.journal_path)
     name = run.read_config().get("study_name") or study_name(run, settings)
-    backend = OptunaBackend(storage, name, settings.sampler, settings.seed,
-                            ("maximize", "minimize"))
+    if settings.backend == "ray":
+        from autoprune.backends.ray import RayBackend
+
+        backend: Any = RayBackend(storage, name, settings.sampler, settings.seed,
+                                  ("maximize", "minimize"), run_dir=run.path,
+                                  address=settings.ray_address,
+                                  cpus_per_trial=settings.cpus_per_trial,
+                                  gpus_per_trial=settings.gpus_per_trial)
+    else:
+        backend = OptunaBackend(storage, name, settings.sampler, settings.seed,
+                                ("maximize", "minimize"))
     if resume:
         for params, attrs in backend.recover():
             backend.enqueue(params, attrs)
@@ -118,7 +127,9 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     lock = FileLock(str(run.path / ".ask.lock"))
     procs = _spawn_workers(run, settings, config) if remaining else []
     try:
-        while backend.done() < trials:
+        if settings.backend == "ray" and remaining:
+            backend.optimize(search.specs(), search.evaluate_trial, remaining, on_trial)
+        while settings.backend == "optuna" and backend.done() < trials:
             backend.optimize(search.specs(), search.evaluate_trial, trials, on_trial, lock)
             if backend.done() >= trials:
                 break

@@ -51,6 +51,10 @@ class SearchSettings:
     latency_dtype: str = "float32"
     storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
     workers: int = 1  # local worker processes sharing the study (CPU threads split evenly)
+    backend: str = "optuna"  # optuna | ray (Tuner + OptunaSearch on the same study)
+    ray_address: str | None = None  # None: a local Ray instance; "auto": the running cluster
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -58,6 +62,11 @@ class SearchSettings:
             raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
         if self.workers < 1:
             raise ConfigError(f"--workers {self.workers} must be >= 1")
+        if self.backend not in ("optuna", "ray"):
+            raise ConfigError(f"--backend {self.backend!r}; use optuna or ray")
+        if self.backend == "ray" and self.workers > 1:
+            raise ConfigError("--workers is for the optuna backend; with --backend ray, Ray "
+                              "runs trials in parallel (--cpus-per-trial, --gpus-per-trial)")
         if self.latency_batch < 1:
             raise ConfigError(f"--latency-batch {self.latency_batch} must be >= 1")
         if self.latency_dtype not in ("float32", "float16", "bfloat16"):

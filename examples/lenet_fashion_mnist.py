@@ -70,8 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--dense-epochs", type=int, default=12)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--retrain-epochs", type=float, default=3.0)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--retrain-epochs", type=float, default=8.0,
+                        help="retraining after weight pruning (spread over 4 phases) and after "
+                             "channel pruning")
     parser.add_argument("--subset", type=int, default=None, help="quick runs: training images")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (LeNet is too small to gain from more; on a busy "

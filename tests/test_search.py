@@ -383,7 +383,7 @@ def test_sigkill_one_of_two_workers(tmp_path):
                 victim = pid
     assert victim is not None, "no worker trial seen running"
     os.kill(victim, signal.SIGKILL)
-    out, err = parent.communicate(timeout=400)
+    _, err = parent.communicate(timeout=400)
     assert parent.returncode == 0, err
     records = check_run(tmp_path / "run", 0.5, 6)
     trials = _journal_trials(tmp_path / "run")
@@ -394,3 +394,18 @@ def test_sigkill_one_of_two_workers(tmp_path):
     assert all(t.number in retried for t in killed)
     complete = [r.trial for r in records if r.state == "COMPLETE"]
     assert len(complete) == len(set(complete))
+
+
+@pytest.mark.slow
+def test_cli_search_with_ray_backend(tmp_path):
+    pytest.importorskip("ray", reason="ray missing: pip install 'autoprune[ray]'")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", "--backend", "ray", "--budget-flops",
+         "0.4", "--trials", "4", "--out", "run", *FAST], cwd=tmp_path, capture_output=True,
+        text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run(tmp_path / "run", 0.4, 4)
+    assert {r.baseline for r in records} >= {"uniform-l2", "global-l2"}
+    assert (tmp_path / "run" / "ray").is_dir()  # Ray's experiment state, for Tuner.restore

@@ -92,6 +92,9 @@ class OptunaBackend:
         self.study = optuna.create_study(
             storage=storage, study_name=study_name, load_if_exists=True,
             sampler=make_sampler(sampler, seed), directions=list(directions))
+        asked = len(self.study.get_trials(deepcopy=False))
+        if asked:  # a resumed study: a fresh stream, or the sampler would repeat its first draws
+            self.study.sampler = make_sampler(sampler, seed + asked)
 
     # -- queue -------------------------------------------------------------------------------
     def enqueue(self, params: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
