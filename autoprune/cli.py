@@ -208,8 +208,11 @@ def _add_search(sub: Any) -> None:
                    help="float32 (default) | float16 | bfloat16")
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local worker processes sharing the study (CPU threads split evenly)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes sharing the study (default: 1 on CPU, where the "
+                        "threads are split evenly; one per visible GPU on CUDA)")
+    p.add_argument("--workers-per-gpu", type=int, default=1,
+                   help="on CUDA: processes sharing one GPU, each capped at 1/K of its memory")
     p.add_argument("--backend", default="optuna",
                    help="optuna (default, embedded) | ray (pip install 'autoprune[ray]')")
     p.add_argument("--ray-address", help="with --backend ray: 'auto' joins a running cluster")
@@ -275,7 +278,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         settings = SearchSettings(sampler=args.sampler, seed=args.seed,
                                   importance=args.importance, latency=not args.no_latency,
                                   latency_batch=args.latency_batch,
-                                  latency_dtype=args.latency_dtype, workers=args.workers,
+                                  latency_dtype=args.latency_dtype,
+                                  workers=_workers(args), workers_per_gpu=args.workers_per_gpu,
                                   backend=args.backend, ray_address=args.ray_address,
                                   cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial,
@@ -293,6 +297,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(terminal_summary(str(result.run_dir)))
     print(f"\nreport: {report}")
     return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return int(args.workers)
+    if args.device.startswith("cuda") and args.backend == "optuna":
+        import torch
+
+        return max(1, torch.cuda.device_count()) * max(1, args.workers_per_gpu)
+    return 1
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

@@ -125,7 +125,8 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     from filelock import FileLock
 
     lock = FileLock(str(run.path / ".ask.lock"))
-    procs = _spawn_workers(run, settings, config) if remaining else []
+    procs = _spawn_workers(run, settings, {**config, "device": search.ft.device}) \
+        if remaining else []
     try:
         if settings.backend == "ray" and remaining:
             backend.optimize(search.specs(), search.evaluate_trial, remaining, on_trial)
@@ -160,9 +161,39 @@ def worker_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
+def gpu_plan(workers: int, per_gpu: int) -> list[str]:
+    """The CUDA device each of ``workers`` processes sees: ``per_gpu`` processes per GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    import torch
+
+    ids = [d for d in visible.split(",") if d] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if not ids:
+        raise ConfigError("--device cuda but no GPU is visible; use --device cpu")
+    if workers > len(ids) * per_gpu:
+        raise ConfigError(f"--workers {workers} > {len(ids)} GPU(s) x --workers-per-gpu "
+                          f"{per_gpu}; raise --workers-per-gpu or lower --workers")
+    return [ids[i // per_gpu] for i in range(workers)]
+
+
+def _pin_gpu(per_gpu: int) -> None:
+    """Cap this process's share of its GPU (fractional sharing does not cap memory itself)."""
+    import torch
+
+    if per_gpu > 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(1.0 / per_gpu)
+
+
 def _spawn_workers(run: RunDir, settings: Any, config: dict[str, Any]) -> list[Any]:
-    """Start ``settings.workers - 1`` local worker processes on the run's study."""
+    """Start ``settings.workers - 1`` local worker processes on the run's study: on CPU the
+    cores are split evenly; on CUDA each process gets its GPU (``workers_per_gpu`` share one,
+    each with a memory cap)."""
     workers = int(getattr(settings, "workers", 1) or 1)
+    device = str(config.get("device") or "cpu")
+    per_gpu = int(getattr(settings, "workers_per_gpu", 1) or 1)
+    gpus = gpu_plan(workers, per_gpu) if device.startswith("cuda") else []
+    if gpus:
+        _pin_gpu(per_gpu)
     if workers <= 1:
         return []
     if "spec" not in config.get("task", {}):
@@ -177,6 +208,8 @@ def _spawn_workers(run: RunDir, settings: Any, config: dict[str, Any]) -> list[A
     for i in range(1, workers):
         env = {**os.environ, "AUTOPRUNE_THREADS": str(worker_threads(workers)),
                "AUTOPRUNE_WORKER_INDEX": str(i)}
+        if gpus:  # the parent keeps the first GPU; the child sees its own as cuda:0
+            env.update(CUDA_VISIBLE_DEVICES=gpus[i], AUTOPRUNE_WORKERS_PER_GPU=str(per_gpu))
         with open(logs / f"worker_{i}.log", "ab") as out:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "autoprune.cli", "worker", "--run-dir", str(run.path)],
@@ -233,6 +266,7 @@ def run_worker(run_dir: str | Path, make_search: Callable[[RunDir], Any], settin
         import torch
 
         torch.set_num_threads(int(threads))
+    _pin_gpu(int(os.environ.get("AUTOPRUNE_WORKERS_PER_GPU", "1")))
     run = RunDir.open(run_dir)
     search = make_search(run)
     if not run.baseline_path.is_file():

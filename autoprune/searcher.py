@@ -51,6 +51,7 @@ class SearchSettings:
     latency_dtype: str = "float32"
     storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
     workers: int = 1  # local worker processes sharing the study (CPU threads split evenly)
+    workers_per_gpu: int = 1  # on CUDA: processes sharing one GPU (each capped at 1/K memory)
     backend: str = "optuna"  # optuna | ray (Tuner + OptunaSearch on the same study)
     ray_address: str | None = None  # None: a local Ray instance; "auto": the running cluster
     cpus_per_trial: float = 1.0
@@ -60,8 +61,9 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.level_low <= 1.0:
             raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
-        if self.workers < 1:
-            raise ConfigError(f"--workers {self.workers} must be >= 1")
+        if self.workers < 1 or self.workers_per_gpu < 1:
+            raise ConfigError(f"--workers {self.workers} and --workers-per-gpu "
+                              f"{self.workers_per_gpu} must be >= 1")
         if self.backend not in ("optuna", "ray"):
             raise ConfigError(f"--backend {self.backend!r}; use optuna or ray")
         if self.backend == "ray" and self.workers > 1:
@@ -154,6 +156,11 @@ class Search:
             raise ConfigError("a latency budget needs latency measurement; drop --no-latency")
         self.ft = finetune_settings or FinetuneSettings()
         self.space = space or load_space("default")
+        if self.ft.device.startswith("cuda") and self.space.round_to is None:
+            import dataclasses
+
+            # tensor cores want channel counts in multiples of 8 (DESIGN decision 4)
+            self.space = dataclasses.replace(self.space, round_to=8)
         self.budget, self.run_dir = budget, run
         self.example_inputs = example_inputs
         self.evaluate = _split_evaluator(evaluate)
@@ -232,11 +239,17 @@ class Search:
         return latency_ms / self.dense_latency
 
     def time_model(self, model: nn.Module, repeats: int = 10) -> float | None:
+        """Latency of ``model``; local workers take turns on the device (one file lock)."""
+        from filelock import FileLock
+
         from autoprune.cost import measure
 
-        return measure(model, self.example_inputs, device=self.ft.device,
-                       batch_size=self.settings.latency_batch, dtype=self.settings.latency_dtype,
-                       repeats=repeats, warmup=3, cache=self.latency_cache).latency_ms
+        lock = FileLock(str(self.run_dir.path / f".latency-{self.ft.device}.lock"))
+        with lock:
+            return measure(model, self.example_inputs, device=self.ft.device,
+                           batch_size=self.settings.latency_batch,
+                           dtype=self.settings.latency_dtype, repeats=repeats, warmup=3,
+                           cache=self.latency_cache).latency_ms
 
     # -- candidates ------------------------------------------------------------------------
     def specs(self) -> list[Any]:
