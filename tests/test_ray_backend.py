@@ -6,7 +6,6 @@ where ``autoprune[ray]`` is installed, a missing Ray is a failure instead.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch_pruning as tp
 
 try:
     import ray
@@ -27,16 +25,9 @@ import autoprune as ap
 from autoprune.backends.optuna import Outcome, ParamSpec, make_storage
 from autoprune.backends.ray import RayBackend
 from autoprune.errors import BackendUnavailable
-from autoprune.evaluate import FinetuneSettings
-from autoprune.plan import Budget
-from autoprune.results import COLUMNS, RunDir
-from autoprune.runner import STUDY, resolved_config
-from autoprune.searcher import Search, SearchSettings
-from autoprune.space import load_space
+from autoprune.runner import STUDY
 
 ROOT = Path(ap.__file__).resolve().parent.parent
-FILES = ("config.yaml", "baseline.json", "study.journal", "trials.csv", "front.csv",
-         "front.json", "plans", "ray/tune")
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -120,85 +111,3 @@ def test_outcome_states_through_ray(local_ray, tmp_path):
         None, tmp_path / "study.journal"))
     assert study.trials[1].constraints == {"budget": 0.25}
     assert (tmp_path / "ray" / "tune" / "trial_0").is_dir()
-
-
-def dominated_oracle(points: list[tuple[float, float]]) -> set[int]:
-    out = set()
-    for i, (a, c) in enumerate(points):
-        for j, (a2, c2) in enumerate(points):
-            if j != i and a2 >= a and c2 <= c and (a2 > a or c2 < c):
-                out.add(i)
-    return out
-
-
-def run_digits(out: Path, trials: int) -> tuple[Search, RayBackend]:
-    """What autoprune.runner.run_search does, with the Ray backend."""
-    from autoprune.tasks import load_task
-
-    budget, space = Budget(flops=0.4), load_space("default")
-    ft, settings = FinetuneSettings(steps=10, bn_batches=4), SearchSettings(progress=False)
-    task = load_task("digits")
-    model, example = task.dense_model(), task.example_inputs()
-    run = RunDir.create(out)
-    run.write_config(resolved_config({"task": {"spec": "digits"}}, budget, trials, settings,
-                                     space, ft))
-    search = Search(model, example, task.evaluate, task.splits().train, budget, run,
-                    getattr(task, "finetune", None), space, ft, settings)
-    search.bind_baseline(search.baseline())
-    backend = RayBackend(make_storage(None, run.journal_path), STUDY, settings.sampler,
-                         settings.seed, DIRECTIONS, run_dir=run.path, cpus_per_trial=1)
-    for params, attrs in search.baseline_params():
-        backend.enqueue(params, attrs)
-    backend.optimize(search.specs(), search.evaluate_trial, trials,
-                     lambda: search.write(backend.records()))
-    search.write(backend.records())
-    search.remeasure_front(backend.records())
-    records = search.write(backend.records())
-    search.score_front_on_test(search.front_of(records))
-    search.write(backend.records())
-    return search, backend
-
-
-@pytest.mark.slow
-def test_digits_search_through_ray(local_ray, tmp_path):
-    run_dir, trials, budget = tmp_path / "run", 4, 0.4
-    run_digits(run_dir, trials)  # ~25 s on 2 idle CPUs (Ray already started by the fixture)
-    for name in FILES:
-        assert (run_dir / name).exists(), name
-    records = RunDir.open(run_dir).read_trials()
-    header = (run_dir / "trials.csv").read_text().splitlines()[0].split(",")
-    assert tuple(header[: len(COLUMNS)]) == COLUMNS
-    # rows consistent with the journal Ray's OptunaSearch wrote
-    study = optuna.load_study(study_name=STUDY, storage=make_storage(
-        None, run_dir / "study.journal"))
-    journal = {t.number: t for t in study.trials}
-    assert sorted(journal) == [r.trial for r in records] == list(range(trials))
-    for r in records:
-        t = journal[r.trial]
-        assert r.searched == pytest.approx(t.params)
-        if r.state == "COMPLETE":
-            assert t.state == optuna.trial.TrialState.COMPLETE
-            assert t.values[0] == pytest.approx(r.val_acc)
-            assert r.flops_ratio <= budget * 1.01
-            assert r.fidelity == 1.0
-    assert sum(r.state in ("COMPLETE", "FAIL") for r in records) == trials
-    # the baselines ran first
-    assert [r.baseline for r in records[:2]] == ["uniform-l2", "global-l2"]
-    # the front is exactly the non-dominated set of completed trials, scored on test
-    complete = [r for r in records if r.state == "COMPLETE"]
-    dominated = dominated_oracle([(r.val_acc, r.flops_ratio) for r in complete])
-    expected = {r.trial for i, r in enumerate(complete) if i not in dominated}
-    front = json.loads((run_dir / "front.json").read_text())
-    assert {f["trial"] for f in front} == expected and expected
-    assert all(f["test_acc"] is not None for f in front)
-    for f in front:  # weights written by the workers, in the run directory
-        assert (run_dir / "models" / f"trial_{f['trial']}.pt").is_file()
-    # plans written by the workers replay to the recorded MACs on the real dense model
-    from autoprune.tasks import load_task
-
-    task = load_task("digits")
-    dense, x = task.dense_model(), task.example_inputs()
-    for r in records[:2]:
-        plan = ap.PruningPlan.from_json((run_dir / "plans" / f"{r.trial}.json").read_text())
-        macs, _ = tp.utils.count_ops_and_params(ap.apply_plan(dense, x, plan), x)
-        assert macs == pytest.approx(r.macs)
