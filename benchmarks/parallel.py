@@ -4,7 +4,7 @@ Each configuration runs ``--repeats`` times, alternating, so machine noise hits 
 throughput of a run is its trial count over the span from the first trial's start to the last
 trial's end in the journal (process start-up and the final report are not trials). Medians.
 
-    python benchmarks/parallel.py [--trials 12] [--repeats 2] [--finetune-steps 120]
+    python benchmarks/parallel.py [--trials 40] [--repeats 2] [--finetune-steps 300]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def throughput(run_dir: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--finetune-steps", type=int, default=120)
+    parser.add_argument("--finetune-steps", type=int, default=300)
     args = parser.parse_args()
     results: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
