@@ -100,16 +100,17 @@ class Session:
         if not self.run.config_path.exists():
             from autoprune.evaluate import FinetuneSettings
 
-            self.run.write_config(resolved_config({"task": {"python": True, "session": True}},
-                                                  budget, 0, settings, space_obj,
-                                                  FinetuneSettings()))
+            config = resolved_config({"task": {"python": True, "session": True}}, budget, 0,
+                                     settings, space_obj, FinetuneSettings())
+            config["study_name"] = study_name(self.run, settings)
+            self.run.write_config(config)
         self.search = Search(model, example_inputs, evaluate, train_loader, budget, self.run,
                              space=space_obj, settings=settings)
         self.search.bind_baseline(self.search.baseline())
         self.backend = OptunaBackend(make_storage(settings.storage, self.run.journal_path),
-                                     study_name(self.run, settings), settings.sampler,
-                                     settings.seed,
-                                     ("maximize", "minimize"))
+                                     self.run.read_config().get("study_name")
+                                     or study_name(self.run, settings),
+                                     settings.sampler, settings.seed, ("maximize", "minimize"))
         if not self.backend.study.trials:
             for params, attrs in self.search.baseline_params():
                 self.backend.enqueue(params, attrs)

@@ -32,8 +32,13 @@ STUDY = "autoprune"
 
 
 def study_name(run: RunDir, settings: Any) -> str:
-    """The journal in a run dir holds one study; a shared server holds many, one per run."""
-    return STUDY if settings.storage is None else f"autoprune-{run.path.resolve().name}"
+    """The journal in a run dir holds one study; a shared server holds many, one per run (a
+    random suffix: two runs both called ``results/run`` must never share a study)."""
+    if settings.storage is None:
+        return STUDY
+    import secrets
+
+    return f"autoprune-{run.path.resolve().name}-{secrets.token_hex(4)}"
 
 
 def default_run_name(task: str, budget: Budget) -> str:
