@@ -208,6 +208,9 @@ def _add_search(sub: Any) -> None:
                    help="float32 (default) | float16 | bfloat16")
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
+    p.add_argument("--mode", default="channels",
+                   help="channels (default: structured, real speed-ups) | weights (unstructured: "
+                        "zeroed weights, needs --budget-params; smaller files, no speed-up)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes sharing the study (default: 1 on CPU, where the "
                         "threads are split evenly; one per visible GPU on CUDA)")
@@ -280,6 +283,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                   latency_batch=args.latency_batch,
                                   latency_dtype=args.latency_dtype,
                                   workers=_workers(args), workers_per_gpu=args.workers_per_gpu,
+                                  mode=args.mode,
                                   backend=args.backend, ray_address=args.ray_address,
                                   cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial,

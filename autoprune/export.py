@@ -126,11 +126,13 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     model, steps = _rebuild(config, task, plan, record.trial, state_path, finetune_epochs,
                             progress)
     sparse: dict[str, Any] = {}
-    if sparsity > 0:
-        from autoprune.variants import weight_pruned
+    weights_mode = (config.get("search") or {}).get("mode") == "weights"
+    if sparsity > 0 or weights_mode:
+        from autoprune.variants import sparse_metrics, weight_pruned
         from autoprune.weights import save_sparse
 
-        sparse = weight_pruned(model, sparsity, task.splits().train, max(finetune_epochs, 1.0))
+        sparse = weight_pruned(model, sparsity, task.splits().train, max(finetune_epochs, 1.0)) \
+            if sparsity > 0 else sparse_metrics(model)  # --mode weights: already zeroed
         save_sparse(model, model_path.with_name(_stem(model_path) + ".sparse.pt"))
     metrics = _metrics(run, config, task, model, example, record, plan)  # before any runtime
     if sparse:

@@ -50,6 +50,7 @@ class SearchSettings:
     latency_batch: int = 1
     latency_dtype: str = "float32"
     storage: str | None = None  # Optuna storage URL; None = study.journal in the run dir
+    mode: str = "channels"  # channels (structured) | weights (unstructured, --budget-params)
     workers: int = 1  # local worker processes sharing the study (CPU threads split evenly)
     workers_per_gpu: int = 1  # on CUDA: processes sharing one GPU (each capped at 1/K memory)
     backend: str = "optuna"  # optuna | ray (Tuner + OptunaSearch on the same study)
@@ -64,6 +65,8 @@ class SearchSettings:
         if self.workers < 1 or self.workers_per_gpu < 1:
             raise ConfigError(f"--workers {self.workers} and --workers-per-gpu "
                               f"{self.workers_per_gpu} must be >= 1")
+        if self.mode not in ("channels", "weights"):
+            raise ConfigError(f"--mode {self.mode!r}; use channels or weights")
         if self.backend not in ("optuna", "ray"):
             raise ConfigError(f"--backend {self.backend!r}; use optuna or ray")
         if self.backend == "ray" and self.workers > 1:
@@ -152,6 +155,10 @@ class Search:
             raise BudgetError("give a budget: --budget-flops F, --budget-params F or "
                               "--budget-latency F")
         self.settings = settings or SearchSettings()
+        if self.settings.mode == "weights" and (budget.params is None or budget.flops is not None
+                                                or self.latency_bound):
+            raise ConfigError("--mode weights needs --budget-params F (and no FLOPs or latency "
+                              "budget): zeroed weights do not lower dense FLOPs or latency")
         if self.latency_bound and not self.settings.latency:
             raise ConfigError("a latency budget needs latency measurement; drop --no-latency")
         self.ft = finetune_settings or FinetuneSettings()
@@ -256,12 +263,16 @@ class Search:
         from autoprune.backends.optuna import ParamSpec
 
         specs = [ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
+        if self.settings.mode == "weights":  # one global magnitude ranking: the level is all
+            specs = []
         low = self.fraction * self.settings.level_low
         if self.latency_bound and self.budget.flops is None and self.budget.params is None:
             low = min(low, self.fraction ** 2)
         return [*specs, ParamSpec(LEVEL, low, self.fraction)]
 
     def plan_for(self, params: dict[str, float]) -> PruningPlan:
+        if self.settings.mode == "weights":  # no channels go; the weights are zeroed instead
+            return PruningPlan({}, self.settings.importance, None)
         level = float(params.get(LEVEL, self.fraction))
         dense = self.dense_macs if self.metric == "macs" else self.dense_params
         kept = fit_allocation(self.analysis.cost_model, [g.channels for g in self.groups],
@@ -274,6 +285,8 @@ class Search:
 
     def baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """The uniform and global-ranking plans at the budget, as searched parameter values."""
+        if self.settings.mode == "weights":
+            return [({LEVEL: self.fraction}, {"baseline": "global-l1"})]
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"
         out = [({**self.resolved.uniform(), LEVEL: self.fraction},
                 {"baseline": f"uniform-{label}"})]
@@ -311,6 +324,27 @@ class Search:
                        {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
                                               f"budget {self.budget.params}"})
 
+    def zero_weights(self, level: float, rec: dict[str, Any]) -> nn.Module:
+        """A copy of the dense model with the smallest weights zeroed (one global L1 ranking)
+        so that at most ``level`` of the dense parameters stay nonzero; a gradient mask keeps
+        them zero through fine-tuning. Fills the record's params with the nonzero count."""
+        import copy
+
+        from autoprune.weights import prune_weights, sparse_size
+
+        model = copy.deepcopy(self.analysis.model)
+        prunable = sum(m.weight.numel() for m in model.modules()
+                       if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
+        sparsity = (1.0 - level) * self.dense_params / prunable
+        if not 0.0 <= sparsity < 1.0:
+            raise BudgetError(f"keeping {level:.3f} of the parameters nonzero needs a weight "
+                              f"sparsity of {sparsity:.3f}; only [0, 1) is possible")
+        prune_weights(model, sparsity, scope="global").attach(model)
+        nonzeros = sparse_size(model).nonzeros
+        rec.update(params=float(nonzeros), params_ratio=nonzeros / self.dense_params,
+                   weight_sparsity=sparsity)
+        return model
+
     def over_latency(self, rec: dict[str, Any]) -> Any:
         """An INFEASIBLE outcome when the measured latency is over a latency budget, else None."""
         from autoprune.backends.optuna import Outcome
@@ -335,6 +369,12 @@ class Search:
         self.run_dir.write_plan(number, plan.to_dict())
         rec = self.costs(plan)
         pruned = None
+        if self.settings.mode == "weights":
+            try:
+                pruned = self.zero_weights(float(params.get(LEVEL, self.fraction)), rec)
+            except BudgetError as exc:
+                return Outcome("INFEASIBLE", (0.0, self.fraction), 1.0,
+                               {**rec, "fail_reason": str(exc)})
         if self.latency_bound:  # latency does not depend on weights: time before training
             pruned = self.analysis.apply(plan)
             rec["latency_ms"] = self.time_model(pruned)

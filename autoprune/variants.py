@@ -20,7 +20,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 
-__all__ = ["check_sparsity", "quantized_variant", "weight_pruned"]
+__all__ = ["check_sparsity", "quantized_variant", "sparse_metrics", "weight_pruned"]
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,23 @@ def weight_pruned(model: nn.Module, sparsity: float, loader: Iterable[Any], epoc
                   lr: float = 1e-3, phases: int = 4) -> dict[str, Any]:
     """Prune ``model``'s weights in place to ``sparsity`` on a cubic schedule, retraining
     ``epochs`` in total between the phases (AdamW, masked); returns the size metrics."""
-    from autoprune.weights import prune_weights, sparse_size, sparsity_schedule
+    from autoprune.weights import prune_weights, sparsity_schedule
 
     check_sparsity(sparsity)
     steps_total = max(phases, round(epochs * len(loader)))  # type: ignore[arg-type]
     for target in sparsity_schedule(sparsity, phases):
         mask = prune_weights(model, target, scope="global")
         _train(model, loader, steps_total // phases, lr, mask)
+    return {**sparse_metrics(model), "retrain_steps": steps_total}
+
+
+def sparse_metrics(model: nn.Module) -> dict[str, Any]:
+    """True sparsity and sizes on disk (dense vs sparse storage), measured."""
+    from autoprune.weights import sparse_size
+
     size = sparse_size(model)
     return {"sparsity": size.sparsity, "nonzeros": size.nonzeros,
             "dense_bytes": size.dense_bytes, "compressed_bytes": size.compressed_bytes,
-            "retrain_steps": steps_total,
             "note": "zeroed weights: smaller file, no speed-up on dense kernels"}
 
 

@@ -412,3 +412,33 @@ def test_cli_search_with_ray_backend(tmp_path):
     assert [r.baseline for r in records[:2]] == ["uniform-l2", "global-l2"]  # first
     for f in json.loads((tmp_path / "run" / "front.json").read_text()):
         assert (tmp_path / "run" / "models" / f"trial_{f['trial']}.pt").is_file()
+
+
+@pytest.mark.slow
+def test_weight_mode_search_keeps_zeros_through_finetuning(tmp_path):
+    proc = cli("search", "--mode", "weights", "--budget-params", "0.3", "--trials", "3",
+               "--out", "run", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = [r for r in RunDir.open(tmp_path / "run").read_trials() if r.state == "COMPLETE"]
+    assert records and {r.baseline for r in records} >= {"global-l1"}
+    for r in records:
+        assert r.params_ratio <= 0.3 + 1e-4 and r.flops_ratio == pytest.approx(1.0)
+    front = json.loads((tmp_path / "run" / "front.json").read_text())
+    for f in front:  # the fine-tuned weights still have exactly the recorded nonzeros
+        state = torch.load(tmp_path / "run" / "models" / f"trial_{f['trial']}.pt",
+                           weights_only=True)
+        nonzeros = sum(int((v != 0).sum()) for k, v in state.items()
+                       if "running_" not in k and "num_batches" not in k)
+        assert nonzeros == f["params"]
+    exported = cli("export", "run", "--trial", str(front[0]["trial"]), "--quiet", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    metrics = json.loads((tmp_path / "run" / "models" /
+                          f"trial_{front[0]['trial']}.pruned.metrics.json").read_text())
+    assert metrics["weights"]["compressed_bytes"] < 0.7 * metrics["weights"]["dense_bytes"]
+    assert metrics["test_acc"] == pytest.approx(front[0]["test_acc"])
+
+
+def test_weight_mode_needs_a_params_budget(tmp_path):
+    proc = cli("search", "--mode", "weights", "--budget-flops", "0.4", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "--budget-params" in proc.stderr
+    assert "Traceback" not in proc.stderr
