@@ -35,13 +35,18 @@ def weight_pruned(model: nn.Module, sparsity: float, loader: Iterable[Any], epoc
                   lr: float = 1e-3, phases: int = 4) -> dict[str, Any]:
     """Prune ``model``'s weights in place to ``sparsity`` on a cubic schedule, retraining
     ``epochs`` in total between the phases (AdamW, masked); returns the size metrics."""
+    from autoprune.evaluate import FinetuneSettings, finetune_model
     from autoprune.weights import prune_weights, sparsity_schedule
 
     check_sparsity(sparsity)
     steps_total = max(phases, round(epochs * len(loader)))  # type: ignore[arg-type]
+    settings = FinetuneSettings(steps=steps_total // phases, lr=lr, optimizer="adamw",
+                                weight_decay=1e-4, bn_batches=0)
     for target in sparsity_schedule(sparsity, phases):
         mask = prune_weights(model, target, scope="global")
-        _train(model, loader, steps_total // phases, lr, mask)
+        mask.attach(model)  # zero gradients: with AdamW the pruned weights stay exactly zero
+        finetune_model(model, loader, settings)
+        mask.detach()
     return {**sparse_metrics(model), "retrain_steps": steps_total}
 
 
@@ -53,25 +58,6 @@ def sparse_metrics(model: nn.Module) -> dict[str, Any]:
     return {"sparsity": size.sparsity, "nonzeros": size.nonzeros,
             "dense_bytes": size.dense_bytes, "compressed_bytes": size.compressed_bytes,
             "note": "zeroed weights: smaller file, no speed-up on dense kernels"}
-
-
-def _train(model: nn.Module, loader: Iterable[Any], steps: int, lr: float, mask: Any) -> None:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    model.train()
-    done = 0
-    while done < steps:
-        for x, y in loader:
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            mask.apply(model)
-            done += 1
-            if done >= steps:
-                break
-    model.eval()
 
 
 def quantized_variant(model: nn.Module, example: Any, mode: str, loader: Iterable[Any],
