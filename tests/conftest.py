@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -113,6 +114,16 @@ class DictInput(nn.Module):
         x = torch.relu(self.conv(batch["image"]))
         x = torch.relu(self.conv2(x))
         return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models and tracing: a second intra-op thread only adds contention (up to 100x
+    slower on a loaded 2-core machine). Use with ``pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
