@@ -166,7 +166,8 @@ def _to(obj: Any, device: Any, dtype: Any) -> Any:
     import torch
 
     if isinstance(obj, torch.Tensor):
-        return obj.to(device=device, dtype=dtype if obj.is_floating_point() else obj.dtype)
+        keep = dtype is None or not obj.is_floating_point()
+        return obj.to(device=device, dtype=obj.dtype if keep else dtype)
     if isinstance(obj, (tuple, list)):
         return type(obj)(_to(x, device, dtype) for x in obj)
     if isinstance(obj, dict):
@@ -250,8 +251,10 @@ def measure(
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device='cpu'")
     was_training = model.training
     model.eval()
+    first = next(model.parameters(), None)  # count where the model is (a candidate on the GPU)
+    here = example_inputs if first is None else _to(example_inputs, first.device, None)
     try:
-        macs, params = count_ops_and_params(model, example_inputs)
+        macs, params = count_ops_and_params(model, here)
     finally:
         model.train(was_training)
     inputs = _batched(example_inputs, batch_size)
