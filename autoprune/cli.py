@@ -188,7 +188,21 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--trials", type=int, default=None, help="trials to run (default 40)")
     p.add_argument("--space", default="default",
                    help="search space: default | resnet | mobilenet | plain | PATH.yaml")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | random")
+    g = p.add_argument_group("search strategy (cheap first, expensive last)")
+    g.add_argument("--sampler", default="tpe", help="tpe (default) | nsga2 | gp | random")
+    g.add_argument("--screen", type=float, default=4.0, metavar="R",
+                   help="candidates scored by the adaptive-BN proxy per fully fine-tuned one "
+                        "(default 4; 0: no proxy screening)")
+    g.add_argument("--short-fidelity", type=float, default=0.25, metavar="F",
+                   help="share of the full fine-tune in the short stage (default 0.25; 0: none)")
+    g.add_argument("--promote", type=float, default=2.0, metavar="E",
+                   help="short fine-tunes per full one (default 2)")
+    g.add_argument("--generation", type=int, default=2, metavar="K",
+                   help="full fine-tunes per generation (default 2)")
+    g.add_argument("--levels", type=int, default=3,
+                   help="cost levels searched, from the budget down to 0.6 x budget (default 3)")
+    g.add_argument("--no-priors", action="store_true",
+                   help="do not seed the search with the uniform and global-ranking plans")
     p.add_argument("--importance", default="l2", help="l2 (default) | l1 | bn | random")
     p.add_argument("--storage", help="Optuna storage URL (default: study.journal in the run dir)")
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda")
@@ -287,7 +301,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                   backend=args.backend, ray_address=args.ray_address,
                                   cpus_per_trial=args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial,
-                                  storage=args.storage, progress=not args.quiet)
+                                  storage=args.storage, progress=not args.quiet,
+                                  screen=args.screen, short_fidelity=args.short_fidelity,
+                                  promote=args.promote, generation=args.generation,
+                                  levels=args.levels, priors=not args.no_priors)
         out = args.out
     if trials < 1:
         raise ConfigError(f"--trials {trials} must be >= 1")

@@ -203,31 +203,50 @@ class Pipeline:
         return self._teacher
 
     def run(self, plan: PruningPlan, steps: int | None = None,
-            model: nn.Module | None = None) -> CandidateResult:
-        """Every stage for ``plan``; ``model`` is the already pruned copy, if the caller has it."""
-        try:
-            return self._run(plan, steps, model)
-        except CandidateFailed:
-            raise
-        except torch.OutOfMemoryError as exc:
-            raise CandidateFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
-        except Exception as exc:  # a user's finetune/evaluate may raise anything
-            raise CandidateFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                                  if str(exc) else type(exc).__name__) from exc
+            model: nn.Module | None = None, proxy: bool = True) -> CandidateResult:
+        """Every stage for ``plan``; ``model`` is the already pruned copy, if the caller has it.
+        ``proxy=False`` skips the adaptive-BN score (a screened candidate already has it)."""
+        return _guarded(lambda: self._run(plan, steps, model, proxy))
+
+    def proxy(self, plan: PruningPlan, model: nn.Module | None = None) -> CandidateResult:
+        """Only the cheap stages: prune, re-estimate BatchNorm, score on validation (seconds).
+        ``val_acc`` of the result is the proxy score (NaN when there is nothing to re-estimate)."""
+        def score() -> CandidateResult:
+            stages: dict[str, float] = {}
+            pruned = self._prune(plan, model, stages)
+            value = self._proxy(pruned, stages)
+            return CandidateResult(pruned, value, float("nan") if value is None else value,
+                                   stages)
+
+        return _guarded(score)
+
+    def _prune(self, plan: PruningPlan, model: nn.Module | None,
+               stages: dict[str, float]) -> nn.Module:
+        t0 = time.perf_counter()
+        model = (model if model is not None else self.analysis.apply(plan)).to(self.settings.device)
+        stages["prune_s"] = time.perf_counter() - t0
+        return model
+
+    def _proxy(self, model: nn.Module, stages: dict[str, float],
+               score: bool = True) -> float | None:
+        """Re-estimate BatchNorm (always: a short fine-tune from the dense statistics scores
+        near chance) and, with ``score``, return the validation accuracy: the proxy."""
+        s = self.settings
+        if self.train_loader is None or s.bn_batches <= 0:
+            return None
+        t0 = time.perf_counter()
+        value = None
+        if reestimate_bn(model, self.train_loader, s.bn_batches, s.device) and score:
+            value = float(self.evaluate(model, "val"))
+        stages["proxy_s" if score else "bn_s"] = time.perf_counter() - t0
+        return value
 
     def _run(self, plan: PruningPlan, steps: int | None,
-             model: nn.Module | None) -> CandidateResult:
+             model: nn.Module | None, with_proxy: bool) -> CandidateResult:
         s = self.settings
         stages: dict[str, float] = {}
-        t0 = time.perf_counter()
-        model = (model if model is not None else self.analysis.apply(plan)).to(s.device)
-        stages["prune_s"] = time.perf_counter() - t0
-        proxy = None
-        if self.train_loader is not None and s.bn_batches > 0:
-            t0 = time.perf_counter()
-            if reestimate_bn(model, self.train_loader, s.bn_batches, s.device):
-                proxy = float(self.evaluate(model, "val"))
-            stages["proxy_s"] = time.perf_counter() - t0
+        model = self._prune(plan, model, stages)
+        proxy = self._proxy(model, stages, score=with_proxy)
         t0 = time.perf_counter()
         n = self.steps() if steps is None else steps
         if self.user_finetune is not None:
@@ -244,3 +263,16 @@ class Pipeline:
         if val != val:  # NaN
             raise CandidateFailed("evaluate() returned NaN")
         return CandidateResult(model=model, proxy_acc=proxy, val_acc=val, stages=stages)
+
+
+def _guarded(stage: Callable[[], CandidateResult]) -> CandidateResult:
+    """Run one stage; anything a candidate does wrong becomes :class:`CandidateFailed`."""
+    try:
+        return stage()
+    except CandidateFailed:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise CandidateFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
+    except Exception as exc:  # a user's finetune/evaluate may raise anything
+        raise CandidateFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                              if str(exc) else type(exc).__name__) from exc

@@ -261,7 +261,8 @@ def _front_section(run: _Run) -> str:
 _COLUMNS: tuple[tuple[str, str, str], ...] = (  # header, TrialRecord field, format
     ("trial", "trial", "int"), ("state", "state", "text"), ("kind", "baseline", "kind"),
     ("val acc", "val_acc", "pct"), ("test acc", "test_acc", "pct"),
-    ("proxy acc", "proxy_acc", "pct"), ("FLOPs", "flops_ratio", "pct"),
+    ("proxy acc", "proxy_acc", "pct"), ("short acc", "short_acc", "pct"),
+    ("FLOPs", "flops_ratio", "pct"),
     ("params", "params_ratio", "pct"), ("MACs", "macs", "int"),
     ("latency ms", "latency_ms", "ms"), ("fidelity", "fidelity", "pct"),
     ("seconds", "seconds", "sec"), ("reason", "fail_reason", "text"),

@@ -31,12 +31,13 @@ __all__ = [
     "records_to_frame",
 ]
 
-STATES = ("COMPLETE", "FAIL", "RUNNING", "INFEASIBLE")
+STATES = ("COMPLETE", "SCREENED", "FAIL", "RUNNING", "INFEASIBLE")
 
 #: trials.csv / front.csv columns, in order; searched parameters follow as ``p:<name>`` columns.
 COLUMNS = (
     "trial", "state", "flops_ratio", "params_ratio", "macs", "params", "latency_ms",
-    "proxy_acc", "val_acc", "test_acc", "fidelity", "seconds", "fail_reason", "baseline",
+    "proxy_acc", "short_acc", "val_acc", "test_acc", "fidelity", "seconds", "fail_reason",
+    "baseline", "generation",
 )
 
 
@@ -45,19 +46,21 @@ class TrialRecord:
     """One trial as autoprune records it, whatever backend ran it."""
 
     trial: int
-    state: str
+    state: str  # COMPLETE | SCREENED (not promoted to a full fine-tune) | INFEASIBLE | FAIL
     flops_ratio: float | None = None
     params_ratio: float | None = None
     macs: float | None = None
     params: float | None = None
     latency_ms: float | None = None
     proxy_acc: float | None = None
+    short_acc: float | None = None  # validation accuracy after the short fine-tune stage
     val_acc: float | None = None
     test_acc: float | None = None
     fidelity: float | None = None  # fraction of the full fine-tune this trial received
     seconds: float | None = None
     fail_reason: str | None = None
     baseline: str | None = None  # "uniform-l2" / "global-l2" for the enqueued baselines
+    generation: float | None = None  # first trial number of its staged generation
     searched: dict[str, float] = field(default_factory=dict)  # the sampler's parameters
     plan: dict[str, Any] | None = None  # PruningPlan.to_dict()
     stages: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage

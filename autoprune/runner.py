@@ -109,7 +109,7 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
     if resume:
         for params, attrs in backend.recover():
             backend.enqueue(params, attrs)
-    elif not backend.study.trials:
+    elif not backend.study.trials and settings.priors:
         for params, attrs in search.baseline_params():
             backend.enqueue(params, attrs)
     if settings.storage is not None:  # workers on other machines rebuild the run from these
@@ -136,7 +136,7 @@ def run_search(make_search: Callable[[RunDir], Any], *, budget: Budget, trials: 
         if settings.backend == "ray" and remaining:
             backend.optimize(search.specs(), search.evaluate_trial, remaining, on_trial)
         while settings.backend == "optuna" and backend.done() < trials:
-            backend.optimize(search.specs(), search.evaluate_trial, trials, on_trial, lock)
+            _optimize(backend, search, trials, on_trial, lock)
             if backend.done() >= trials:
                 break
             alive = [p for p in procs if p.poll() is None]
@@ -284,9 +284,20 @@ def run_worker(run_dir: str | Path, make_search: Callable[[RunDir], Any], settin
     backend = OptunaBackend(make_storage(settings.storage, run.journal_path), name,
                             settings.sampler, seed, ("maximize", "minimize"))
     before = backend.done()
-    backend.optimize(search.specs(), search.evaluate_trial, trials, None,
-                     FileLock(str(run.path / ".ask.lock")))
+    _optimize(backend, search, trials, None, FileLock(str(run.path / ".ask.lock")))
     return backend.done() - before
+
+
+def _optimize(backend: Any, search: Any, total: int, on_trial: Callable[[], None] | None,
+              lock: Any) -> None:
+    """Staged generations (proxy screening, short then full fine-tunes) where the search
+    supports them, else one full-fidelity candidate per trial."""
+    if search.staged:
+        from autoprune.staging import optimize
+
+        optimize(backend, search, total, on_trial, lock)
+    else:
+        backend.optimize(search.specs(), search.evaluate_trial, total, on_trial, lock)
 
 
 def _best(records: list[TrialRecord], search: Any) -> TrialRecord | None:

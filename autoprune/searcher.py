@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from autoprune.plan import Budget, PruningPlan, fit_allocation, global_ratios
 from autoprune.results import RunDir, TrialRecord, atomic_write_bytes, atomic_write_text
 from autoprune.space import SearchSpace, load_space
 
-__all__ = ["Search", "SearchResult", "SearchSettings", "search"]
+__all__ = ["Prepared", "Search", "SearchResult", "SearchSettings", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,20 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     progress: bool = True
+    # cheap first, expensive last (see autoprune.staging); defaults from benchmarks/search_quality
+    screen: float = 4.0  # proxied candidates per fully fine-tuned one (<= promote: no proxy cut)
+    short_fidelity: float = 0.25  # the short stage's share of the full fine-tune (0: none)
+    promote: float = 2.0  # short fine-tunes per full one
+    generation: int = 2  # full fine-tunes per generation
+    priors: bool = True  # start around the uniform / global-ranking plans and the incumbents
+    levels: int = 3  # cost levels searched, from the budget down to level_low x budget
 
     def __post_init__(self) -> None:
+        from autoprune.staging import Schedule
+
+        Schedule(self.screen, self.short_fidelity, self.promote, self.generation)  # validates
+        if self.levels < 1:
+            raise ConfigError(f"--levels {self.levels} must be >= 1")
         if not 0.0 < self.level_low <= 1.0:
             raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
         if self.workers < 1 or self.workers_per_gpu < 1:
@@ -77,6 +90,19 @@ class SearchSettings:
         if self.latency_dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"--latency-dtype {self.latency_dtype!r}; use float32, float16 "
                               "or bfloat16")
+
+
+@dataclass
+class Prepared:
+    """A candidate between stages: its plan, the record so far, and its pruned copy (if one
+    was needed already, e.g. to time it)."""
+
+    plan: PruningPlan
+    rec: dict[str, Any]
+    number: int
+    level: float
+    start: float
+    model: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -265,7 +291,7 @@ class Search:
         specs = [ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
         if self.settings.mode == "weights":  # one global magnitude ranking: the level is all
             specs = []
-        low = self.fraction * self.settings.level_low
+        low = self.fraction * self.settings.level_low if self.settings.levels > 1 else self.fraction
         if self.latency_bound and self.budget.flops is None and self.budget.params is None:
             low = min(low, self.fraction ** 2)
         return [*specs, ParamSpec(LEVEL, low, self.fraction)]
@@ -275,10 +301,18 @@ class Search:
             return PruningPlan({}, self.settings.importance, None)
         level = float(params.get(LEVEL, self.fraction))
         dense = self.dense_macs if self.metric == "macs" else self.dense_params
-        kept = fit_allocation(self.analysis.cost_model, [g.channels for g in self.groups],
-                              [g.quantum for g in self.groups],
-                              self.resolved.allocation(params), level * dense, self.metric,
-                              self.resolved.caps(), self.space.round_to)
+        caps = self.resolved.caps()
+        for lift in (0.0, 0.5, 1.0):  # caps keep layers from slivers unless the budget demands
+            try:
+                kept = fit_allocation(
+                    self.analysis.cost_model, [g.channels for g in self.groups],
+                    [g.quantum for g in self.groups], self.resolved.allocation(params),
+                    level * dense, self.metric, caps + lift * np.maximum(0.95 - caps, 0.0),
+                    self.space.round_to)
+                break
+            except BudgetError:
+                if lift == 1.0:
+                    raise
         ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
                   if k < g.channels}
         return PruningPlan(ratios, self.settings.importance, self.space.round_to)
@@ -358,6 +392,13 @@ class Search:
                                               f"{self.latency_limit:.4g} ms; not fine-tuned"})
 
     def evaluate_trial(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Any:
+        """One candidate through every stage at full fidelity (no screening)."""
+        prep = self.prepare(params, number, attrs)
+        return self.full_stage(prep, proxy=True) if isinstance(prep, Prepared) else prep
+
+    def prepare(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Any:
+        """The plan and analytic costs of a candidate (a :class:`Prepared`), or the final
+        Outcome when it is over a budget (never trained)."""
         from autoprune.backends.optuna import Outcome
 
         start = time.perf_counter()
@@ -382,19 +423,104 @@ class Search:
         if over is not None:
             over.attrs["seconds"] = time.perf_counter() - start
             return over
-        torch.manual_seed(self.settings.seed * 100_003 + number)
+        return Prepared(plan, rec, number, float(params.get(LEVEL, self.fraction)), start,
+                        pruned)
+
+    def _failed(self, prep: Prepared, exc: Exception) -> Any:
+        from autoprune.backends.optuna import Outcome
+
+        return Outcome("FAIL", None, 0.0, {**prep.rec, "fail_reason": str(exc),
+                                           "seconds": time.perf_counter() - prep.start})
+
+    def proxy_stage(self, prep: Prepared) -> Any:
+        """Fill ``proxy_acc`` (adaptive-BN score, seconds); a FAIL Outcome, or None."""
         try:
-            result = self.pipeline.run(plan, model=pruned)
+            result = self.pipeline.proxy(prep.plan, prep.model)
         except CandidateFailed as exc:
-            return Outcome("FAIL", None, 0.0, {**rec, "fail_reason": str(exc),
-                                               "seconds": time.perf_counter() - start})
+            return self._failed(prep, exc)
+        prep.model = None  # later stages start again from the dense weights
+        prep.rec.update(proxy_acc=result.proxy_acc, fidelity=0.0)
+        prep.rec.setdefault("stages", {}).update(result.stages)
+        return None
+
+    def short_stage(self, prep: Prepared, fidelity: float) -> Any:
+        """Fill ``short_acc`` after ``fidelity`` of the full fine-tune; a FAIL Outcome, or None."""
+        steps = max(1, round(fidelity * self.pipeline.steps()))
+        torch.manual_seed(self.settings.seed * 100_003 + prep.number)
+        try:
+            result = self.pipeline.run(prep.plan, steps=steps, proxy=False)
+        except CandidateFailed as exc:
+            return self._failed(prep, exc)
+        prep.rec.update(short_acc=result.val_acc, fidelity=fidelity)
+        prep.rec.setdefault("stages", {})["short_s"] = sum(
+            v for k, v in result.stages.items() if k != "prune_s")
+        return None
+
+    def screened(self, prep: Prepared) -> Any:
+        """The Outcome of a candidate the screening did not promote."""
+        from autoprune.backends.optuna import Outcome
+
+        return Outcome("SCREENED", None, 0.0,
+                       {**prep.rec, "seconds": time.perf_counter() - prep.start})
+
+    def full_stage(self, prep: Prepared, proxy: bool = False) -> Any:
+        """The full fine-tune, validation, latency and saved weights: the trial's Outcome."""
+        from autoprune.backends.optuna import Outcome
+
+        rec = prep.rec
+        torch.manual_seed(self.settings.seed * 100_003 + prep.number)
+        try:
+            result = self.pipeline.run(prep.plan, model=prep.model, proxy=proxy)
+        except CandidateFailed as exc:
+            return self._failed(prep, exc)
+        prep.model = None
         if self.settings.latency and "latency_ms" not in rec:
             rec["latency_ms"] = self.time_model(result.model)
         cost = self.objective_cost(rec["flops_ratio"], rec["params_ratio"], rec.get("latency_ms"))
-        self._save_state(number, result.model)
-        rec.update(proxy_acc=result.proxy_acc, val_acc=result.val_acc, stages=result.stages,
-                   seconds=time.perf_counter() - start)
+        self._save_state(prep.number, result.model)
+        if proxy:
+            rec["proxy_acc"] = result.proxy_acc
+        rec.update(val_acc=result.val_acc, fidelity=1.0, seconds=time.perf_counter() - prep.start,
+                   stages={**rec.get("stages", {}), **result.stages})
         return Outcome("COMPLETE", (result.val_acc, cost), 0.0, rec)
+
+    # -- screening and staging (autoprune.staging runs the generations) ---------------------
+    @property
+    def staged(self) -> bool:
+        """Whether generations with proxy screening and a short stage run (Optuna backend,
+        channel mode); Ray and weight mode run every candidate at full fidelity."""
+        return self.settings.backend == "optuna" and self.settings.mode == "channels"
+
+    @property
+    def schedule(self) -> Any:
+        from autoprune.staging import Schedule
+
+        s = self.settings
+        return Schedule(s.screen, s.short_fidelity, s.promote, s.generation)
+
+    def generation_level(self, index: int) -> float:
+        """The cost level of generation ``index``: the budget, then lower levels in turn."""
+        spec = self.specs()[-1]
+        grid = np.linspace(spec.high, spec.low, self.settings.levels) \
+            if self.settings.levels > 1 else np.array([spec.high])
+        return round(float(grid[index % len(grid)]), 9)
+
+    def prior_params(self, records: list[TrialRecord], level: float, n: int) -> list[dict]:
+        """``n`` neighbours of the best fully fine-tuned candidates at ``level`` (before any,
+        of the uniform and global-ranking baselines): searching starts around the naive answers."""
+        from autoprune.staging import perturb
+
+        if not self.settings.priors or n <= 0 or self.settings.mode != "channels":
+            return []
+        done = sorted((r for r in records if r.state == "COMPLETE" and r.val_acc is not None
+                       and (r.fidelity or 0) >= 1 and r.searched
+                       and abs(r.searched.get(LEVEL, -1) - level) < 1e-6),
+                      key=lambda r: -(r.val_acc or 0.0))
+        centres = [r.searched for r in done[:3]] or [p for p, _ in self.baseline_params()]
+        rng = np.random.default_rng([self.settings.seed, len(records)])
+        specs = self.specs()[:-1]
+        return [{**perturb(centres[i % len(centres)], specs, rng), LEVEL: level}
+                for i in range(n)]
 
     def _state_path(self, number: int) -> Path:
         return self.run_dir.models_dir / f"trial_{number}.pt"

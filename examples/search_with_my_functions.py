@@ -35,7 +35,10 @@ def main() -> None:
         train_loader=train_loader, budget=ap.Budget(flops=0.3), trials=args.trials,
         run_dir=args.out, finetune_settings=ap.FinetuneSettings(steps=60),
         settings=ap.SearchSettings(progress=True))
-    print(f"\nfront of {len(result.trials)} trials ({result.run_dir}):")
+    tuned = sum(r.state == "COMPLETE" for r in result.trials)
+    screened = sum(r.state == "SCREENED" for r in result.trials)
+    print(f"\nfront of {tuned} fine-tuned trials, {screened} more screened out "
+          f"({result.run_dir}):")
     for t in result.front:
         print(f"  trial {t.trial}: val {t.val_acc:.2%} test {t.test_acc:.2%} "
               f"at {t.flops_ratio:.1%} FLOPs {t.baseline or ''}")

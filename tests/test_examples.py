@@ -23,7 +23,7 @@ def run(script: str, *args: str, cwd: Path) -> str:
 @pytest.mark.slow
 def test_search_with_my_functions(tmp_path):
     out = run("search_with_my_functions.py", "--trials", "3", "--out", "run", cwd=tmp_path)
-    assert "front of 3 trials" in out and (tmp_path / "run" / "front.json").exists()
+    assert "front of 3 fine-tuned trials" in out and (tmp_path / "run" / "front.json").exists()
 
 
 @pytest.mark.slow

@@ -85,3 +85,32 @@ def test_worker_from_another_machine_joins_by_storage_and_study(tmp_path, postgr
     assert len(done) == 6
     records = RunDir.open(tmp_path / "run").read_trials()  # results on the launching side
     assert sorted(r.trial for r in records) == sorted(t.number for t in trials)
+
+
+@pytest.mark.slow
+def test_journal_lock_of_a_killed_process_is_broken(tmp_path, monkeypatch):
+    """A worker killed while it writes the journal leaves Optuna's symlink lock behind; with the
+    journal opened by a relative path the lock is never broken (the link's relative target
+    resolves beside the link, so Optuna's stale-lock stat fails) and every process spins."""
+    monkeypatch.chdir(tmp_path)
+    child = (
+        "import os\n"
+        "from pathlib import Path\n"
+        "from autoprune.backends.optuna import make_storage\n"
+        "storage = make_storage(None, Path('run/study.journal'))\n"
+        "storage._backend._lock.acquire()\n"  # what a process killed mid-write leaves
+        "os._exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60, env=env)
+    assert os.path.lexists("run/study.journal.lock")
+    from autoprune.backends.optuna import make_storage
+
+    result = subprocess.run(  # a fresh process must get through within Optuna's 30 s grace
+        [sys.executable, "-c", "from pathlib import Path\n"
+         "import optuna\n"
+         "from autoprune.backends.optuna import make_storage\n"
+         "optuna.create_study(storage=make_storage(None, Path('run/study.journal')), "
+         "study_name='s')\n"], timeout=90, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = optuna.get_all_study_names(make_storage(None, Path("run/study.journal")))
+    assert names == ["s"]

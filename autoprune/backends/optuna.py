@@ -33,7 +33,7 @@ __all__ = ["SAMPLERS", "OptunaBackend", "Outcome", "ParamSpec"]
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
 _RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
 
 
@@ -60,6 +60,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        # a Gaussian process (logEHVI); its torch maths wants one thread (OMP_NUM_THREADS=1)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8,
+                                         warn_independent_sampling=False)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"--sampler {name!r} is unknown; use one of {', '.join(SAMPLERS)}")
@@ -70,7 +74,10 @@ def make_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         journal.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(journal)))
+        # absolute: Optuna's symlink lock stats its link to break a stale lock (a process killed
+        # while writing); a relative target resolves beside the link, the stat fails, and every
+        # other process spins on the dead lock forever instead of breaking it after 30 s
+        return JournalStorage(JournalFileBackend(str(journal.absolute())))
     try:
         if "://" in url and url.split("://")[0].split("+")[0] in ("postgresql", "mysql",
                                                                   "sqlite"):
@@ -121,15 +128,22 @@ class OptunaBackend:
         return retry
 
     def done(self) -> int:
-        """Finished trials that count toward the requested number (retried ones do not)."""
+        """Finished trials that count toward the requested number (retried ones and screened
+        candidates of a staged generation do not)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-                   and not t.user_attrs.get("retry"))
+                   and not t.user_attrs.get("retry") and t.user_attrs.get("counts", True))
 
     # -- run ---------------------------------------------------------------------------------
     def running(self) -> int:
-        return sum(1 for t in self.study.get_trials(deepcopy=False)
+        """Slots held by running trials (a staged generation holds its slots on one trial)."""
+        return sum(int(t.user_attrs.get("slots", 1)) for t in self.study.get_trials(deepcopy=False)
                    if t.state == TrialState.RUNNING)
+
+    def waiting(self) -> int:
+        """Enqueued trials not yet asked for."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state == TrialState.WAITING)
 
     def reap(self) -> int:
         """Fail and re-enqueue trials whose worker process on this host has died."""
@@ -195,7 +209,9 @@ class OptunaBackend:
             trial.set_user_attr(key, _plain(value))
         trial.set_user_attr("state", outcome.state)
         trial.set_constraint("budget", float(outcome.violation))
-        if outcome.state == "FAIL" or outcome.values is None:
+        if outcome.state == "SCREENED":  # not promoted: never on the front, no objective values
+            self.study.tell(trial, state=TrialState.PRUNED)
+        elif outcome.state == "FAIL" or outcome.values is None:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
             self.study.tell(trial, list(outcome.values))
@@ -231,7 +247,8 @@ def _plain(value: Any) -> Any:
 def to_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     attrs = t.user_attrs
     state = {TrialState.RUNNING: "RUNNING", TrialState.WAITING: "RUNNING",
-             TrialState.FAIL: "FAIL"}.get(t.state, attrs.get("state", "COMPLETE"))
+             TrialState.FAIL: "FAIL", TrialState.PRUNED: "SCREENED"}.get(
+        t.state, attrs.get("state", "COMPLETE"))
     if t.state == TrialState.COMPLETE and attrs.get("state") in ("INFEASIBLE",):
         state = "INFEASIBLE"
     kwargs = {k: attrs[k] for k in _RECORD_FIELDS if k in attrs}

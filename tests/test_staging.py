@@ -1,0 +1,182 @@
+"""Screening and staging: pure selection maths against brute force, then a whole staged search
+whose recorded proxy / short / full scores are checked against the selection rules."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import autoprune as ap
+from autoprune.backends.optuna import ParamSpec
+from autoprune.errors import ConfigError
+from autoprune.staging import Schedule, allot, perturb, top_per_level
+
+
+@pytest.mark.parametrize("sizes,k", [([3, 5, 2], 4), ([1, 1, 1], 2), ([4], 9), ([0, 6], 3),
+                                     ([2, 2, 2, 2], 8), ([7, 1], 1)])
+def test_allot_is_proportional_and_exact(sizes, k):
+    out = allot(sizes, k)
+    assert sum(out) == min(k, sum(sizes))
+    assert all(0 <= o <= s for o, s in zip(out, sizes))
+    total = sum(sizes)
+    assert all(abs(o - k * s / total) < 1 + 1e-9 for o, s in zip(out, sizes) if k <= total)
+
+
+def _oracle(levels, scores, k, forced):
+    """Brute force: per level, the forced ones plus the best remaining by score."""
+    keys = sorted(set(levels))
+    sizes = [sum(v == key for v in levels) for key in keys]
+    kept = set()
+    for key, n in zip(keys, allot(sizes, k)):
+        idx = [i for i, v in enumerate(levels) if v == key]
+        must = {i for i in idx if forced[i]}
+        rest = [i for i in idx if not forced[i]]
+        need = max(0, n - len(must))
+        best = max(itertools.combinations(rest, min(need, len(rest))),
+                   key=lambda c: (sum(-1e9 if scores[i] is None else scores[i] for i in c),
+                                  [-i for i in c]))
+        kept |= must | set(best)
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_top_per_level_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 9))
+    levels = [float(rng.choice([0.2, 0.3])) for _ in range(n)]
+    scores = [None if rng.random() < 0.15 else float(rng.random()) for _ in range(n)]
+    forced = [bool(rng.random() < 0.15) for _ in range(n)]
+    k = int(rng.integers(1, n + 1))
+    assert top_per_level(levels, scores, k, forced) == _oracle(levels, scores, k, forced)
+
+
+def test_schedule_counts_and_errors():
+    assert Schedule(4, 0.25, 2, 2).counts(2) == (8, 4, 2)
+    assert Schedule(0, 0.25, 2, 2).counts(2) == (4, 4, 2)  # no proxy cut: all proxied go short
+    assert Schedule(3, 0.0, 2, 2).counts(2) == (6, 2, 2)  # no short stage: proxy picks the 2
+    assert Schedule(1, 0.0, 2, 1).counts(1) == (1, 1, 1)  # plain search
+    for kwargs, needle in [({"screen": -1}, "--screen"), ({"short_fidelity": 1.0}, "--short"),
+                           ({"promote": 0.5}, "--promote"), ({"generation": 0}, "--generation")]:
+        with pytest.raises(ConfigError, match=needle):
+            Schedule(**kwargs)
+
+
+def test_perturb_stays_in_range_and_on_grid():
+    specs = [ParamSpec("a", 0.0, 0.8, 0.05), ParamSpec("b", 0.1, 0.5, None)]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        out = perturb({"a": 0.8, "b": 0.1}, specs, rng, sigma=0.5)
+        assert 0.0 <= out["a"] <= 0.8 and 0.1 <= out["b"] <= 0.5
+        assert abs(out["a"] / 0.05 - round(out["a"] / 0.05)) < 1e-6
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _score(model: nn.Module) -> float:
+    """A deterministic 'accuracy' of the architecture and how long it was fine-tuned: proxy,
+    short and full scores differ, so the selection at every stage is observable."""
+    widths = tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    key = f"{widths}-{getattr(model, 'steps_done', 0)}".encode()
+    return (zlib.crc32(key) % 10_000) / 10_000
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_staged_search_fine_tunes_the_proxys_top_k_and_fronts_only_full(tmp_path):
+    def finetune(model: nn.Module, steps: int) -> None:
+        model.steps_done = steps  # type: ignore[assignment]
+
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=4, short_fidelity=0.25,
+                                 promote=2, generation=2, levels=2, seed=3)
+    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=finetune, train_loader=loader, budget=ap.Budget(flops=0.5),
+                       trials=6, run_dir=tmp_path / "run", settings=settings,
+                       finetune_settings=ap.FinetuneSettings(steps=8, bn_batches=1))
+    trials = result.trials
+    full = [r for r in trials if r.state == "COMPLETE"]
+    assert len(full) == 6 and all(r.fidelity == 1.0 for r in full)
+    assert all(r.state == "SCREENED" and r.fidelity < 1 for r in trials if r not in full)
+    assert result.front and all(r.fidelity == 1.0 for r in result.front)
+    generations = defaultdict(list)
+    for r in trials:
+        generations[r.generation].append(r)
+    assert len(generations) == 3
+    for members in generations.values():
+        assert len(members) == 8  # screen x k proxied
+        assert len({round(r.searched["cost_level"], 9) for r in members}) == 1  # one level
+        forced = [bool(r.baseline) for r in members]
+        proxied = [r.proxy_acc for r in members]
+        short = [i for i, r in enumerate(members) if r.short_acc is not None]
+        assert short == _oracle([0.0] * 8, proxied, 4, forced)  # the proxy's top 4
+        fully = [i for i, r in enumerate(members) if r.state == "COMPLETE"]
+        expect = _oracle([0.0] * 4, [members[i].short_acc for i in short], 2,
+                         [forced[i] for i in short])
+        assert fully == [short[j] for j in expect]  # the short stage's top 2 of those
+    assert {r.baseline for r in trials if r.baseline} == {"uniform-l2", "global-l2"}
+    levels = {round(r.searched["cost_level"], 6) for r in trials}
+    assert len(levels) == 2 and max(levels) == pytest.approx(0.5)
+    assert all(r.flops_ratio <= r.searched["cost_level"] + 1e-9 for r in trials)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_plain_schedule_runs_every_candidate_at_full_fidelity(tmp_path):
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=1, short_fidelity=0,
+                                 promote=1, generation=1, priors=False, sampler="random")
+    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=lambda m, steps: None, train_loader=loader,
+                       budget=ap.Budget(flops=0.5), trials=4, run_dir=tmp_path / "run",
+                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=2))
+    assert [r.state for r in result.trials] == ["COMPLETE"] * 4
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_caps_give_way_only_when_the_budget_demands(tmp_path):
+    """A 0.3 cap cannot reach 10 % FLOPs (about 0.7^2 of each conv stays); the caps are lifted
+    toward 0.95 for such a budget instead of failing every candidate."""
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=1, short_fidelity=0,
+                                 promote=1, generation=1, levels=1)
+    space = ap.SearchSpace(low=0.0, high=0.3, step=0.05)
+    for budget, lifted in ((0.6, False), (0.1, True)):
+        result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                           finetune=lambda m, steps: None, train_loader=loader,
+                           budget=ap.Budget(flops=budget), trials=2, space=space,
+                           run_dir=tmp_path / str(budget), settings=settings,
+                           finetune_settings=ap.FinetuneSettings(steps=1))
+        done = [r for r in result.trials if r.state == "COMPLETE"]
+        assert len(done) == 2 and all(r.flops_ratio <= budget + 1e-9 for r in done)
+        top = max(max(r.plan["ratios"].values()) for r in done)
+        assert (top > 0.35) == lifted  # 16 channels at a 0.3 cap: 5 of 16 removed (0.3125)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_searches_past_its_startup(sampler, tmp_path):
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, sampler=sampler, screen=2,
+                                 short_fidelity=0, promote=1, generation=2)
+    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=lambda m, steps: None, train_loader=loader,
+                       budget=ap.Budget(flops=0.5), trials=12, run_dir=tmp_path / "run",
+                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=1))
+    done = [r for r in result.trials if r.state == "COMPLETE"]
+    assert len(done) == 12 and all(r.flops_ratio <= 0.5 + 1e-9 for r in done)
+    assert len({tuple(sorted(r.searched.items())) for r in done}) >= 10  # it keeps proposing
