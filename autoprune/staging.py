@@ -159,7 +159,7 @@ def _failed() -> Any:
 
 def _ask(backend: Any, search: Any, specs: Sequence[Any], n: int, k: int) -> list[_Candidate]:
     """Enqueue this generation's priors and fixed level, then ask ``n`` trials."""
-    from autoprune.searcher import LEVEL
+    from autoprune.candidates import LEVEL
 
     records = backend.records()
     level = search.generation_level(len(records) // max(n, 1))
