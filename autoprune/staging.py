@@ -182,11 +182,13 @@ def _ask(backend: Any, search: Any, specs: Sequence[Any], n: int, k: int) -> lis
 
 def _run(search: Any, cands: list[_Candidate], schedule: Schedule, k: int) -> None:
     """Proxy every candidate, short-tune the proxy's best, fully tune the best of those."""
+    from autoprune.candidates import Prepared
+
     _, n_short, _ = schedule.counts(k)
     alive = []
     for c in cands:
         c.prepared = search.prepare(c.params, c.trial.number, c.attrs)
-        if not hasattr(c.prepared, "plan"):  # already an Outcome: infeasible or failed
+        if not isinstance(c.prepared, Prepared):  # already an Outcome: over a budget
             c.outcome, c.prepared = c.prepared, None
             continue
         failed = search.proxy_stage(c.prepared)
