@@ -67,9 +67,13 @@ class SearchSettings:
     levels: int = 3  # cost levels searched, from the budget down to level_low x budget
 
     def __post_init__(self) -> None:
+        from autoprune.backends.optuna import SAMPLERS
         from autoprune.staging import Schedule
 
         Schedule(self.screen, self.short_fidelity, self.promote, self.generation)  # validates
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler {self.sampler!r} is unknown; use one of "
+                              f"{', '.join(SAMPLERS)}")
         if self.levels < 1:
             raise ConfigError(f"--levels {self.levels} must be >= 1")
         if not 0.0 < self.level_low <= 1.0:
