@@ -1,0 +1,357 @@
+"""Data, models, dense training, the proxy-ranking study and table helpers for
+``search_quality.py``.
+
+Everything lives in memory as float32 tensors: a seeded stratified train subset, a validation
+split carved from the *training* images (disjoint from the subset) and the test set. The
+:class:`TensorLoader` reshuffles with its own seeded generator on every pass; it is much faster
+than a ``DataLoader`` for 28x28 images on one thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.tasks._data import stratified_split
+from autoprune.tasks.fashion_mnist import find_files, read_idx
+from autoprune.tasks.models import cifar_resnet, vgg_small
+
+MEAN, STD = 0.2860, 0.3530
+BATCH = 64
+CACHE_VERSION = 1  # bump when the data split or the dense recipe changes
+CACHE_DIR = Path(__file__).parent / ".cache"
+
+
+@dataclass(frozen=True)
+class Arch:
+    build: Callable[[], nn.Module]
+    lr: float  # dense training learning rate
+    widths: tuple[int, ...]
+    relative_cost: float  # wall time of one seed, relative (schedules the longest units first)
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet": Arch(functools.partial(cifar_resnet, depth=8, widths=(16, 32, 64), in_channels=1),
+                   0.1, (16, 32, 64), 1.0),
+    "vgg": Arch(functools.partial(vgg_small, widths=(16, 32, 64, 64, 128, 128), in_channels=1),
+                0.05, (16, 32, 64, 64, 128, 128), 1.6),
+}
+
+
+SIDE = {"fashion-mnist": 28, "digits": 8}  # image side per task
+
+
+def example_input(task: str = "fashion-mnist") -> torch.Tensor:
+    side = SIDE[task]
+    return torch.randn(1, 1, side, side, generator=torch.Generator().manual_seed(0))
+
+
+class TensorLoader:
+    """Re-iterable ``(x, y)`` batches over in-memory tensors, reshuffled on every pass."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = BATCH,
+                 seed: int = 0) -> None:
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.y), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def fresh(self, seed: int | None = None) -> TensorLoader:
+        """The same data with a newly seeded order: every user of ``fresh(s)`` sees the same
+        batches."""
+        return TensorLoader(self.x, self.y, self.batch_size, self.seed if seed is None else seed)
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
+
+    def loader(self, seed: int) -> TensorLoader:
+        return TensorLoader(self.train_x, self.train_y, BATCH, seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _arrays(data_dir: str) -> dict[str, np.ndarray]:
+    return {key: read_idx(path) for key, path in find_files(data_dir).items()}
+
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images.astype(np.float32)[:, None, :, :])
+    return ((x / 255.0 - MEAN) / STD).contiguous()
+
+
+def load_digits_data(seed: int) -> Data:
+    """scikit-learn's 1,797 bundled 8x8 digits: 20 % test, 20 % validation, the rest train
+    (stratified, seeded) -- for the CI run of the whole pipeline."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images, labels = raw.images.astype(np.float32), raw.target.astype(np.int64)
+    rest, test = stratified_split(labels, 0.2, seed)
+    fit, val = stratified_split(labels[rest], 0.25, seed)
+    train, val = rest[fit], rest[val]
+    mean, std = float(images[train].mean()), float(images[train].std())
+
+    def x(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((images[idx][:, None] - mean) / std).contiguous()
+
+    def y(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(labels[idx])
+
+    return Data(x(train), y(train), x(val), y(val), x(test), y(test))
+
+
+def load_data(data_dir: str, seed: int, n_train: int, n_val: int, n_test: int | None,
+              task: str = "fashion-mnist") -> Data:
+    """Validation (``n_val``) first, then a train subset (``n_train``) of the rest, both
+    stratified and seeded; the test set whole unless ``n_test`` is smaller. (``digits``: its
+    own fixed split, the sizes are ignored.)"""
+    if task == "digits":
+        return load_digits_data(seed)
+    arrays = _arrays(data_dir)
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    rest, val = stratified_split(labels, n_val, seed)
+    if n_train < len(rest):
+        _, pick = stratified_split(labels[rest], n_train, seed)
+        train = rest[pick]
+    else:
+        train = rest
+    test_x, test_y = arrays["test_images"], arrays["test_labels"]
+    if n_test is not None and n_test < len(test_y):
+        _, pick = stratified_split(test_y, n_test, seed)
+        test_x, test_y = test_x[pick], test_y[pick]
+
+    def lab(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(y.astype(np.int64))
+
+    return Data(_tensor(images[train]), lab(labels[train]), _tensor(images[val]), lab(labels[val]),
+                _tensor(test_x), lab(test_y))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    device = next(model.parameters()).device  # data stays on the CPU; batches move
+    for start in range(0, len(y), batch):
+        logits = model(x[start:start + batch].to(device))
+        correct += int((logits.argmax(1).cpu() == y[start:start + batch]).sum())
+    model.train(was)
+    return correct / len(y)
+
+
+def make_evaluate(data: Data, dense: nn.Module | None = None) -> Callable[[nn.Module, str], float]:
+    """``evaluate(model, split)`` on "val" or "test"; the dense model's scores are memoised
+    (every search evaluates it again)."""
+    memo: dict[str, float] = {}
+
+    def evaluate(model: nn.Module, split: str) -> float:
+        if split not in ("val", "test"):
+            raise ValueError(f"split {split!r}: use val or test")
+        if dense is not None and model is dense and split in memo:
+            return memo[split]
+        x, y = (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
+        value = accuracy(model, x, y)
+        if dense is not None and model is dense:
+            memo[split] = value
+        return value
+
+    return evaluate
+
+
+def train_dense(arch: str, data: Data, seed: int, epochs: int,
+                log: Callable[[str], None] = print, device: str = "cpu") -> nn.Module:
+    """The dense model of ``arch`` trained on ``data`` (cached under ``benchmarks/.cache``)."""
+    spec = ARCHS[arch]
+    sizes = data.sizes()
+    side = int(data.train_x.shape[-1])
+    key = (f"v{CACHE_VERSION}-{arch}{'' if side == 28 else f'-x{side}'}-s{seed}-e{epochs}"
+           f"-n{sizes['train']}-v{sizes['val']}-lr{spec.lr:g}")
+    path = CACHE_DIR / f"dense-{key}.pt"
+    torch.manual_seed(seed)
+    model = spec.build()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        log(f"dense {arch} seed {seed}: cached {path.name}")
+        return model.eval()
+    loader = data.loader(seed)
+    steps = epochs * len(loader)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    start = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.cpu().eval()  # analysed and pruned on the CPU; candidates move to the device
+    CACHE_DIR.mkdir(exist_ok=True)
+    ignore = CACHE_DIR / ".gitignore"
+    if not ignore.is_file():
+        ignore.write_text("*\n")
+    fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
+    os.close(fd)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    log(f"dense {arch} seed {seed}: trained {steps} steps in {time.perf_counter() - start:.0f} s")
+    return model
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rho, NaN with fewer than 3 pairs or a constant side."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def random_plans(analysis: Any, space_name: str, budget: float, count: int,
+                 seed: int) -> list[Any]:
+    """``count`` random allocations from the space, each fitted onto ``budget`` of the dense
+    MACs (within 1 %), as plans; the space's caps are lifted toward 0.95 (as the searcher
+    does) only when the budget is out of their reach."""
+    from autoprune.errors import BudgetError
+    from autoprune.plan import PruningPlan, fit_allocation
+    from autoprune.space import load_space
+
+    groups = analysis.groups
+    cm = analysis.cost_model
+    resolved = load_space(space_name).resolve([g.name for g in groups])
+    channels, quanta = [g.channels for g in groups], [g.quantum for g in groups]
+    rng = np.random.default_rng(seed)
+    caps = resolved.caps()
+    plans: list[Any] = []
+    for _ in range(count * 20):
+        if len(plans) == count:
+            break
+        values = {p.name: float(rng.uniform(p.low, p.high)) for p in resolved.params}
+        kept = None
+        for lift in (0.0, 0.5, 1.0):  # as the searcher: caps rise toward 0.95 only if needed
+            try:
+                kept = fit_allocation(cm, channels, quanta, resolved.allocation(values),
+                                      budget * cm.dense_macs(), "macs",
+                                      caps + lift * np.maximum(0.95 - caps, 0.0), None)
+                break
+            except BudgetError:
+                continue
+        if kept is None:
+            continue
+        plans.append(PruningPlan({g.name: 1.0 - k / g.channels for g, k in zip(groups, kept)
+                                  if k < g.channels}, "l2"))
+    return plans
+
+
+def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count: int,
+                seed: int, search_steps: int, short_fidelity: float, lr: float,
+                log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
+    """How well the cheap scores rank candidates at one budget: for ``count`` random plans, the
+    adaptive-BN proxy, a short fine-tune and the search's full fine-tune (each from a fresh prune,
+    each candidate on the same batches) on the validation split; Spearman rho of each cheap score
+    against the full one."""
+    from autoprune.evaluate import FinetuneSettings, finetune_model, reestimate_bn
+
+    evaluate = make_evaluate(data)
+    short = max(1, round(short_fidelity * search_steps))
+    settings = FinetuneSettings(steps=search_steps, lr=lr, bn_batches=20, device=device)
+    rows: list[dict[str, Any]] = []
+    dense_macs = analysis.cost_model.dense_macs()
+    start = time.perf_counter()
+    for i, plan in enumerate(random_plans(analysis, space_name, budget, count, seed)):
+        row: dict[str, Any] = {"flops_ratio": analysis.macs(plan) / dense_macs,
+                               "plan": plan.to_dict()}
+        for key, steps in (("proxy", 0), ("short", short), ("full", search_steps)):
+            model = analysis.apply(plan).to(device)
+            loader = data.loader(seed * 7919 + 1)  # identical batches for every candidate
+            torch.manual_seed(seed * 1000 + i)
+            reestimate_bn(model, loader, settings.bn_batches, device)
+            if steps:
+                finetune_model(model, loader, settings, steps=steps)
+            row[key] = evaluate(model, "val")
+        rows.append(row)
+        log(f"  spearman candidate {i + 1}: flops {row['flops_ratio']:.3f} proxy "
+            f"{row['proxy']:.4f} short {row['short']:.4f} full {row['full']:.4f} "
+            f"({time.perf_counter() - start:.0f} s)")
+    full = [r["full"] for r in rows]
+    flops = [r["flops_ratio"] for r in rows]
+    return {"n": len(rows), "budget": budget, "space": space_name, "short_steps": short,
+            "full_steps": search_steps,
+            "rho_proxy": spearman([r["proxy"] for r in rows], full),
+            "rho_short": spearman([r["short"] for r in rows], full),
+            "flops_min": min(flops, default=float("nan")),
+            "flops_max": max(flops, default=float("nan")),
+            "seconds": time.perf_counter() - start, "rows": rows}
+
+
+# -- table helpers ------------------------------------------------------------------------------
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def mean_std(raw: list[Any], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of the finite values, scaled (just the mean for one value)."""
+    values = [float(v) for v in raw if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def curve(run: dict[str, Any]) -> list[float | None]:
+    """Best full-fidelity val acc after 25/50/75/100 % of the full-fidelity trials (by number)."""
+    full = sorted((t for t in run.get("trials", []) if t["state"] == "COMPLETE"
+                   and (t["fidelity"] or 0) >= 1 and t["val_acc"] is not None),
+                  key=lambda t: t["trial"])
+    if not full:
+        return [None] * len(FRACTIONS)
+    return [max(t["val_acc"] for t in full[:max(1, math.ceil(f * len(full)))]) for f in FRACTIONS]
+
+
+def within_rho(run: dict[str, Any], key: str) -> float:
+    full = [t for t in run.get("trials", []) if t["state"] == "COMPLETE"
+            and (t["fidelity"] or 0) >= 1 and t["val_acc"] is not None and t[key] is not None]
+    return spearman([t[key] for t in full], [t["val_acc"] for t in full])
+
+
+def picked(runs: list[dict[str, Any]]) -> str:
+    """How many seeds' choices were a baseline the search enqueued itself, by label."""
+    labels = Counter(r["chosen_baseline"] for r in runs if r.get("chosen_baseline"))
+    if not labels:
+        return f"0/{len(runs)}"
+    return f"{sum(labels.values())}/{len(runs)} (" + ", ".join(
+        f"{k} {v}" for k, v in sorted(labels.items())) + ")"
