@@ -193,8 +193,8 @@ def _add_search(sub: Any) -> None:
     g.add_argument("--screen", type=float, default=4.0, metavar="R",
                    help="candidates scored by the adaptive-BN proxy per fully fine-tuned one "
                         "(default 4; 0: no proxy screening)")
-    g.add_argument("--short-fidelity", type=float, default=0.25, metavar="F",
-                   help="share of the full fine-tune in the short stage (default 0.25; 0: none)")
+    g.add_argument("--short-fidelity", type=float, default=0.35, metavar="F",
+                   help="share of the full fine-tune in the short stage (default 0.35; 0: none)")
     g.add_argument("--promote", type=float, default=2.0, metavar="E",
                    help="short fine-tunes per full one (default 2)")
     g.add_argument("--generation", type=int, default=2, metavar="K",

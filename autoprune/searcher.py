@@ -60,7 +60,7 @@ class SearchSettings:
     progress: bool = True
     # cheap first, expensive last (see autoprune.staging); defaults from benchmarks/search_quality
     screen: float = 4.0  # proxied candidates per fully fine-tuned one (<= promote: no proxy cut)
-    short_fidelity: float = 0.25  # the short stage's share of the full fine-tune (0: none)
+    short_fidelity: float = 0.35  # the short stage's share of the full fine-tune (0: none)
     promote: float = 2.0  # short fine-tunes per full one
     generation: int = 2  # full fine-tunes per generation
     priors: bool = True  # start around the uniform / global-ranking plans and the incumbents

@@ -43,7 +43,7 @@ class Schedule:
     """
 
     screen: float = 4.0
-    short_fidelity: float = 0.25
+    short_fidelity: float = 0.35
     promote: float = 2.0
     generation: int = 2
 

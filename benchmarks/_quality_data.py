@@ -277,16 +277,16 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
 
 
 def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count: int,
-                seed: int, search_steps: int, short_fidelity: float, lr: float,
+                seed: int, search_steps: int, short_fidelities: list[float], lr: float,
                 log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
     """How well the cheap scores rank candidates at one budget: for ``count`` random plans, the
-    adaptive-BN proxy, a short fine-tune and the search's full fine-tune (each from a fresh prune,
-    each candidate on the same batches) on the validation split; Spearman rho of each cheap score
-    against the full one."""
+    adaptive-BN proxy, short fine-tunes (one per fidelity) and the search's full fine-tune (each
+    from a fresh prune, each candidate on the same batches) on the validation split; Spearman
+    rho of each cheap score against the full one."""
     from autoprune.evaluate import FinetuneSettings, finetune_model, reestimate_bn
 
     evaluate = make_evaluate(data)
-    short = max(1, round(short_fidelity * search_steps))
+    shorts = {f"short@{f:g}": max(1, round(f * search_steps)) for f in short_fidelities}
     settings = FinetuneSettings(steps=search_steps, lr=lr, bn_batches=20, device=device)
     rows: list[dict[str, Any]] = []
     dense_macs = analysis.cost_model.dense_macs()
@@ -294,7 +294,7 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     for i, plan in enumerate(random_plans(analysis, space_name, budget, count, seed)):
         row: dict[str, Any] = {"flops_ratio": analysis.macs(plan) / dense_macs,
                                "plan": plan.to_dict()}
-        for key, steps in (("proxy", 0), ("short", short), ("full", search_steps)):
+        for key, steps in [("proxy", 0), *shorts.items(), ("full", search_steps)]:
             model = analysis.apply(plan).to(device)
             loader = data.loader(seed * 7919 + 1)  # identical batches for every candidate
             torch.manual_seed(seed * 1000 + i)
@@ -303,15 +303,16 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
                 finetune_model(model, loader, settings, steps=steps)
             row[key] = evaluate(model, "val")
         rows.append(row)
-        log(f"  spearman candidate {i + 1}: flops {row['flops_ratio']:.3f} proxy "
-            f"{row['proxy']:.4f} short {row['short']:.4f} full {row['full']:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+        log(f"  spearman candidate {i + 1}: flops {row['flops_ratio']:.3f} "
+            + " ".join(f"{k} {row[k]:.4f}" for k in ["proxy", *shorts, "full"])
+            + f" ({time.perf_counter() - start:.0f} s)")
     full = [r["full"] for r in rows]
     flops = [r["flops_ratio"] for r in rows]
-    return {"n": len(rows), "budget": budget, "space": space_name, "short_steps": short,
+    return {"n": len(rows), "budget": budget, "space": space_name,
             "full_steps": search_steps,
             "rho_proxy": spearman([r["proxy"] for r in rows], full),
-            "rho_short": spearman([r["short"] for r in rows], full),
+            "rho_short": {f"{k} ({n} steps)": spearman([r[k] for r in rows], full)
+                          for k, n in shorts.items()},
             "flops_min": min(flops, default=float("nan")),
             "flops_max": max(flops, default=float("nan")),
             "seconds": time.perf_counter() - start, "rows": rows}

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--space-vgg", default="plain")
     p.add_argument("--sampler", default="tpe")
     p.add_argument("--screen", type=float, default=4.0)
-    p.add_argument("--short-fidelity", type=float, default=0.25)
+    p.add_argument("--short-fidelity", type=float, default=0.35)
     p.add_argument("--promote", type=float, default=2.0)
     p.add_argument("--generation", type=int, default=2)
     p.add_argument("--spearman-candidates", type=int)
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="arch of the proxy-ranking study (default resnet: the faster arch, so "
                         "both processes end about together)")
     p.add_argument("--spearman-budget", type=float, default=0.2)
+    p.add_argument("--spearman-shorts", type=float, nargs="+", metavar="F",
+                   help="short fine-tune fidelities the Spearman study ranks by (default: "
+                        "--short-fidelity); --seeds 0 runs the study alone")
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda: fine-tunes, dense "
                    "training and latency on this device (data stays on the CPU)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
@@ -266,7 +269,8 @@ def run_spearman(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     example = qd.example_input(cfg["task"])
     study = qd.proxy_study(analyze(dense.eval(), example), data, cfg[f"space_{arch}"],
                            cfg["spearman_budget"], cfg["spearman_candidates"], 0,
-                           cfg["search_steps"], cfg["short_fidelity"], cfg["lr_ft"], log,
+                           cfg["search_steps"],
+                           cfg["spearman_shorts"] or [cfg["short_fidelity"]], cfg["lr_ft"], log,
                            cfg["device"])
     log("spearman study done")
     return {"arch": arch, "spearman": study}
@@ -355,6 +359,8 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "| CPU latency ms |", "|---|---|---|---|---|---|"]
     for res in results:
         d = res["dense"]
+        if not d:  # --seeds 0: the Spearman study alone
+            continue
         lines.append(f"| {res['arch']} | {mean_std([x['test_acc'] for x in d])} | "
                      f"{mean_std([x['val_acc'] for x in d])} | {d[0]['macs'] / 1e6:.2f} | "
                      f"{d[0]['params'] / 1e3:.1f} | "
@@ -368,7 +374,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "CPU latency ms | search wall s | picked a baseline |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
-        for b in cfg["budgets"]:
+        for b in (cfg["budgets"] if runs else []):
             sel = [r for r in res["runs"] if r["budget"] == b]
             uni = {r["seed"]: r.get("test_acc") for r in sel if r["method"] == "uniform-l2"}
             for method in cfg["methods"]:
@@ -405,14 +411,14 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                       "every candidate sees the same batches:", "",
                       "| cheap score | rho vs full fine-tune | n |", "|---|---|---|",
                       f"| adaptive-BN proxy (20 batches) | {sp['rho_proxy']:.3f} | {sp['n']} |",
-                      f"| short fine-tune ({sp['short_steps']} steps) | {sp['rho_short']:.3f} | "
-                      f"{sp['n']} |", ""]
+                      *[f"| fine-tune {k} | {v:.3f} | {sp['n']} |"
+                        for k, v in sp["rho_short"].items()], ""]
     lines += ["Inside each search: rho of the proxy (and the short fine-tune, when recorded) vs "
               "the full val acc over its full-fidelity trials, computed per run (arch, budget, "
               "seed) and averaged over seeds; n/a when a run has < 3 such trials.", "",
               "| arch | budget | method | rho proxy | rho short |", "|---|---|---|---|---|"]
     for res in results:
-        for b in cfg["budgets"]:
+        for b in (cfg["budgets"] if runs else []):
             for method in ("random", "autoprune"):
                 rs = [r for r in res["runs"] if r["budget"] == b and r["method"] == method]
                 lines.append(f"| {res['arch']} | {b:g} | {method} | "
@@ -424,7 +430,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "| arch | budget | method | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |",
               "|---|---|---|" + "---|" * len(FRACTIONS)]
     for res in results:
-        for b in cfg["budgets"]:
+        for b in (cfg["budgets"] if runs else []):
             for method in ("random", "autoprune"):
                 curves = [curve(r) for r in res["runs"]
                           if r["budget"] == b and r["method"] == method]
