@@ -273,7 +273,7 @@ def run_spearman(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                            cfg["spearman_shorts"] or [cfg["short_fidelity"]], cfg["lr_ft"], log,
                            cfg["device"])
     log("spearman study done")
-    return {"arch": arch, "spearman": study}
+    return {"arch": arch, "spearman": study, "sizes": data.sizes()}
 
 
 def run_all(cfg: dict[str, Any], jobs: int) -> list[dict[str, Any]]:
@@ -299,8 +299,8 @@ def run_all(cfg: dict[str, Any], jobs: int) -> list[dict[str, Any]]:
                       key=lambda p: p["seed"])
         study = next((p["spearman"] for p in parts if p["arch"] == arch and "spearman" in p),
                      None)
-        results.append({"arch": arch, "widths": list(qd.ARCHS[arch].widths),
-                        "sizes": mine[0]["sizes"] if mine else {},
+        sizes = next((p["sizes"] for p in [*mine, *parts] if p["arch"] == arch), {})
+        results.append({"arch": arch, "widths": list(qd.ARCHS[arch].widths), "sizes": sizes,
                         "dense": [p["dense"] for p in mine],
                         "runs": [r for p in mine for r in p["runs"]], "spearman": study})
     return results
