@@ -22,7 +22,8 @@ from autoprune.errors import BudgetError, ConfigError
 if TYPE_CHECKING:
     from autoprune.cost import CostModel
 
-__all__ = ["IMPORTANCES", "Budget", "PruningPlan", "fit_allocation", "fit_budget",
+__all__ = ["IMPORTANCES", "Budget", "PruningPlan", "fit_allocation",
+           "fit_allocation_lifting_caps", "fit_budget",
            "global_ratios", "kept_channels"]
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
@@ -182,6 +183,29 @@ def fit_allocation(
             lo = mid
     kept = kept_at(hi)
     return _greedy_fill(cost, kept, channels, quanta, round_to, target, tol)
+
+
+def fit_allocation_lifting_caps(
+    cost_model: CostModel,
+    channels: list[int],
+    quanta: list[int],
+    allocation: np.ndarray,
+    target: float,
+    metric: str = "macs",
+    caps: np.ndarray | None = None,
+    round_to: int | None = None,
+) -> list[int]:
+    """:func:`fit_allocation`, with the caps (which keep layers from being pruned to slivers)
+    lifted halfway, then all the way, toward 0.95 only when the budget is out of their reach."""
+    caps_arr = np.full(len(channels), 0.95) if caps is None else np.asarray(caps, dtype=float)
+    for lift in (0.0, 0.5):
+        try:
+            return fit_allocation(cost_model, channels, quanta, allocation, target, metric,
+                                  caps_arr + lift * np.maximum(0.95 - caps_arr, 0.0), round_to)
+        except BudgetError:
+            continue
+    return fit_allocation(cost_model, channels, quanta, allocation, target, metric,
+                          np.maximum(caps_arr, 0.95), round_to)
 
 
 def _greedy_fill(cost: Any, kept: list[int], channels: list[int],

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +27,7 @@ from autoprune import pareto
 from autoprune.candidates import LEVEL, CandidateStages, Prepared
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.evaluate import FinetuneSettings, Pipeline
-from autoprune.plan import Budget, PruningPlan, fit_allocation, global_ratios
+from autoprune.plan import Budget, PruningPlan, fit_allocation_lifting_caps, global_ratios
 from autoprune.results import RunDir, TrialRecord, atomic_write_text
 from autoprune.space import SearchSpace, load_space
 
@@ -193,6 +192,7 @@ class Search(CandidateStages):
         self.train_loader = train_loader
         self._finetune = _finetune_adapter(finetune)
         self._pipeline: Pipeline | None = None
+        self._baselines: list[tuple[dict[str, float], dict[str, Any]]] | None = None
         # the cost candidates are fitted on (analytic); latency is measured on top of it
         self.metric = "params" if budget.flops is None and budget.params is not None else "macs"
         self.fraction = float(budget.params if self.metric == "params" else budget.flops or 1.0)
@@ -291,24 +291,22 @@ class Search(CandidateStages):
             return PruningPlan({}, self.settings.importance, None)
         level = float(params.get(LEVEL, self.fraction))
         dense = self.dense_macs if self.metric == "macs" else self.dense_params
-        caps = self.resolved.caps()
-        for lift in (0.0, 0.5, 1.0):  # caps keep layers from slivers unless the budget demands
-            try:
-                kept = fit_allocation(
-                    self.analysis.cost_model, [g.channels for g in self.groups],
-                    [g.quantum for g in self.groups], self.resolved.allocation(params),
-                    level * dense, self.metric, caps + lift * np.maximum(0.95 - caps, 0.0),
-                    self.space.round_to)
-                break
-            except BudgetError:
-                if lift == 1.0:
-                    raise
+        kept = fit_allocation_lifting_caps(
+            self.analysis.cost_model, [g.channels for g in self.groups],
+            [g.quantum for g in self.groups], self.resolved.allocation(params), level * dense,
+            self.metric, self.resolved.caps(), self.space.round_to)
         ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
                   if k < g.channels}
         return PruningPlan(ratios, self.settings.importance, self.space.round_to)
 
     def baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
-        """The uniform and global-ranking plans at the budget, as searched parameter values."""
+        """The uniform and global-ranking plans at the budget, as searched parameter values
+        (computed once: the priors ask for them every generation until one has incumbents)."""
+        if self._baselines is None:
+            self._baselines = self._compute_baseline_params()
+        return [(dict(p), dict(a)) for p, a in self._baselines]
+
+    def _compute_baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         if self.settings.mode == "weights":
             return [({LEVEL: self.fraction}, {"baseline": "global-l1"})]
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"

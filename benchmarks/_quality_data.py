@@ -246,7 +246,7 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
     MACs (within 1 %), as plans; the space's caps are lifted toward 0.95 (as the searcher
     does) only when the budget is out of their reach."""
     from autoprune.errors import BudgetError
-    from autoprune.plan import PruningPlan, fit_allocation
+    from autoprune.plan import PruningPlan, fit_allocation_lifting_caps
     from autoprune.space import load_space
 
     groups = analysis.groups
@@ -260,16 +260,10 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
         if len(plans) == count:
             break
         values = {p.name: float(rng.uniform(p.low, p.high)) for p in resolved.params}
-        kept = None
-        for lift in (0.0, 0.5, 1.0):  # as the searcher: caps rise toward 0.95 only if needed
-            try:
-                kept = fit_allocation(cm, channels, quanta, resolved.allocation(values),
-                                      budget * cm.dense_macs(), "macs",
-                                      caps + lift * np.maximum(0.95 - caps, 0.0), None)
-                break
-            except BudgetError:
-                continue
-        if kept is None:
+        try:  # caps rise toward 0.95 only if the budget needs it, as in the searcher
+            kept = fit_allocation_lifting_caps(cm, channels, quanta, resolved.allocation(values),
+                                               budget * cm.dense_macs(), "macs", caps, None)
+        except BudgetError:
             continue
         plans.append(PruningPlan({g.name: 1.0 - k / g.channels for g, k in zip(groups, kept)
                                   if k < g.channels}, "l2"))
