@@ -8,8 +8,8 @@ import torch_pruning as tp
 from conftest import Residual
 
 import autoprune as ap
-from autoprune.cost import LatencyCache, shape_signature
 from autoprune.errors import ConfigError
+from autoprune.latency import LatencyCache, shape_signature
 
 
 def test_measure_counts_like_torch_pruning_and_times(image):

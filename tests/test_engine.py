@@ -1,8 +1,9 @@
-"""Groups, apply_plan and the analytic cost model on hand-written models (an oracle each)."""
+"""The engine: groups, apply_plan, the analytic cost model (an oracle each), input helpers."""
 
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -11,7 +12,10 @@ from conftest import Concat, DepthwiseGrouped, DictInput, FlattenHead, Residual,
 from torch import nn
 
 import autoprune as ap
+from autoprune import engine
+from autoprune.engine import inputs
 from autoprune.errors import ConfigError, UnsupportedModelError
+from autoprune.plan import FitRequest, fit_plan
 
 
 def counted(model: nn.Module, inputs) -> tuple[float, float]:
@@ -180,3 +184,45 @@ def test_group_shares(image):
     groups = ap.prunable_groups(Residual(), image)
     assert all(0 < g.macs_share < 1 for g in groups)
     assert all(g.channels > 1 for g in groups)
+
+
+def test_inplace_taylor_without_batch_leaves_the_model_alone(image):
+    model = Residual().train()
+    a = ap.analyze(model, image)
+    with pytest.raises(ConfigError, match="taylor_batch"):
+        a.apply(ap.PruningPlan({"a": 0.5}, importance="taylor"), inplace=True)
+    assert model.training and model.a.out_channels == 16
+    assert not hasattr(model, "autoprune_history")
+
+
+def test_analysis_pickles_to_the_same_groups_and_costs(image):
+    a = ap.analyze(Concat(), image, ignore=["right"])
+    b = pickle.loads(pickle.dumps(a))
+    assert b.groups == a.groups and b.ignore == ("right",)
+    plan = ap.PruningPlan({"left": 0.5})
+    assert (b.macs(plan), b.params(plan)) == (a.macs(plan), a.params(plan))
+
+
+def test_fit_budget_is_the_engine_front_door_of_the_pure_fit_plan(image):
+    model = Residual().eval()
+    a = ap.analyze(model, image)
+    assert ap.fit_budget is engine.fit_budget
+    plan = ap.fit_budget(model, image, {"mid": 2.0, "a": 1.0}, flops=0.6, analysis=a)
+    assert plan == fit_plan(a, FitRequest({"mid": 2.0, "a": 1.0}, flops=0.6))
+    assert plan == ap.fit_budget(model, image, {"mid": 2.0, "a": 1.0}, flops=0.6)  # traces
+    assert a.macs(plan) <= 0.6 * a.cost_model.dense_macs()
+    assert engine.torch_pruning_version() == tp.__version__
+
+
+def test_input_helpers(image):
+    pair = (image, {"mask": torch.ones(1, 2, dtype=torch.long)})
+    assert inputs.counter_batch(pair) == 1 and inputs.counter_batch({"x": image}) == 1
+    assert inputs.batch_size_of(inputs.batched(pair, 3)) == 3
+    assert inputs.batch_size_of({"x": image.repeat(2, 1, 1, 1)}) == 2
+    moved = inputs.to_device(pair, "cpu", torch.float16)
+    assert moved[0].dtype == torch.float16 and moved[1]["mask"].dtype == torch.long
+    assert inputs.split_inputs(image) == ((image,), {})
+    assert inputs.split_inputs({"x": image}) == ((), {"x": image})
+    assert inputs.as_args(image) == (image,) and inputs.as_args(pair) is pair
+    model = DictInput()
+    assert inputs.call_model(model, ({"image": image},)).shape == (1, 3)

@@ -1,0 +1,169 @@
+"""Extracting the analytic :class:`CostModel` from one traced pass.
+
+Every counted layer call becomes MAC terms and every parameter tensor a param term: a product of
+at most two channel *dims* (a layer's input or output channels, or the channels of an elementwise
+op), each of which shrinks linearly with the channels its coupled groups remove.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.engine.costmodel import CostModel
+from autoprune.engine.groups import CoupledGroup, removal_of
+from autoprune.engine.trace import LayerCall
+
+__all__ = ["build_cost_model"]
+
+Term = tuple[float, int, int]  # coef, dim 1, dim 2 (-1: the constant 1)
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
+         nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def depthwise(m: nn.modules.conv._ConvNd) -> bool:
+    return m.groups > 1 and m.groups == m.in_channels
+
+
+def _norm_channels(m: nn.Module) -> int:
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[-1])
+    return int(m.num_features)
+
+
+class _DimTable:
+    """Channel dims of layers, each with its dense size and removal per group."""
+
+    def __init__(self, n_groups: int) -> None:
+        self.n_groups = n_groups
+        self.index: dict[tuple[int, str], int] = {}
+        self.dense: list[float] = []
+        self.removal: list[dict[int, float]] = []
+
+    def dim(self, key: tuple[int, str], dense: float, removal: dict[int, float]) -> int:
+        if key not in self.index:
+            self.index[key] = len(self.dense)
+            self.dense.append(float(dense))
+            self.removal.append(removal)
+        return self.index[key]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        rem = np.zeros((len(self.dense), self.n_groups))
+        for d, entries in enumerate(self.removal):
+            for g, scale in entries.items():
+                rem[d, g] = scale
+        return np.asarray(self.dense), rem
+
+
+class _Builder:
+    """The terms of one traced model, over the dims of its coupled groups."""
+
+    def __init__(self, dg: tp.DependencyGraph, groups: Sequence[CoupledGroup]) -> None:
+        self.dg, self.groups = dg, groups
+        self.table = _DimTable(len(groups))
+        self.node_of_grad = {n.grad_fn: n for n in dg.module2node.values()
+                             if n.grad_fn is not None}
+
+    def module_dim(self, m: nn.Module, direction: str, dense: float) -> int:
+        node = self.dg.module2node.get(m)
+        removal = removal_of(self.groups, node, (direction,)) if node is not None else {}
+        return self.table.dim((id(m), direction), dense, removal)
+
+    def conv_terms(self, m: nn.modules.conv._ConvNd, per: float, bias_per: float) -> list[Term]:
+        """``per`` x kernel MACs (or params) per channel product; ``bias_per`` per output."""
+        k = float(np.prod(m.kernel_size))
+        i = self.module_dim(m, "in", m.in_channels)
+        o = self.module_dim(m, "out", m.out_channels)
+        bias = [(bias_per, o, -1)] if m.bias is not None else []
+        if depthwise(m):  # groups follow the channels; torch-pruning prunes it via "out"
+            return [(k * per, o, -1), *bias]
+        return [(k * per / m.groups, i, o), *bias]
+
+    def linear_terms(self, m: nn.Linear, per: float, bias_per: float) -> list[Term]:
+        i = self.module_dim(m, "in", m.in_features)
+        o = self.module_dim(m, "out", m.out_features)
+        bias = [(bias_per, o, -1)] if m.bias is not None else []
+        return [(per, i, o), *bias]
+
+    def call_terms(self, call: LayerCall) -> list[Term]:
+        m = call.module
+        numel_in = float(np.prod(call.in_shape)) if call.in_shape else 0.0
+        numel_out = float(np.prod(call.out_shape))
+        if isinstance(m, nn.modules.conv._ConvNd):
+            positions = numel_out / m.out_channels
+            return self.conv_terms(m, positions, positions)
+        if isinstance(m, nn.Linear):
+            return self.linear_terms(m, numel_in / m.in_features, 1.0)
+        if isinstance(m, NORMS):
+            channels = _norm_channels(m)
+            affine = getattr(m, "affine", getattr(m, "elementwise_affine", False))
+            d = self.module_dim(m, "out", channels)
+            return [((2.0 if affine else 1.0) * numel_in / channels, d, -1)]
+        # activations, pools, upsample: linear in the channels of the tensor they touch
+        numel = numel_out if type(m) in (nn.Upsample,) or "relu" in type(m).__name__.lower() \
+            or isinstance(m, (nn.GELU, nn.ELU, nn.PReLU)) else numel_in
+        node = self.node_of_grad.get(call.grad_fn) or self.dg.module2node.get(m)
+        removal = removal_of(self.groups, node, ("out", "in")) if node is not None else {}
+        if not removal:
+            return [(numel, -1, -1)]
+        total = sum(self.groups[g].channels * s for g, s in removal.items())
+        shape = call.out_shape
+        channels = total if total in shape[1:] else (shape[1] if len(shape) > 1 else 1)
+        d = self.table.dim((id(node), "elementwise"), channels, removal)
+        return [(numel / channels, d, -1)]
+
+    def param_terms(self) -> list[Term]:
+        terms: list[Term] = []
+        seen: set[int] = set()
+        param_nodes = {id(n.module): n for n in self.dg.module2node.values()
+                       if n.type == tp.ops.OPTYPE.PARAMETER}
+        for m in self.dg.model.modules():
+            direct = [p for p in m.parameters(recurse=False) if id(p) not in seen]
+            if not direct:
+                continue
+            seen.update(id(p) for p in direct)
+            if isinstance(m, nn.modules.conv._ConvNd):
+                terms.extend(self.conv_terms(m, 1.0, 1.0))
+            elif isinstance(m, nn.Linear):
+                terms.extend(self.linear_terms(m, 1.0, 1.0))
+            elif isinstance(m, (*NORMS, nn.PReLU)):
+                channels = _norm_channels(m) if isinstance(m, NORMS) else m.num_parameters
+                d = self.module_dim(m, "out", channels)
+                for p in direct:
+                    terms.append((p.numel() / channels, d, -1) if p.numel() >= channels
+                                 else (float(p.numel()), -1, -1))
+            else:
+                terms.extend(self.unwrapped_term(p, param_nodes) for p in direct)
+        return terms
+
+    def unwrapped_term(self, p: nn.Parameter, param_nodes: dict[int, Any]) -> Term:
+        node = param_nodes.get(id(p))
+        removal = removal_of(self.groups, node, ("out", "in")) if node is not None else {}
+        if not removal:
+            return (float(p.numel()), -1, -1)
+        size = float(p.shape[node.pruning_dim]) if node.pruning_dim is not None else p.numel()
+        d = self.table.dim((id(p), "param"), size, removal)
+        return (p.numel() / size, d, -1)
+
+
+def build_cost_model(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup],
+                     calls: Sequence[LayerCall], batch: int) -> CostModel:
+    """The cost model of the traced model ``dg`` over ``groups``; MACs divided by ``batch``."""
+    builder = _Builder(dg, groups)
+    macs = [term for call in calls for term in builder.call_terms(call)]
+    params = builder.param_terms()
+    dense, removal = builder.table.arrays()
+    return CostModel(
+        group_channels=np.asarray([g.channels for g in groups], dtype=float),
+        dense=dense, removal=removal,
+        mac_terms=np.asarray(macs, dtype=float).reshape(-1, 3),
+        param_terms=np.asarray(params, dtype=float).reshape(-1, 3),
+        batch=batch,
+    )
