@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import autoprune as ap
-from autoprune.tasks import FashionMNISTTask
+from autoprune.tasks import FashionMNISTTask, TaskOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,8 +83,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress
     start = time.perf_counter()
     torch.manual_seed(0)
-    task = FashionMNISTTask(args.data_dir, model="lenet", epochs=args.dense_epochs,
-                            subset=args.subset)
+    task = FashionMNISTTask(args.data_dir, model="lenet", subset=args.subset,
+                            options=TaskOptions(epochs=args.dense_epochs))
     splits = task.splits()
     dense = task.dense_model()  # trained once (AdamW, cosine), then cached
     x = task.example_inputs()
@@ -128,7 +128,7 @@ def main() -> None:
                     f"{best.trial})", channels, cost.macs, cost.params, state_bytes(channels))
 
     # 3. int8 post-training quantization of the channel-pruned model
-    from autoprune.quantize import quantize, save_program
+    from autoprune.deploy.quantize import quantize, save_program
 
     quantized = quantize(channels, x, "int8", calibration=splits.train)
     with tempfile.TemporaryDirectory() as tmp:  # both programs in the same file format

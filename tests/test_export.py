@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import autoprune as ap
+from autoprune.deploy.archive import builder_reference
+from autoprune.deploy.export import export_trial
+from autoprune.deploy.formats import ONNX_TOLERANCE
 from autoprune.errors import ConfigError
-from autoprune.export import ONNX_TOLERANCE, builder_reference, export_trial
 from autoprune.results import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,7 @@ def reference(run: Path, trial: int) -> tuple[torch.nn.Module, torch.Tensor]:
     task = load_task("digits")
     plan = ap.PruningPlan.from_dict(RunDir(run).read_plan(trial))
     model = ap.apply_plan(task.dense_model(), task.example_inputs(), plan)
-    model.load_state_dict(torch.load(run / "models" / f"trial_{trial}.pt", weights_only=True))
+    model.load_state_dict(torch.load(RunDir(run).model_path(trial), weights_only=True))
     images, _ = next(iter(task.splits().test))
     return model.eval(), images[:32]
 
@@ -154,7 +156,7 @@ def test_bad_arguments_are_config_errors(run, trial, tmp_path):
     with pytest.raises(ConfigError, match="not an autoprune run directory"):
         export_trial(tmp_path, trial)
     with pytest.raises(ConfigError, match="overwrite the search's weights"):
-        export_trial(run, trial, out=run / "models" / f"trial_{trial}.pt")
+        export_trial(run, trial, out=RunDir(run).model_path(trial))
 
 
 def test_python_api_run_points_to_save_pruned(run, trial, tmp_path):
@@ -228,3 +230,13 @@ def test_variant_bad_input_exit_2(run: Path, trial: int, args: list[str], needle
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert needle in err and "Traceback" not in err and err.count("\n") == 0, err
+
+
+def test_deploy_package_loads_its_modules_lazily():
+    code = ("import sys, autoprune.deploy as deploy\n"
+            "assert 'torch' not in sys.modules, 'import autoprune.deploy loaded torch'\n"
+            "missing = [n for n in deploy.__all__ if getattr(deploy, n, None) is None]\n"
+            "assert not missing, missing\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import autoprune as ap
+from autoprune.deploy.quantize import MODES, QuantizedModel, compare, load, quantize, save_program
 from autoprune.errors import BackendUnavailable, ConfigError
-from autoprune.evaluate import FinetuneSettings, finetune_model, reestimate_bn
-from autoprune.quantize import MODES, QuantizedModel, compare, load, quantize, save_program
-from autoprune.tasks import FashionMNISTTask, cifar_resnet
+from autoprune.pipeline import finetune_model, reestimate_bn
+from autoprune.settings import FinetuneSettings
+from autoprune.tasks import FashionMNISTTask, TaskOptions, cifar_resnet
 from autoprune.tasks.fashion_mnist import DEFAULT_DATA_DIR
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
@@ -41,8 +42,8 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     torch.manual_seed(0)
     if Path(DEFAULT_DATA_DIR).is_dir():
-        task = FashionMNISTTask(subset=2000, epochs=1, batch_size=32,
-                                cache_dir=tmp_path_factory.mktemp("cache"))
+        task = FashionMNISTTask(subset=2000, options=TaskOptions(
+            epochs=1, batch_size=32, cache_dir=tmp_path_factory.mktemp("cache")))
         train = task.splits().train
         test = [torch.cat(parts) for parts in zip(*task.splits().test)]
     else:

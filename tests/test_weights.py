@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from autoprune.errors import ConfigError
-from autoprune.weights import (
+from autoprune.deploy.weights import (
     WeightMask,
     load_sparse,
     mask_24,
@@ -18,6 +17,7 @@ from autoprune.weights import (
     sparsity_schedule,
     to_semi_structured_24,
 )
+from autoprune.errors import ConfigError
 
 
 class SmallNet(nn.Module):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,13 @@ from torch import nn
 from autoprune.errors import ConfigError
 from autoprune.plan import PruningPlan
 
-__all__ = ["FORMAT", "load_pruned", "save_pruned"]
+__all__ = ["FORMAT", "builder_reference", "is_trusted", "load_pruned", "save_pruned"]
 
 FORMAT = "autoprune.pruned/1"
 _OWN_BUILDERS = ("cifar_resnet", "vgg_small", "lenet5")
 _PLAIN = (str, int, float, bool, type(None))
+#: loader.py imports a user's task.py under this prefix: such a module is not importable later.
+_USER_FILE_MODULE = "autoprune_user_task_"
 
 
 def _reference(builder: Any) -> tuple[str, dict[str, Any]]:
@@ -108,18 +110,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         "plan": plan.to_json() if plan is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(archive, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; an exported model is for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from autoprune.results import atomic_write_bytes  # pandas; only needed when writing
+
+    buffer = io.BytesIO()
+    torch.save(archive, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # mode 0o644: an exported model is for sharing
+    return Path(path)
 
 
 def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
@@ -129,11 +125,7 @@ def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"builder reference {ref!r} is not of the form 'module:callable'")
-    trusted = (
-        (module_name.startswith("torchvision.models") and attr in _torchvision_builders())
-        or (module_name == "autoprune.tasks.models" and attr in _OWN_BUILDERS)
-    )
-    if not (trusted or trust):
+    if not (is_trusted(ref) or trust):
         raise ConfigError(
             f"archive asks to build the model with {ref!r}, which is not a torchvision or "
             "autoprune builder; refusing to call it. Pass builders={ref: your_function} (or "
@@ -148,6 +140,14 @@ def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
     return obj
 
 
+def is_trusted(ref: str) -> bool:
+    """Whether :func:`load_pruned` calls builder ``ref`` without ``builders=`` or ``trust=True``:
+    a torchvision model builder or one of autoprune's own."""
+    module_name, _, attr = ref.partition(":")
+    return ((module_name.startswith("torchvision.models") and attr in _torchvision_builders())
+            or (module_name == "autoprune.tasks.models" and attr in _OWN_BUILDERS))
+
+
 @functools.cache
 def _torchvision_builders() -> frozenset[str]:
     import torchvision
@@ -159,7 +159,7 @@ def load_pruned(path: str | os.PathLike[str],
                 builders: Mapping[str, Callable[..., nn.Module]] | None = None,
                 trust: bool = False, map_location: str = "cpu") -> nn.Module:
     """Rebuild a pruned model from :func:`save_pruned`'s archive: dense build, history, weights."""
-    from autoprune.graph import replay_history
+    from autoprune.engine import replay_history
 
     path = Path(path)
     if not path.is_file():
@@ -181,3 +181,47 @@ def load_pruned(path: str | os.PathLike[str],
     if archive.get("plan"):
         model.__dict__["autoprune_plan"] = PruningPlan.from_json(archive["plan"])
     return model.eval()
+
+
+# -- the builder reference of a task -------------------------------------------------------------
+def builder_reference(task: Any) -> tuple[str, dict[str, Any]]:
+    """``('module:callable', kwargs)`` that rebuilds ``task``'s dense architecture in any process.
+
+    Taken, in order, from the task's ``builder`` (+ ``builder_kwargs``) attributes, from a
+    torchvision task (``torchvision.models:<name>``), or from ``model_factory`` when it is a
+    module-level function or a keyword-only ``functools.partial`` of one.
+    """
+    explicit = getattr(task, "builder", None)
+    factory = getattr(task, "model_factory", None)
+    try:
+        if explicit is not None:
+            ref, kwargs = _reference(explicit)
+            kwargs.update(getattr(task, "builder_kwargs", None) or {})
+        elif factory is not None and _is_torchvision_factory(factory):
+            args, kw = factory.args, factory.keywords
+            name = args[0] if args else kw["name"]
+            classes = args[1] if len(args) > 1 else kw["num_classes"]
+            ref, kwargs = f"torchvision.models:{name}", {"num_classes": int(classes)}
+        elif factory is not None:
+            ref, kwargs = _reference(factory)
+        else:
+            raise ConfigError("it has neither a `builder` nor a `model_factory`")
+        module = ref.partition(":")[0]
+        if module == "__main__" or module.startswith(_USER_FILE_MODULE):
+            raise ConfigError(f"{ref.partition(':')[2]!r} lives in a script, which another "
+                              "process cannot import")
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--format pt: task {getattr(task, 'name', '?')!r} gives no importable builder of its "
+            f"dense model ({exc}); give the task a `builder` attribute ('pkg.module:function' "
+            "building the dense architecture) plus `builder_kwargs` (a dict of plain values), "
+            "or export with --format torchscript or onnx") from exc
+    return ref, kwargs
+
+
+def _is_torchvision_factory(factory: Any) -> bool:
+    """Vision tasks build with ``partial(autoprune.tasks.vision.build_model, name, classes)``."""
+    func = getattr(factory, "func", None)
+    return (isinstance(factory, functools.partial)
+            and getattr(func, "__module__", "") == "autoprune.tasks.vision"
+            and getattr(func, "__name__", "") == "build_model")

@@ -1,9 +1,9 @@
 """Unstructured (weight) pruning: zero single weights, the companion of channel pruning.
 
-Channel pruning (``graph.py``) makes a network smaller *and faster*; weight pruning makes its
-checkpoint smaller to store and ship. :func:`prune_weights` zeroes exactly the requested fraction,
-:class:`WeightMask` keeps those zeros through fine-tuning, :func:`sparsity_schedule` gives the
-gradual (Zhu & Gupta) schedule, :func:`save_sparse` stores sparse weights as CSR tensors.
+Channel pruning (:mod:`autoprune.engine`) makes a network smaller *and faster*; weight pruning
+makes its checkpoint smaller to store and ship. :func:`prune_weights` zeroes exactly the requested
+fraction, :class:`WeightMask` keeps those zeros through fine-tuning, :func:`sparsity_schedule`
+gives the gradual (Zhu & Gupta) schedule, :func:`save_sparse` stores sparse weights as CSR tensors.
 
 Latency, honestly: zeroed weights do **not** speed up dense kernels; a 90 %-sparse ResNet runs
 no faster than the dense one, on CPU or GPU. Only 2:4 semi-structured sparsity (2 zeros in
@@ -19,11 +19,9 @@ import io
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -308,17 +306,12 @@ def sparse_size(model: nn.Module) -> SizeReport:
 
 
 def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Write the compressed state dict atomically (temp file + ``os.replace``)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(_payload(model), handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the compressed state dict atomically (:func:`autoprune.results.atomic_write_bytes`)."""
+    from autoprune.results import atomic_write_bytes  # pandas; only needed when writing
+
+    buffer = io.BytesIO()
+    torch.save(_payload(model), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
@@ -328,7 +321,7 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _SPARSE_FORMAT:
         raise ConfigError(f"path={str(path)!r} is not an autoprune sparse checkpoint; write it "
-                          "with autoprune.weights.save_sparse(model, path)")
+                          "with autoprune.save_sparse(model, path)")
     state = {}
     for key, tensor in payload["tensors"].items():
         if tensor.layout == torch.sparse_csr:

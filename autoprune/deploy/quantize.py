@@ -31,7 +31,7 @@ import itertools
 import logging
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.engine.inputs import call_model as _call
+from autoprune.engine.inputs import map_tensors as _map
+from autoprune.engine.inputs import split_inputs as _split
 from autoprune.errors import BackendUnavailable, ConfigError, UnsupportedModelError
 
 __all__ = ["MODES", "QuantizedModel", "compare", "load", "quantize", "save_program"]
@@ -84,34 +87,8 @@ class _Cast(nn.Module):
         return _cast(out, torch.float32)
 
 
-def _map(obj: Any, fn: Callable[[torch.Tensor], Any], other: Callable[[Any], Any] = lambda o: o,
-         ) -> Any:
-    """``fn`` on every tensor of a (nested) tuple / list / dict of inputs, ``other`` on the rest."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map(x, fn, other) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _map(v, fn, other) for k, v in obj.items()}
-    return other(obj)
-
-
 def _cast(obj: Any, dtype: torch.dtype) -> Any:
     return _map(obj, lambda t: t.to(dtype) if t.is_floating_point() else t)
-
-
-def _split(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``example_inputs`` as ``(args, kwargs)``: a tensor, a tuple of arguments or a kwargs dict."""
-    if isinstance(inputs, dict):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    args, kwargs = _split(inputs)
-    return model(*args, **kwargs)
 
 
 def _pair(obj: Any) -> Any:
