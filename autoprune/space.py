@@ -1,9 +1,10 @@
 """Search spaces: what is prunable for a model family and how the search is shaped.
 
-A space file (``search_spaces/*.yaml``) says which layers are never pruned, the default range of
-each group's *relative allocation* (its upper end is also the group's ratio cap), per-pattern
-ranges, and ``shared: true`` to tie every group a pattern matches to one searched parameter
-(stages). Budget, backend and trial count belong to the run, not here. Pure: no torch, no optuna.
+A space file (``autoprune/search_spaces/*.yaml``, package data) says which layers are never
+pruned, the default range of each group's *relative allocation* (its upper end is also the
+group's ratio cap), per-pattern ranges, and ``shared: true`` to tie every group a pattern matches
+to one searched parameter (stages). Budget, backend and trial count belong to the run, not
+here. Pure: no torch, no optuna.
 
 Example::
 
@@ -21,17 +22,24 @@ import difflib
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from autoprune.errors import ConfigError
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
+
 __all__ = ["Param", "ResolvedSpace", "Rule", "SearchSpace", "builtin_spaces", "load_space"]
 
-_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Package data (pyproject's [tool.setuptools.package-data]), so a wheel carries the YAML too; the
+# repository's top-level ``search_spaces`` is a symlink to this folder.
+_SPACES_PACKAGE = "autoprune"
+_SPACES_FOLDER = "search_spaces"
 _RULE_KEYS = {"pattern", "shared", "name", "low", "high", "step", "optional"}
 _TOP_KEYS = {"description", "ignore", "round_to", "ratio", "rules", "family"}
 
@@ -193,15 +201,20 @@ def _check_range(what: str, low: float, high: float, step: float | None) -> None
         raise ConfigError(f"{what}: step={step} must be in (0, 1] or null")
 
 
-def builtin_spaces() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(_SPACES_DIR.glob("*.yaml"))}
+def builtin_spaces() -> dict[str, Traversable]:
+    """The shipped spaces by name (file stem), read from the installed package's data."""
+    folder = files(_SPACES_PACKAGE) / _SPACES_FOLDER
+    if not folder.is_dir():
+        return {}
+    found = (f for f in folder.iterdir() if f.is_file() and f.name.endswith(".yaml"))
+    return {f.name.removesuffix(".yaml"): f for f in sorted(found, key=lambda f: f.name)}
 
 
 def load_space(spec: str | Path | None = None) -> SearchSpace:
     """A built-in space by name (``default``, ``resnet``, ...) or a YAML file path."""
     spec = spec or "default"
     builtin = builtin_spaces()
-    path = builtin.get(str(spec)) or Path(spec)
+    path: Traversable | Path = builtin.get(str(spec)) or Path(spec)
     if not path.is_file():
         raise ConfigError(f"--space {str(spec)!r} is neither a built-in space "
                           f"({', '.join(builtin) or 'none found'}) nor a YAML file")

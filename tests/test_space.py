@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+import autoprune
+from autoprune.engine import analyze
 from autoprune.errors import ConfigError
-from autoprune.graph import analyze
 from autoprune.space import Param, ResolvedSpace, SearchSpace, builtin_spaces, load_space
 from autoprune.tasks.models import cifar_resnet, vgg_small
 
@@ -332,3 +335,30 @@ def test_to_dict_round_trip_keeps_zero_rule_bounds() -> None:
     again = SearchSpace.from_dict(space.to_dict())
     assert by_name(again.resolve(("stem",)))["stem"].low == 0.0
     assert again == space
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_spaces_are_package_data() -> None:
+    # Read through importlib.resources from inside the package, so a wheel carries them
+    # (pyproject's package-data glob must match every file).
+    package_dir = Path(autoprune.__file__).resolve().parent
+    shipped = builtin_spaces()
+    assert shipped
+    for name, ref in shipped.items():
+        path = Path(str(ref)).resolve()
+        assert path.parent == package_dir / "search_spaces", (name, path)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "search_spaces/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["autoprune"]
+
+
+def test_top_level_search_spaces_is_a_relative_symlink_into_the_package() -> None:
+    link = REPO / "search_spaces"
+    if not (REPO / ".git").exists():
+        pytest.skip("not a source checkout")
+    assert link.is_symlink(), "search_spaces/ must be a symlink to autoprune/search_spaces"
+    target = os.readlink(link)
+    assert not os.path.isabs(target) and target.rstrip("/") == "autoprune/search_spaces"
+    assert sorted(p.stem for p in link.glob("*.yaml")) == sorted(builtin_spaces())
