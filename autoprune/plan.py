@@ -1,32 +1,36 @@
 """Pruning plans, budgets, and projecting a relative allocation onto a budget.
 
-Pure maths and plain data: no torch_pruning, no optuna. A plan maps group *names* (strings) to
-ratios, so it serializes, replays and pickles. :func:`fit_allocation` is the heart of
-"feasible by construction": FLOPs and params are known before any training, so a relative
-allocation is scaled (bisection on the analytic cost model, then a greedy fill that knows about
-channel rounding) to land at most on the budget and within ``tol`` of it.
+Pure maths and plain data: no torch, no torch_pruning, no optuna, and no import of the engine
+(:func:`fit_plan` takes an analysed model; :func:`autoprune.engine.fit_budget` traces). A plan
+maps group *names* (strings) to ratios, so it serializes, replays and pickles.
+:func:`fit_allocation` is the heart of "feasible by construction": FLOPs and params are known
+before any training, so a relative allocation is scaled (bisection on the analytic cost model,
+then a greedy fill that knows about channel rounding) to land at most on the budget and within
+``tol`` of it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from autoprune.errors import BudgetError, ConfigError
 
 if TYPE_CHECKING:
-    from autoprune.cost import CostModel
+    from autoprune.engine.analysis import PrunableModel
+    from autoprune.engine.costmodel import CostModel
 
-__all__ = ["IMPORTANCES", "Budget", "PruningPlan", "fit_allocation",
-           "fit_allocation_lifting_caps", "fit_budget",
+__all__ = ["FIT_DEFAULTS", "IMPORTANCES", "Budget", "FitOptions", "FitRequest", "Metric",
+           "PruningPlan", "Widths", "fit_allocation", "fit_allocation_lifting_caps", "fit_plan",
            "global_ratios", "kept_channels"]
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
+Metric = Literal["macs", "params"]  # the analytic costs a budget is fitted on
 
 
 @dataclass(frozen=True)
@@ -134,26 +138,81 @@ def _ratio_for(channels: int, kept: int) -> float:
     return 1.0 - kept / channels
 
 
-def fit_allocation(
-    cost_model: CostModel,
-    channels: list[int],
-    quanta: list[int],
-    allocation: np.ndarray,
-    target: float,
-    metric: str = "macs",
-    caps: np.ndarray | None = None,
-    round_to: int | None = None,
-    tol: float = 0.01,
-) -> list[int]:
-    """Kept channels per group so that ``metric`` is <= ``target`` and within ``tol`` of it.
+class _Sized(Protocol):
+    """What :meth:`Widths.of` reads of a group (an engine ``Group`` has both)."""
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def quantum(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Widths:
+    """The channels a fit works on: each group's width and quantum (in group order) and the
+    analytic cost model that prices a list of kept channels, one entry per group."""
+
+    cost_model: CostModel
+    channels: tuple[int, ...]
+    quanta: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.quanta):
+            raise ConfigError(f"Widths has {len(self.channels)} channel counts but "
+                              f"{len(self.quanta)} quanta; give one quantum per group")
+
+    @classmethod
+    def of(cls, cost_model: CostModel, groups: Iterable[_Sized]) -> Widths:
+        """The widths of ``groups`` (e.g. an analysed model's ``groups``) under ``cost_model``."""
+        groups = list(groups)
+        return cls(cost_model, tuple(g.channels for g in groups),
+                   tuple(g.quantum for g in groups))
+
+    def cost(self, metric: Metric) -> Callable[[Sequence[int]], float]:
+        """The analytic ``metric`` (MACs or params) of a list of kept channels."""
+        return self.cost_model.macs if metric == "macs" else self.cost_model.params
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How :func:`fit_allocation` fits: the ``metric`` the target is in, per-group ``caps`` on the
+    ratio (None: 0.95 each), channel rounding ``round_to``, and the relative gap ``tol`` it
+    closes below the target."""
+
+    metric: Metric = "macs"
+    caps: Sequence[float] | np.ndarray | None = None
+    round_to: int | None = None
+    tol: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macs", "params"):
+            raise ConfigError(f"metric={self.metric!r} cannot be fitted analytically; use "
+                              "'macs' or 'params'")
+        if self.caps is not None:  # a tuple: the record stays a comparable value
+            object.__setattr__(self, "caps", tuple(float(c) for c in np.ravel(self.caps)))
+
+    def caps_for(self, groups: int) -> np.ndarray:
+        """The caps as an array, 0.95 for every one of ``groups`` groups when none are given."""
+        return np.full(groups, 0.95) if self.caps is None else np.asarray(self.caps, dtype=float)
+
+
+FIT_DEFAULTS = FitOptions()
+
+
+def fit_allocation(widths: Widths, allocation: np.ndarray, target: float,
+                   options: FitOptions = FIT_DEFAULTS) -> list[int]:
+    """Kept channels per group so that ``options.metric`` is <= ``target`` and within
+    ``options.tol`` of it.
 
     Ratios are ``min(s * allocation, cap)``; ``s`` is bisected so the cost lands at or just under
     ``target``, then single quanta are given back greedily (largest cost that still fits) to close
     the gap that channel rounding leaves.
     """
-    cost = cost_model.macs if metric == "macs" else cost_model.params
+    channels, quanta, round_to = widths.channels, widths.quanta, options.round_to
+    cost = widths.cost(options.metric)
     alloc = np.clip(np.asarray(allocation, dtype=float), 0.0, None)
-    caps_arr = np.full(len(channels), 0.95) if caps is None else np.asarray(caps, dtype=float)
+    caps_arr = options.caps_for(len(channels))
     if not alloc.any():
         raise BudgetError("allocation is all zeros: at least one group must be prunable")
 
@@ -168,9 +227,10 @@ def fit_allocation(
     if cost(floor_kept) > target:
         smallest = cost(floor_kept) / dense
         raise BudgetError(
-            f"budget {metric}={target / dense:.4f} of dense is below the smallest reachable model "
-            f"({smallest:.4f} of dense with these group caps and allocation); raise the budget "
-            f"to at least {math.ceil(smallest * 1000) / 1000:.3f} or raise the caps"
+            f"budget {options.metric}={target / dense:.4f} of dense is below the smallest "
+            f"reachable model ({smallest:.4f} of dense with these group caps and allocation); "
+            f"raise the budget to at least {math.ceil(smallest * 1000) / 1000:.3f} or raise the "
+            "caps"
         )
     if dense <= target:
         return list(channels)
@@ -182,34 +242,33 @@ def fit_allocation(
         else:
             lo = mid
     kept = kept_at(hi)
-    return _greedy_fill(cost, kept, channels, quanta, round_to, target, tol)
+    return _greedy_fill(cost, kept, _steps(channels, quanta, round_to), target, options.tol)
 
 
-def fit_allocation_lifting_caps(
-    cost_model: CostModel,
-    channels: list[int],
-    quanta: list[int],
-    allocation: np.ndarray,
-    target: float,
-    metric: str = "macs",
-    caps: np.ndarray | None = None,
-    round_to: int | None = None,
-) -> list[int]:
+def fit_allocation_lifting_caps(widths: Widths, allocation: np.ndarray, target: float,
+                                options: FitOptions = FIT_DEFAULTS) -> list[int]:
     """:func:`fit_allocation`, with the caps (which keep layers from being pruned to slivers)
     lifted halfway, then all the way, toward 0.95 only when the budget is out of their reach."""
-    caps_arr = np.full(len(channels), 0.95) if caps is None else np.asarray(caps, dtype=float)
+    caps_arr = options.caps_for(len(widths.channels))
     for lift in (0.0, 0.5):
+        lifted = caps_arr + lift * np.maximum(0.95 - caps_arr, 0.0)
         try:
-            return fit_allocation(cost_model, channels, quanta, allocation, target, metric,
-                                  caps_arr + lift * np.maximum(0.95 - caps_arr, 0.0), round_to)
+            return fit_allocation(widths, allocation, target, replace(options, caps=lifted))
         except BudgetError:
             continue
-    return fit_allocation(cost_model, channels, quanta, allocation, target, metric,
-                          np.maximum(caps_arr, 0.95), round_to)
+    return fit_allocation(widths, allocation, target,
+                          replace(options, caps=np.maximum(caps_arr, 0.95)))
 
 
-def _greedy_fill(cost: Any, kept: list[int], channels: list[int],
-                 quanta: list[int], round_to: int | None, target: float, tol: float) -> list[int]:
+def _steps(channels: Sequence[int], quanta: Sequence[int],
+           round_to: int | None) -> list[tuple[int, int]]:
+    """``(channels, channels given back per step)`` per group: a quantum, rounded to round_to."""
+    return [(c, q * (round_to // math.gcd(round_to, q) if round_to else 1))
+            for c, q in zip(channels, quanta)]
+
+
+def _greedy_fill(cost: Callable[[Sequence[int]], float], kept: list[int],
+                 steps: list[tuple[int, int]], target: float, tol: float) -> list[int]:
     """Give back one step of channels at a time while the cost stays <= target."""
     kept = list(kept)
     for _ in range(4 * len(kept) + 64):
@@ -217,8 +276,7 @@ def _greedy_fill(cost: Any, kept: list[int], channels: list[int],
         if current >= target * (1.0 - tol / 4):
             break
         best, best_cost = None, -1.0
-        for g, (c, q) in enumerate(zip(channels, quanta)):
-            step = q * (round_to // math.gcd(round_to, q) if round_to else 1)
+        for g, (c, step) in enumerate(steps):
             if kept[g] >= c or kept[g] + step > c:
                 continue
             trial = kept.copy()
@@ -228,22 +286,22 @@ def _greedy_fill(cost: Any, kept: list[int], channels: list[int],
                 best, best_cost = g, value
         if best is None:
             break
-        kept[best] += quanta[best] * (round_to // math.gcd(round_to, quanta[best])
-                                      if round_to else 1)
+        kept[best] += steps[best][1]
     return kept
 
 
-def global_ratios(scores: list[np.ndarray], channels: list[int], quanta: list[int],
-                  cost_model: CostModel, target: float, metric: str = "macs",
-                  caps: np.ndarray | None = None) -> list[float]:
+def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
+                  metric: Metric = "macs",
+                  caps: Sequence[float] | np.ndarray | None = None) -> list[float]:
     """Per-group ratios from one global importance threshold that lands on ``target``.
 
     torch-pruning's global ranking: every channel below the threshold goes, whatever its layer,
-    bounded by each group's cap. ``scores[g]`` has one entry per channel (per channel group for
-    grouped convs). Bisects the threshold on the analytic cost.
+    bounded by each group's cap (None: 0.95 each). ``scores[g]`` has one entry per channel (per
+    channel group for grouped convs). Bisects the threshold on the analytic cost; channels are
+    not rounded.
     """
-    cost = cost_model.macs if metric == "macs" else cost_model.params
-    caps_arr = np.full(len(scores), 0.95) if caps is None else np.asarray(caps, dtype=float)
+    cost = widths.cost(metric)
+    caps_arr = FitOptions(metric, caps).caps_for(len(scores))
     sorted_scores = [np.sort(s) for s in scores]
 
     def ratios_at(t: float) -> list[float]:
@@ -251,7 +309,8 @@ def global_ratios(scores: list[np.ndarray], channels: list[int], quanta: list[in
                 for s, c in zip(sorted_scores, caps_arr)]
 
     def kept_at(t: float) -> list[int]:
-        return [kept_channels(c, r, None, q) for c, r, q in zip(channels, ratios_at(t), quanta)]
+        return [kept_channels(c, r, None, q)
+                for c, r, q in zip(widths.channels, ratios_at(t), widths.quanta)]
 
     lo, hi = 0.0, float(max(s[-1] for s in sorted_scores)) + 1.0
     if cost(kept_at(hi)) > target:
@@ -265,47 +324,63 @@ def global_ratios(scores: list[np.ndarray], channels: list[int], quanta: list[in
     return ratios_at(hi)
 
 
-def fit_budget(model: Any, example_inputs: Any, allocation: Mapping[str, float] | float = 1.0,
-               flops: float | None = None, params: float | None = None,
-               caps: Mapping[str, float] | float = 0.95, importance: str = "l2",
-               round_to: int | None = None, ignore: Any = None, tol: float = 0.01,
-               analysis: Any = None) -> PruningPlan:
-    """Scale a relative per-group ``allocation`` so the pruned model lands on the budget.
+@dataclass(frozen=True)
+class FitRequest:
+    """What :func:`fit_plan` fits: a relative allocation scaled onto one FLOPs or params budget.
 
-    ``allocation`` maps group names to relative weights (a float = the same for all: uniform);
-    groups it omits are not pruned. ``flops=0.4`` keeps at most 40 % of the dense FLOPs and lands
-    within ``tol`` (relative) of it. ``caps`` bound each group's ratio. Raises
-    :class:`~autoprune.errors.BudgetError` if the budget is below the smallest reachable model.
-    Pass ``analysis`` (from :func:`autoprune.graph.analyze`) to skip re-tracing.
+    ``allocation`` and ``caps`` are one float for every group or ``{group name: value}`` (groups
+    an allocation mapping omits are not pruned; groups a caps mapping omits get 0.95).
     """
-    if (flops is None) == (params is None):
-        raise BudgetError("fit_budget needs exactly one of flops=... or params=...")
-    Budget(flops=flops, params=params)  # validates the range
-    PruningPlan({}, importance, round_to)  # validates importance and round_to
-    if analysis is None:
-        from autoprune.graph import analyze
 
-        analysis = analyze(model, example_inputs, ignore=ignore)
+    allocation: Mapping[str, float] | float = 1.0
+    flops: float | None = None
+    params: float | None = None
+    caps: Mapping[str, float] | float = 0.95
+    importance: str = "l2"
+    round_to: int | None = None
+    tol: float = 0.01
+
+    def __post_init__(self) -> None:
+        if (self.flops is None) == (self.params is None):
+            raise BudgetError("fit_budget needs exactly one of flops=... or params=...")
+        Budget(flops=self.flops, params=self.params)  # validates the range
+        PruningPlan({}, self.importance, self.round_to)  # validates importance and round_to
+
+    @property
+    def metric(self) -> Metric:
+        return "macs" if self.flops is not None else "params"
+
+    @property
+    def fraction(self) -> float:
+        value = self.flops if self.flops is not None else self.params
+        return float(value or 0.0)  # one of the two is set (checked above)
+
+
+def _per_group(analysis: PrunableModel, value: Mapping[str, float] | float,
+               default: float) -> np.ndarray:
+    """One value per group (in ``analysis.groups`` order); mapping keys must name groups."""
+    names = [g.name for g in analysis.groups]
+    if isinstance(value, Mapping):
+        analysis.check_plan(PruningPlan({k: 0.0 for k in value}))
+        return np.array([float(value.get(n, default)) for n in names])
+    return np.full(len(names), float(value))
+
+
+def fit_plan(analysis: PrunableModel, request: FitRequest) -> PruningPlan:
+    """The plan that scales ``request.allocation`` onto its budget for an analysed model.
+
+    Pure: ``analysis`` (from :func:`autoprune.engine.analyze`) supplies the groups and the
+    analytic cost model; :func:`autoprune.engine.fit_budget` is the tracing front door.
+    """
     groups = analysis.groups
-    names = [g.name for g in groups]
-    if isinstance(allocation, Mapping):
-        analysis.check_plan(PruningPlan({k: 0.0 for k in allocation}))
-        alloc = np.array([float(allocation.get(n, 0.0)) for n in names])
-    else:
-        alloc = np.full(len(names), float(allocation))
-    if isinstance(caps, Mapping):
-        analysis.check_plan(PruningPlan({k: 0.0 for k in caps}))
-        cap_arr = np.array([float(caps.get(n, 0.95)) for n in names])
-    else:
-        cap_arr = np.full(len(names), float(caps))
+    alloc = _per_group(analysis, request.allocation, 0.0)
+    cap_arr = _per_group(analysis, request.caps, 0.95)
     if not np.all((cap_arr >= 0) & (cap_arr < 1)):
-        raise ConfigError(f"caps must be in [0, 1); got {caps!r}")
+        raise ConfigError(f"caps must be in [0, 1); got {request.caps!r}")
     cm = analysis.cost_model
-    metric = "macs" if flops is not None else "params"
-    fraction = float(flops if flops is not None else params)  # type: ignore[arg-type]
-    dense = cm.dense_macs() if metric == "macs" else cm.dense_params()
-    channels = [g.channels for g in groups]
-    kept = fit_allocation(cm, channels, [g.quantum for g in groups], alloc, fraction * dense,
-                          metric, cap_arr, round_to, tol)
-    ratios = {n: _ratio_for(c, k) for n, c, k in zip(names, channels, kept) if k < c}
-    return PruningPlan(ratios, importance, round_to)
+    widths = Widths.of(cm, groups)
+    dense = cm.dense_macs() if request.metric == "macs" else cm.dense_params()
+    options = FitOptions(request.metric, cap_arr, request.round_to, request.tol)
+    kept = fit_allocation(widths, alloc, request.fraction * dense, options)
+    ratios = {g.name: _ratio_for(c, k) for g, c, k in zip(groups, widths.channels, kept) if k < c}
+    return PruningPlan(ratios, request.importance, request.round_to)

@@ -246,13 +246,13 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
     MACs (within 1 %), as plans; the space's caps are lifted toward 0.95 (as the searcher
     does) only when the budget is out of their reach."""
     from autoprune.errors import BudgetError
-    from autoprune.plan import PruningPlan, fit_allocation_lifting_caps
+    from autoprune.plan import FitOptions, PruningPlan, Widths, fit_allocation_lifting_caps
     from autoprune.space import load_space
 
     groups = analysis.groups
     cm = analysis.cost_model
     resolved = load_space(space_name).resolve([g.name for g in groups])
-    channels, quanta = [g.channels for g in groups], [g.quantum for g in groups]
+    widths = Widths.of(cm, groups)
     rng = np.random.default_rng(seed)
     caps = resolved.caps()
     plans: list[Any] = []
@@ -261,8 +261,8 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
             break
         values = {p.name: float(rng.uniform(p.low, p.high)) for p in resolved.params}
         try:  # caps rise toward 0.95 only if the budget needs it, as in the searcher
-            kept = fit_allocation_lifting_caps(cm, channels, quanta, resolved.allocation(values),
-                                               budget * cm.dense_macs(), "macs", caps, None)
+            kept = fit_allocation_lifting_caps(widths, resolved.allocation(values),
+                                               budget * cm.dense_macs(), FitOptions("macs", caps))
         except BudgetError:
             continue
         plans.append(PruningPlan({g.name: 1.0 - k / g.channels for g, k in zip(groups, kept)
@@ -277,7 +277,8 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     adaptive-BN proxy, short fine-tunes (one per fidelity) and the search's full fine-tune (each
     from a fresh prune, each candidate on the same batches) on the validation split; Spearman
     rho of each cheap score against the full one."""
-    from autoprune.evaluate import FinetuneSettings, finetune_model, reestimate_bn
+    from autoprune.pipeline import finetune_model, reestimate_bn
+    from autoprune.settings import FinetuneSettings
 
     evaluate = make_evaluate(data)
     shorts = {f"short@{f:g}": max(1, round(f * search_steps)) for f in short_fidelities}

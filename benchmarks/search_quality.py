@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- one arch (runs in its own process) ----------------------------------------------------------
 def _settings(**wanted: Any) -> tuple[Any, list[str]]:
     """SearchSettings with the fields this autoprune has; the names it lacks."""
-    from autoprune.searcher import SearchSettings
+    from autoprune.settings import SearchSettings
 
     known = {f.name for f in dataclasses.fields(SearchSettings)}
     return (SearchSettings(**{k: v for k, v in wanted.items() if k in known}),
@@ -105,9 +105,9 @@ def _settings(**wanted: Any) -> tuple[Any, list[str]]:
 def _search_plan(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float,
                  seed: int) -> tuple[Any, dict[str, Any]]:
     import autoprune as ap
-    from autoprune.evaluate import FinetuneSettings
+    from autoprune.driver import search
     from autoprune.plan import PruningPlan
-    from autoprune.searcher import search
+    from autoprune.settings import FinetuneSettings
 
     common = {"seed": seed, "latency": False, "progress": False, "levels": 1,
               "short_fidelity": cfg["short_fidelity"], "promote": cfg["promote"],
@@ -151,7 +151,7 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float,
     import numpy as np
 
     import autoprune as ap
-    from autoprune.plan import PruningPlan, global_ratios
+    from autoprune.plan import PruningPlan, Widths, global_ratios
 
     start = time.perf_counter()
     an = ctx["analysis"]
@@ -160,9 +160,8 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float,
                              importance="l2", analysis=an)
     elif method == "global-l2":
         groups, cm = an.groups, an.cost_model
-        ratios = global_ratios(an.importance_scores("l2"), [g.channels for g in groups],
-                               [g.quantum for g in groups], cm, b * cm.dense_macs(), "macs",
-                               np.full(len(groups), CAPS))
+        ratios = global_ratios(an.importance_scores("l2"), Widths.of(cm, groups),
+                               b * cm.dense_macs(), "macs", np.full(len(groups), CAPS))
         plan = PruningPlan({g.name: r for g, r in zip(groups, ratios) if r > 0}, "l2")
     else:
         return _search_plan(method, cfg, ctx, b, seed)
@@ -175,7 +174,8 @@ def _final(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
     import torch
 
     import autoprune as ap
-    from autoprune.evaluate import FinetuneSettings, finetune_model
+    from autoprune.pipeline import finetune_model
+    from autoprune.settings import FinetuneSettings
 
     device = cfg["device"]
     pruned = ctx["analysis"].apply(plan).to(device)
@@ -214,7 +214,7 @@ def run_seed(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
     import _quality_data as qd
 
     import autoprune as ap
-    from autoprune.graph import analyze
+    from autoprune.engine import analyze
 
     log = _setup_worker(cfg, arch)
     example = qd.example_input(cfg["task"])
@@ -258,7 +258,7 @@ def run_spearman(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     """The proxy-ranking study (seed 0 of ``arch``): one work unit of the process pool."""
     import _quality_data as qd
 
-    from autoprune.graph import analyze
+    from autoprune.engine import analyze
 
     log = _setup_worker(cfg, arch)
     log(f"spearman study: {cfg['spearman_candidates']} random candidates at "

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from autoprune.cost import CostModel
+from autoprune.engine.costmodel import CostModel
 from autoprune.errors import BudgetError, ConfigError
-from autoprune.plan import Budget, PruningPlan, fit_allocation, kept_channels
+from autoprune.plan import (
+    Budget,
+    FitOptions,
+    FitRequest,
+    PruningPlan,
+    Widths,
+    fit_allocation,
+    fit_allocation_lifting_caps,
+    fit_plan,
+    global_ratios,
+    kept_channels,
+)
 
 
 def test_plan_json_round_trip():
@@ -77,8 +90,9 @@ def test_fit_allocation_lands_under_target_and_close():
     for fraction in (0.9, 0.6, 0.4, 0.25, 0.1):
         for alloc in ([1, 1, 1, 1], [0.2, 1, 2, 0.5], [0, 1, 1, 0]):
             try:
-                kept = fit_allocation(cm, channels, [1] * 4, np.asarray(alloc, float),
-                                      fraction * dense, caps=np.full(4, 0.95))
+                kept = fit_allocation(Widths(cm, tuple(channels), (1,) * 4),
+                                      np.asarray(alloc, float), fraction * dense,
+                                      FitOptions(caps=np.full(4, 0.95)))
             except BudgetError:
                 # only legitimate when even all caps cannot reach it: check with the oracle
                 floor = [c if a == 0 else kept_channels(c, 0.95) for c, a in zip(channels, alloc)]
@@ -93,8 +107,8 @@ def test_budget_below_reachable_states_smallest_fraction():
     channels = [8, 8]
     cm = _toy_cost(channels)
     with pytest.raises(BudgetError) as info:
-        fit_allocation(cm, channels, [1, 1], np.ones(2), 0.01 * cm.dense_macs(),
-                       caps=np.full(2, 0.5))
+        fit_allocation(Widths(cm, tuple(channels), (1, 1)), np.ones(2), 0.01 * cm.dense_macs(),
+                       FitOptions(caps=np.full(2, 0.5)))
     smallest = cm.macs([4, 4]) / cm.dense_macs()
     assert f"{smallest:.4f}" in str(info.value)
 
@@ -103,10 +117,96 @@ def test_fit_allocation_matches_brute_force_on_small_grid():
     channels = [6, 5, 7]
     cm = _toy_cost(channels)
     target = 0.5 * cm.dense_macs()
-    kept = fit_allocation(cm, channels, [1, 1, 1], np.ones(3), target, caps=np.full(3, 0.9))
+    kept = fit_allocation(Widths(cm, tuple(channels), (1, 1, 1)), np.ones(3), target,
+                          FitOptions(caps=np.full(3, 0.9)))
     best = max(cm.macs(k) for k in itertools.product(*[range(1, c + 1) for c in channels])
                if cm.macs(k) <= target)
     assert cm.macs(kept) <= target
     # the uniform-ish answer is within a few percent of the best reachable at this granularity
     assert cm.macs(kept) >= 0.9 * best
     assert math.isclose(cm.dense_macs(), cm.macs(channels))
+
+
+
+def test_lifting_caps_only_when_the_budget_is_out_of_their_reach():
+    channels = [64, 128, 256, 256]
+    cm = _toy_cost(channels)
+    widths = Widths(cm, tuple(channels), (1,) * 4)
+    low_caps = FitOptions(caps=np.full(4, 0.3))
+    reachable = 0.6 * cm.dense_macs()
+    assert fit_allocation_lifting_caps(widths, np.ones(4), reachable, low_caps) == \
+        fit_allocation(widths, np.ones(4), reachable, low_caps)
+    tight = 0.1 * cm.dense_macs()
+    with pytest.raises(BudgetError):
+        fit_allocation(widths, np.ones(4), tight, low_caps)
+    kept = fit_allocation_lifting_caps(widths, np.ones(4), tight, low_caps)
+    assert cm.macs(kept) <= tight
+
+
+def test_global_ratios_land_under_target_within_caps():
+    channels = [16, 32, 64]
+    cm = _toy_cost(channels)
+    widths = Widths(cm, tuple(channels), (1, 1, 1))
+    rng = np.random.default_rng(0)
+    scores = [rng.uniform(size=c) for c in channels]
+    target = 0.4 * cm.dense_macs()
+    ratios = global_ratios(scores, widths, target, caps=[0.8, 0.8, 0.8])
+    assert all(0.0 <= r <= 0.8 for r in ratios)
+    assert cm.macs([kept_channels(c, r) for c, r in zip(channels, ratios)]) <= target
+    with pytest.raises(BudgetError, match="within the caps"):
+        global_ratios(scores, widths, 0.01 * cm.dense_macs(), caps=[0.1, 0.1, 0.1])
+
+
+def test_widths_and_fit_options_are_checked_values():
+    channels = [8, 16]
+    cm = _toy_cost(channels)
+    groups = [SimpleNamespace(channels=8, quantum=1), SimpleNamespace(channels=16, quantum=4)]
+    assert Widths.of(cm, groups) == Widths(cm, (8, 16), (1, 4))
+    with pytest.raises(ConfigError, match="2 channel counts but 1 quanta"):
+        Widths(cm, (8, 16), (1,))
+    with pytest.raises(ConfigError, match=r"metric='latency'.*'macs' or 'params'"):
+        FitOptions("latency")  # type: ignore[arg-type]
+    options = FitOptions(caps=np.array([0.5, 0.25]))
+    assert options == FitOptions(caps=(0.5, 0.25)) and hash(options)
+    np.testing.assert_array_equal(options.caps_for(2), [0.5, 0.25])
+    np.testing.assert_array_equal(FitOptions().caps_for(3), [0.95] * 3)
+
+@dataclass
+class _Analysed:
+    """What fit_plan reads of an analysed model: no tracing, no torch (plan.py is pure)."""
+
+    groups: list[SimpleNamespace]
+    cost_model: CostModel
+
+    def check_plan(self, plan: PruningPlan) -> None:
+        names = {g.name for g in self.groups}
+        unknown = [n for n in plan.ratios if n not in names]
+        if unknown:
+            raise ConfigError(f"unknown group {unknown[0]!r}")
+
+
+def test_fit_plan_on_an_analysed_model_without_the_engine():
+    channels = [64, 128, 256]
+    analysed = _Analysed([SimpleNamespace(name=f"g{i}", channels=c, quantum=1)
+                          for i, c in enumerate(channels)], _toy_cost(channels))
+    plan = fit_plan(analysed, FitRequest({"g1": 1.0, "g2": 2.0}, flops=0.5, round_to=8))
+    assert set(plan.ratios) <= {"g1", "g2"} and plan.round_to == 8
+    kept = [kept_channels(c, plan.ratios.get(f"g{i}", 0.0), 8) for i, c in enumerate(channels)]
+    cm = analysed.cost_model
+    assert 0.95 * 0.5 * cm.dense_macs() <= cm.macs(kept) <= 0.5 * cm.dense_macs()  # steps of 8
+    with pytest.raises(ConfigError, match="unknown group 'g9'"):
+        fit_plan(analysed, FitRequest({"g9": 1.0}, params=0.5))
+    with pytest.raises(ConfigError, match=r"caps must be in \[0, 1\)"):
+        fit_plan(analysed, FitRequest(1.0, flops=0.5, caps=1.5))
+
+
+def test_fit_request_validates_before_any_tracing():
+    with pytest.raises(BudgetError, match="exactly one of flops"):
+        FitRequest(1.0)
+    with pytest.raises(BudgetError, match="exactly one of flops"):
+        FitRequest(1.0, flops=0.5, params=0.5)
+    with pytest.raises(BudgetError, match=r"flops=1.5 must be a fraction"):
+        FitRequest(1.0, flops=1.5)
+    with pytest.raises(ConfigError, match="importance='l3'"):
+        FitRequest(1.0, flops=0.5, importance="l3")
+    assert (FitRequest(flops=0.4).metric, FitRequest(params=0.3).fraction) == ("macs", 0.3)

@@ -20,6 +20,7 @@ from autoprune.tasks import (
     FashionMNISTTask,
     Splits,
     Task,
+    TaskOptions,
     _train,
     cifar_resnet,
     lenet5,
@@ -108,13 +109,13 @@ def test_dense_model_is_a_fresh_copy(digits_task: DigitsTask) -> None:
 
 def test_unreadable_cache_file_is_retrained(tmp_path: Path) -> None:
     data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
-    config = _train.TrainConfig(epochs=1, lr=0.01, batch_size=8)
+    spec = _train.TrainingSpec(_train.TrainConfig(epochs=1, lr=0.01, batch_size=8), 0, 1)
     path = tmp_path / "tiny.pt"
     path.write_bytes(b"not a checkpoint")
-    state = _train.load_or_train(path, lambda: nn.Linear(4, 2), data, config, seed=0)
+    state = _train.load_or_train(path, lambda: nn.Linear(4, 2), data, spec)
     assert set(state) == {"weight", "bias"}
     assert torch.equal(torch.load(path, weights_only=True)["weight"], state["weight"])
-    again = _train.load_or_train(path, lambda: nn.Linear(4, 2), data, config, seed=0)
+    again = _train.load_or_train(path, lambda: nn.Linear(4, 2), data, spec)
     assert torch.equal(again["weight"], state["weight"])
 
 
@@ -131,11 +132,11 @@ def test_concurrent_first_use_trains_once(
 
     monkeypatch.setattr(_train, "train", counting_train)
     data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
-    config = _train.TrainConfig(epochs=1, lr=0.01, batch_size=8)
+    spec = _train.TrainingSpec(_train.TrainConfig(epochs=1, lr=0.01, batch_size=8), 0, 1)
     path = tmp_path / "shared.pt"
 
     def first_use() -> dict:
-        return _train.load_or_train(path, lambda: nn.Linear(4, 2), data, config, seed=0)
+        return _train.load_or_train(path, lambda: nn.Linear(4, 2), data, spec)
 
     with ThreadPoolExecutor(2) as pool:
         states = list(pool.map(lambda _: first_use(), range(2)))
@@ -146,6 +147,27 @@ def test_concurrent_first_use_trains_once(
 def test_train_config_rejects_bad_values() -> None:
     with pytest.raises(ConfigError, match="epochs=0"):
         _train.TrainConfig(epochs=0, lr=0.1)
+    with pytest.raises(ConfigError, match=r"TaskOptions\(batch_size=0\).*positive int"):
+        TaskOptions(batch_size=0)
+    options = TaskOptions(seed=3, epochs=2)
+    assert (options.epochs_or(30), options.batch_size_or(128)) == (2, 128)
+
+
+def test_classification_task_trains_once_with_a_training_spec(tmp_path: Path) -> None:
+    """A user's task gets the built-ins' train-once-and-cache by passing ``training=``."""
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    spec = _train.TrainingSpec(_train.TrainConfig(epochs=1, lr=0.01, batch_size=8), seed=0,
+                               code_version=1, recipe={"width": 4}, cache_dir=tmp_path)
+    task = ClassificationTask("tiny", lambda: nn.Linear(4, 2), Splits(loader, loader, loader), 2,
+                              training=spec)
+    assert task.cache_path == spec.path_for("tiny") and task.cache_path.parent == tmp_path
+    model = task.dense_model()
+    assert task.cache_path.is_file()
+    saved = torch.load(task.cache_path, weights_only=True)
+    assert torch.equal(model.weight, saved["weight"])
+    untrained = ClassificationTask("tiny", lambda: nn.Linear(4, 2), task.splits(), 2)
+    assert untrained.cache_path is None and untrained.dense_state_dict() is None
 
 
 # --------------------------------------------------------------------------------------- models
@@ -243,7 +265,8 @@ def test_fashion_mnist_missing_folder_says_how_to_install(tmp_path: Path) -> Non
     "(apt-get install -y dataset-fashion-mnist)",
 )
 def test_fashion_mnist_real_data_subset(tmp_path: Path) -> None:
-    task = FashionMNISTTask(subset=1000, epochs=2, model="lenet", cache_dir=tmp_path)
+    task = FashionMNISTTask(subset=1000, model="lenet",
+                            options=TaskOptions(epochs=2, cache_dir=tmp_path))
     split = task.splits()
     sizes = [len(loader.dataset) for loader in (split.train, split.val, split.test)]
     assert sizes == [900, 100, 166]

@@ -8,6 +8,8 @@ any folder of IDX files), ``cifar10`` and ``imagefolder`` (the user's data); or 
 
 from typing import TYPE_CHECKING
 
+from autoprune._lazy import lazy_getattr
+from autoprune.tasks._train import TaskOptions, TrainConfig, TrainingSpec
 from autoprune.tasks.base import ClassificationTask, Splits, Task
 from autoprune.tasks.digits import DigitsTask
 from autoprune.tasks.fashion_mnist import FashionMNISTTask
@@ -17,15 +19,8 @@ from autoprune.tasks.models import cifar_resnet, lenet5, vgg_small
 if TYPE_CHECKING:
     from autoprune.tasks.vision import cifar10_task, imagefolder_task
 
-_LAZY = {"cifar10_task", "imagefolder_task"}  # torchvision loads only when these are used
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from autoprune.tasks import vision
-
-        return getattr(vision, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# torchvision loads only when these are used
+_LAZY = {"cifar10_task": "autoprune.tasks.vision", "imagefolder_task": "autoprune.tasks.vision"}
 
 __all__ = [
     "ClassificationTask",
@@ -33,6 +28,9 @@ __all__ = [
     "FashionMNISTTask",
     "Splits",
     "Task",
+    "TaskOptions",
+    "TrainConfig",
+    "TrainingSpec",
     "cifar10_task",
     "cifar_resnet",
     "imagefolder_task",
@@ -40,3 +38,5 @@ __all__ = [
     "load_task",
     "vgg_small",
 ]
+
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

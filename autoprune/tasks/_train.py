@@ -27,11 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
-from autoprune.tasks.base import ClassificationTask, Splits, accuracy
 
 __all__ = [
     "CODE_VERSION",
-    "CachedTrainingTask",
+    "TaskOptions",
     "TrainConfig",
     "TrainingSpec",
     "cache_file",
@@ -94,11 +93,15 @@ def load_or_train(
     path: Path,
     model_factory: Callable[[], nn.Module],
     train_set: Dataset,
-    config: TrainConfig,
-    seed: int,
-    val_loader: DataLoader | None = None,
+    training: TrainingSpec,
+    score: Callable[[nn.Module], float] | None = None,
 ) -> StateDict:
-    """The cached state_dict at ``path``, training and writing it first if it is not there."""
+    """The cached state_dict at ``path``, training and writing it first if it is not there.
+
+    ``training`` gives the recipe and the seed; ``score`` (e.g. validation accuracy) is logged
+    once the model is trained.
+    """
+    config, seed = training.config, training.seed
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
@@ -114,9 +117,9 @@ def load_or_train(
         start = time.perf_counter()
         train(model, train_set, config, seed)
         seconds = time.perf_counter() - start
-        if val_loader is not None:
+        if score is not None:
             logger.info("trained %s in %.1f s, val accuracy %.4f", path.name, seconds,
-                        accuracy(model, val_loader))
+                        score(model))
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         _save_atomic(state, path)
         return state
@@ -187,7 +190,10 @@ def recipe_of(config: TrainConfig, **extra: object) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """How and where a built-in task trains its dense model; all but ``cache_dir`` key the cache."""
+    """How and where a task trains its dense model; all but ``cache_dir`` key the cache.
+
+    ``recipe`` holds the task's own choices (model, subset, ...) that change what gets trained.
+    """
 
     config: TrainConfig
     seed: int
@@ -195,36 +201,36 @@ class TrainingSpec:
     recipe: dict[str, object] = dataclasses.field(default_factory=dict)
     cache_dir: str | Path | None = None
 
+    def path_for(self, name: str) -> Path:
+        """The file holding the dense state_dict of task ``name`` trained this way."""
+        recipe = recipe_of(self.config, **self.recipe)
+        return cache_file(self.cache_dir, name, self.seed, self.code_version, recipe)
 
-class CachedTrainingTask(ClassificationTask):
-    """A classification task whose dense model is trained here once, then loaded from the cache.
 
-    ``recipe`` holds the task's own choices (model, subset, ...) that change what gets trained;
-    with ``config`` and ``code_version`` it keys the cache file. A ``weights`` file skips training.
+@dataclass(frozen=True)
+class TaskOptions:
+    """The options the built-in tasks share; None takes the task's own default.
+
+    ``seed`` fixes the splits, the shuffling and the dense training; ``epochs`` is how long the
+    dense model trains when no ``weights`` file is given; ``batch_size`` is the loaders' (and
+    that training's); the trained model is cached under ``cache_dir`` (None:
+    ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        model_factory: Callable[[], nn.Module],
-        splits: Splits,
-        num_classes: int,
-        *,
-        training: TrainingSpec,
-        weights: str | Path | None = None,
-    ) -> None:
-        super().__init__(name, model_factory, splits, num_classes, weights=weights)
-        self.training = training
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int | None = None
+    cache_dir: str | Path | None = None
 
-    @property
-    def cache_path(self) -> Path:
-        """The file holding the trained dense state_dict for this seed and recipe."""
-        spec = self.training
-        recipe = recipe_of(spec.config, **spec.recipe)
-        return cache_file(spec.cache_dir, self.name, spec.seed, spec.code_version, recipe)
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"TaskOptions({name}={value!r}): use a positive int, or None "
+                                  "for the task's default")
 
-    def dense_state_dict(self) -> StateDict:
-        return load_or_train(self.cache_path, self.model_factory, self.splits().train.dataset,
-                             self.training.config, self.training.seed,
-                             val_loader=self.splits().val)
+    def epochs_or(self, default: int) -> int:
+        return default if self.epochs is None else self.epochs
 
+    def batch_size_or(self, default: int) -> int:
+        return default if self.batch_size is None else self.batch_size

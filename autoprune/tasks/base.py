@@ -7,6 +7,7 @@ report of front members, so every built-in task carves validation from training 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from autoprune.errors import ConfigError
+from autoprune.tasks._train import StateDict, TrainingSpec, load_or_train
 
 __all__ = ["ClassificationTask", "FinetuneFn", "Splits", "Task", "load_state_dict_file"]
 
@@ -62,23 +64,19 @@ class Task(Protocol):
 def load_state_dict_file(path: str | Path, model: nn.Module, *, what: str) -> None:
     """Load a user's state_dict file into ``model``; mismatches become one clear ConfigError."""
     file = Path(path).expanduser()
+
+    def not_a_state_dict(problem: str) -> ConfigError:
+        return ConfigError(f"weights={str(path)!r}{problem}; save it with "
+                           "torch.save(model.state_dict(), PATH) and pass --weights PATH")
+
     if not file.is_file():
-        raise ConfigError(
-            f"weights={str(path)!r}: no such file; pass --weights PATH to a state_dict saved with "
-            f"torch.save(model.state_dict(), PATH)"
-        )
+        raise not_a_state_dict(": no such file")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(
-            f"weights={str(path)!r} could not be read ({type(exc).__name__}: {exc}); save it "
-            f"with torch.save(model.state_dict(), PATH)"
-        ) from exc
+        raise not_a_state_dict(f" could not be read ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):
-        raise ConfigError(
-            f"weights={str(path)!r} holds a {type(state).__name__}, not a state_dict; save it "
-            f"with torch.save(model.state_dict(), PATH)"
-        )
+        raise not_a_state_dict(f" holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -93,9 +91,10 @@ class ClassificationTask:
     """An image-classification task: a model constructor, splits and top-1 accuracy.
 
     ``model_factory`` builds the *architecture* (untrained); the trained weights come from
-    ``weights`` (a user's state_dict file) or, in subclasses, from :meth:`dense_state_dict`
-    (the built-ins train once and cache). Keeping the constructor separate lets a pruned model
-    be saved as constructor + pruning history + state_dict.
+    ``weights`` (a user's state_dict file) or else from ``training``: the dense model is trained
+    here once with that recipe and cached (what the built-in tasks do); with neither, the dense
+    model is the freshly initialised architecture. Keeping the constructor separate lets a
+    pruned model be saved as constructor + pruning history + state_dict.
 
     ``finetune`` is the user's own fine-tune ``(model, steps) -> None``; when it is None
     autoprune fine-tunes on ``splits().train`` itself.
@@ -109,6 +108,7 @@ class ClassificationTask:
         num_classes: int,
         *,
         weights: str | Path | None = None,
+        training: TrainingSpec | None = None,
         finetune: FinetuneFn | None = None,
     ) -> None:
         if num_classes < 2:
@@ -117,19 +117,28 @@ class ClassificationTask:
         self.model_factory = model_factory
         self.num_classes = num_classes
         self.weights = weights
+        self.training = training
         self.finetune = finetune
         self._splits = splits
-        self._state: dict[str, torch.Tensor] | None = None
+        self._state: StateDict | None = None
 
     def splits(self) -> Splits:
         return self._splits
 
-    def dense_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Trained weights when no ``weights`` file is given; subclasses train and cache here.
+    @property
+    def cache_path(self) -> Path | None:
+        """The file holding the trained dense state_dict (None without ``training``)."""
+        return None if self.training is None else self.training.path_for(self.name)
 
-        The base class has none, so its dense model is the freshly initialised architecture.
-        """
-        return None
+    def dense_state_dict(self) -> StateDict | None:
+        """Trained weights when no ``weights`` file is given: trained once per ``training``
+        recipe and seed, then loaded from the cache; None without ``training``."""
+        if self.training is None:
+            return None
+        splits = self.splits()
+        return load_or_train(self.training.path_for(self.name), self.model_factory,
+                             splits.train.dataset, self.training,
+                             functools.partial(accuracy, loader=splits.val))
 
     def dense_model(self) -> nn.Module:
         model = self.model_factory()

@@ -15,7 +15,8 @@ from sklearn.datasets import load_digits
 
 from autoprune.errors import ConfigError
 from autoprune.tasks._data import ArrayDataset, loaders, stratified_split
-from autoprune.tasks._train import CachedTrainingTask, TrainConfig, TrainingSpec
+from autoprune.tasks._train import TrainConfig, TrainingSpec
+from autoprune.tasks.base import ClassificationTask
 from autoprune.tasks.models import cifar_resnet
 
 __all__ = ["CODE_VERSION", "DigitsTask"]
@@ -33,7 +34,7 @@ EPOCHS = 30
 LR = 0.1
 
 
-class DigitsTask(CachedTrainingTask):
+class DigitsTask(ClassificationTask):
     """ResNet-8 (widths 16/32/64) on digits; trained on first use (seconds) and cached.
 
     ``weights`` loads a user's state_dict instead of training. Set the ``finetune`` attribute to

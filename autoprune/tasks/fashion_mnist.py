@@ -19,7 +19,8 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.tasks._data import ArrayDataset, loaders, stratified_split
-from autoprune.tasks._train import CachedTrainingTask, TrainConfig, TrainingSpec
+from autoprune.tasks._train import TaskOptions, TrainConfig, TrainingSpec
+from autoprune.tasks.base import ClassificationTask
 from autoprune.tasks.models import cifar_resnet, lenet5, vgg_small
 
 __all__ = ["CODE_VERSION", "DEFAULT_DATA_DIR", "FILES", "FashionMNISTTask", "read_idx"]
@@ -48,6 +49,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lenet": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
 }
 DEFAULT_EPOCHS = 6
+DEFAULT_BATCH_SIZE = 128
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -98,24 +100,26 @@ def find_files(data_dir: str | Path) -> dict[str, Path]:
     return found
 
 
-class FashionMNISTTask(CachedTrainingTask):
+class FashionMNISTTask(ClassificationTask):
     """A small CNN (``model``: resnet | vgg | lenet) on Fashion-MNIST, trained once and cached.
 
     ``subset`` keeps a seeded stratified sample of that many training images (10 % of them for
-    validation) and a sixth as many test images: for quick runs and tests.
+    validation) and a sixth as many test images: for quick runs and tests. ``weights`` loads a
+    user's state_dict instead of training; ``options`` sets the seed, the dense training's
+    epochs (default 6), the batch size (default 128) and the cache folder.
     """
 
     def __init__(
         self,
         data_dir: str | Path = DEFAULT_DATA_DIR,
-        seed: int = 0,
-        subset: int | None = None,
-        epochs: int = DEFAULT_EPOCHS,
-        batch_size: int = 128,
+        *,
         model: str = "resnet",
-        cache_dir: str | Path | None = None,
+        subset: int | None = None,
         weights: str | Path | None = None,
+        options: TaskOptions | None = None,
     ) -> None:
+        options = options or TaskOptions()
+        seed, batch_size = options.seed, options.batch_size_or(DEFAULT_BATCH_SIZE)
         if model not in MODELS:
             raise ConfigError(f"model={model!r}: Fashion-MNIST models are {', '.join(MODELS)}")
         if subset is not None and subset < 200:
@@ -139,12 +143,12 @@ class FashionMNISTTask(CachedTrainingTask):
                          dataset(test_x, test_y), batch_size, seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         training = TrainingSpec(
-            config=TrainConfig(epochs=epochs, batch_size=batch_size, device=device,
-                               **RECIPES[model]),
+            config=TrainConfig(epochs=options.epochs_or(DEFAULT_EPOCHS), batch_size=batch_size,
+                               device=device, **RECIPES[model]),
             seed=seed,
             code_version=CODE_VERSION,
             recipe={"model": model, "subset": subset},
-            cache_dir=cache_dir,
+            cache_dir=options.cache_dir,
         )
         name = f"fashion-mnist-{model}"
-        super().__init__(name, MODELS[model], splits, 10, training=training, weights=weights)
+        super().__init__(name, MODELS[model], splits, 10, weights=weights, training=training)

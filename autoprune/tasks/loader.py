@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from autoprune.errors import ConfigError
+from autoprune.tasks._train import TaskOptions
 from autoprune.tasks.base import Task
 
 __all__ = ["BUILTIN_TASKS", "REQUIRED", "load_task"]
@@ -67,8 +68,8 @@ def _builtin(name: str, options: dict[str, Any]) -> Task:
     if name == "fashion-mnist":
         from autoprune.tasks.fashion_mnist import DEFAULT_DATA_DIR, FashionMNISTTask
 
-        return FashionMNISTTask(data_dir=data_dir or DEFAULT_DATA_DIR, seed=seed,
-                                model=model or "resnet", weights=weights)
+        return FashionMNISTTask(data_dir or DEFAULT_DATA_DIR, model=model or "resnet",
+                                weights=weights, options=TaskOptions(seed=seed))
     if data_dir is None:
         raise ConfigError(
             f"--task {name} needs --data-dir FOLDER ("
@@ -78,7 +79,8 @@ def _builtin(name: str, options: dict[str, Any]) -> Task:
     from autoprune.tasks import vision
 
     build = vision.cifar10_task if name == "cifar10" else vision.imagefolder_task
-    return build(data_dir, model=model or "resnet18", weights=weights, seed=seed)
+    return build(data_dir, model=model or "resnet18", weights=weights,
+                 options=TaskOptions(seed=seed))
 
 
 def _from_file(spec: str, options: dict[str, Any]) -> Task:

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from autoprune.errors import ConfigError
 from autoprune.tasks._data import loaders, stratified_split
-from autoprune.tasks._train import CachedTrainingTask, TrainConfig, TrainingSpec
+from autoprune.tasks._train import TaskOptions, TrainConfig, TrainingSpec
 from autoprune.tasks.base import ClassificationTask
 
 __all__ = ["CODE_VERSION", "build_model", "cifar10_task", "classification_models",
@@ -36,6 +36,7 @@ CODE_VERSION = 1
 """Bump when the vision transforms, split or recipe change; cached dense models are retrained."""
 
 VAL_FRACTION = 0.1
+EPOCHS = 30  # when no weights are given (TaskOptions.epochs overrides)
 CIFAR10_VAL_SIZE = 5000
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -64,37 +65,36 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class _Options:
-    """The task arguments shared by both builders; ``data`` says which images trained it."""
+class _Build:
+    """What both builders hand to :func:`_task`; ``data`` says which images trained the model."""
 
     model: str
     weights: str | Path | None
-    seed: int
-    epochs: int
-    batch_size: int
-    cache_dir: str | Path | None
+    options: TaskOptions
+    batch_size: int  # the options' or the builder's default
     data: dict[str, object]
 
 
 def _task(
-    name: str, datasets: tuple[Dataset, Dataset, Dataset], num_classes: int, options: _Options
+    name: str, datasets: tuple[Dataset, Dataset, Dataset], num_classes: int, build: _Build
 ) -> ClassificationTask:
-    factory = functools.partial(build_model, options.model, num_classes)
-    splits = loaders(*datasets, options.batch_size, options.seed)
-    if options.weights is not None:
-        return ClassificationTask(name, factory, splits, num_classes, weights=options.weights)
+    factory = functools.partial(build_model, build.model, num_classes)
+    options = build.options
+    splits = loaders(*datasets, build.batch_size, options.seed)
+    if build.weights is not None:
+        return ClassificationTask(name, factory, splits, num_classes, weights=build.weights)
     logger.info("no weights given for %s: the dense model will be trained here on first use "
                 "(pass --weights PATH to use your own)", name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     training = TrainingSpec(
-        config=TrainConfig(epochs=options.epochs, lr=0.05, batch_size=options.batch_size,
-                           device=device),
+        config=TrainConfig(epochs=options.epochs_or(EPOCHS), lr=0.05,
+                           batch_size=build.batch_size, device=device),
         seed=options.seed,
         code_version=CODE_VERSION,
-        recipe={"model": options.model, **options.data},
+        recipe={"model": build.model, **build.data},
         cache_dir=options.cache_dir,
     )
-    return CachedTrainingTask(name, factory, splits, num_classes, training=training)
+    return ClassificationTask(name, factory, splits, num_classes, training=training)
 
 
 def _carve(train_aug: Dataset, train_plain: Dataset, targets: list[int], val: float | int,
@@ -103,18 +103,15 @@ def _carve(train_aug: Dataset, train_plain: Dataset, targets: list[int], val: fl
     return Subset(train_aug, fit.tolist()), Subset(train_plain, held.tolist())
 
 
-def cifar10_task(
-    data_dir: str | Path,
-    model: str = "resnet18",
-    weights: str | Path | None = None,
-    *,
-    seed: int = 0,
-    epochs: int = 30,
-    batch_size: int = 128,
-    cache_dir: str | Path | None = None,
-) -> ClassificationTask:
-    """CIFAR-10 from ``data_dir`` (holding ``cifar-10-batches-py``, as torchvision lays it out)."""
+def cifar10_task(data_dir: str | Path, model: str = "resnet18", weights: str | Path | None = None,
+                 *, options: TaskOptions | None = None) -> ClassificationTask:
+    """CIFAR-10 from ``data_dir`` (holding ``cifar-10-batches-py``, as torchvision lays it out).
+
+    ``options``: the seed, the dense training's epochs (default 30; only without ``weights``),
+    the batch size (default 128) and the cache folder.
+    """
     check_model_name(model)
+    options = options or TaskOptions()
     root = Path(data_dir).expanduser()
     if root.name == "cifar-10-batches-py":
         root = root.parent
@@ -132,25 +129,22 @@ def cifar10_task(
             f"containing cifar-10-batches-py (the python version from "
             f"https://www.cs.toronto.edu/~kriz/cifar.html, extracted)"
         ) from exc
-    train, val = _carve(train_aug, train_plain, train_aug.targets, CIFAR10_VAL_SIZE, seed)
-    data: dict[str, object] = {"data": str(root.resolve())}
-    options = _Options(model, weights, seed, epochs, batch_size, cache_dir, data)
-    return _task(f"cifar10-{model}", (train, val, test), 10, options)
+    train, val = _carve(train_aug, train_plain, train_aug.targets, CIFAR10_VAL_SIZE, options.seed)
+    build = _Build(model, weights, options, options.batch_size_or(128),
+                   {"data": str(root.resolve())})
+    return _task(f"cifar10-{model}", (train, val, test), 10, build)
 
 
-def imagefolder_task(
-    data_dir: str | Path,
-    model: str = "resnet18",
-    weights: str | Path | None = None,
-    *,
-    seed: int = 0,
-    image_size: int = 224,
-    epochs: int = 30,
-    batch_size: int = 64,
-    cache_dir: str | Path | None = None,
-) -> ClassificationTask:
-    """An ImageNet-style folder: ``train/CLASS/*.jpg`` and ``val/CLASS/*.jpg`` (val = test)."""
+def imagefolder_task(data_dir: str | Path, model: str = "resnet18",
+                     weights: str | Path | None = None, *, image_size: int = 224,
+                     options: TaskOptions | None = None) -> ClassificationTask:
+    """An ImageNet-style folder: ``train/CLASS/*.jpg`` and ``val/CLASS/*.jpg`` (val = test).
+
+    ``options``: the seed, the dense training's epochs (default 30; only without ``weights``),
+    the batch size (default 64) and the cache folder.
+    """
     check_model_name(model)
+    options = options or TaskOptions()
     if image_size < 8:
         raise ConfigError(f"image_size={image_size}: use at least 8 pixels, e.g. 224")
     root = Path(data_dir).expanduser()
@@ -179,7 +173,7 @@ def imagefolder_task(
             f"data_dir={str(data_dir)!r}: train/ has classes {train_aug.classes[:5]}..., val/ "
             f"has {test.classes[:5]}...; give both the same class subfolders"
         )
-    train, val = _carve(train_aug, train_plain, train_aug.targets, VAL_FRACTION, seed)
-    data: dict[str, object] = {"data": str(root.resolve()), "image_size": image_size}
-    options = _Options(model, weights, seed, epochs, batch_size, cache_dir, data)
-    return _task(f"imagefolder-{model}", (train, val, test), len(train_aug.classes), options)
+    train, val = _carve(train_aug, train_plain, train_aug.targets, VAL_FRACTION, options.seed)
+    build = _Build(model, weights, options, options.batch_size_or(64),
+                   {"data": str(root.resolve()), "image_size": image_size})
+    return _task(f"imagefolder-{model}", (train, val, test), len(train_aug.classes), build)
