@@ -12,10 +12,23 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SCRIPT", "STYLE", "Frame", "axes", "budget_line", "hbar_chart", "line_chart",
-           "nice_ticks", "padded_range", "step_path", "svg"]
+__all__ = ["SCRIPT", "STYLE", "Frame", "Scale", "axes", "budget_line", "hbar_chart",
+           "line_chart", "nice_ticks", "padded_range", "step_path", "svg"]
 
 Formatter = Callable[[float], str]
+
+
+def _general(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One axis of a chart: its title (escaped), how its ticks print, whole-number ticks only."""
+
+    label: str
+    fmt: Formatter = _general
+    integer: bool = False
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
@@ -80,29 +93,28 @@ def svg(frame: Frame, body: str, label: str, cls: str = "chart") -> str:
             f'aria-label="{label}">{body}</svg>')
 
 
-def axes(frame: Frame, x_label: str, y_label: str, x_fmt: Formatter, y_fmt: Formatter,
-         x_integer: bool = False) -> str:
+def axes(frame: Frame, x: Scale, y: Scale) -> str:
     """Grid lines, tick labels and axis titles for ``frame``."""
     parts = []
     x0, x1 = frame.left, frame.width - frame.right
     y0, y1 = frame.height - frame.bottom, frame.top
-    for t in nice_ticks(frame.x_lo, frame.x_hi, 5, integer=x_integer):
+    for t in nice_ticks(frame.x_lo, frame.x_hi, 5, integer=x.integer):
         px = frame.x(t)
         parts.append(f'<line class="grid" x1="{px:.1f}" y1="{y0}" x2="{px:.1f}" y2="{y1}"/>'
                      f'<text class="tick" x="{px:.1f}" y="{y0 + 15}" '
-                     f'text-anchor="middle">{x_fmt(t)}</text>')
-    for t in nice_ticks(frame.y_lo, frame.y_hi, 5):
+                     f'text-anchor="middle">{x.fmt(t)}</text>')
+    for t in nice_ticks(frame.y_lo, frame.y_hi, 5, integer=y.integer):
         py = frame.y(t)
         parts.append(f'<line class="grid" x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}"/>'
                      f'<text class="tick" x="{x0 - 6}" y="{py + 4:.1f}" '
-                     f'text-anchor="end">{y_fmt(t)}</text>')
+                     f'text-anchor="end">{y.fmt(t)}</text>')
     parts.append(f'<rect class="plot-box" x="{x0}" y="{y1}" width="{x1 - x0}" '
                  f'height="{y0 - y1}"/>')
     parts.append(f'<text class="axis-label" x="{(x0 + x1) / 2:.1f}" y="{frame.height - 8}" '
-                 f'text-anchor="middle">{x_label}</text>')
+                 f'text-anchor="middle">{x.label}</text>')
     cy = (y0 + y1) / 2
     parts.append(f'<text class="axis-label" x="14" y="{cy:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {cy:.1f})">{y_label}</text>')
+                 f'transform="rotate(-90 14 {cy:.1f})">{y.label}</text>')
     return "".join(parts)
 
 
@@ -125,15 +137,15 @@ def budget_line(frame: Frame, value: float, label: str) -> str:
             f'y="{frame.top + 12}">{label}</text>')
 
 
-def line_chart(xs: Sequence[float], ys: Sequence[float | None], x_label: str, y_label: str,
-               y_fmt: Formatter, reference: tuple[float, str] | None = None) -> str:
+def line_chart(xs: Sequence[float], ys: Sequence[float | None], x_axis: Scale, y_axis: Scale,
+               reference: tuple[float, str] | None = None) -> str:
     """A small step-line chart of ``ys`` against ``xs``; ``None`` values are not drawn."""
     pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
     values = [y for _, y in pairs] + ([reference[0]] if reference else [])
     y_lo, y_hi = padded_range(values or [0.0])
     x_hi = max([*xs, 1.0])
     frame = Frame(min([*xs, 0.0]) - 0.5, x_hi + 0.5, y_lo, y_hi, width=440, height=240)
-    body = [axes(frame, x_label, y_label, lambda v: f"{v:g}", y_fmt, x_integer=True)]
+    body = [axes(frame, x_axis, y_axis)]
     if reference is not None:
         py = frame.y(reference[0])
         body.append(f'<line class="ref-line" x1="{frame.left}" y1="{py:.1f}" '
@@ -143,11 +155,12 @@ def line_chart(xs: Sequence[float], ys: Sequence[float | None], x_label: str, y_
         extended = [*pairs, (x_hi, pairs[-1][1])]
         body.append(step_path(frame, extended, "progress-line"))
         body.extend(f'<circle class="progress-point" cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" '
-                    f'r="2.5"><title>trial {x:g}: {y_fmt(y)}</title></circle>' for x, y in pairs)
+                    f'r="2.5"><title>trial {x:g}: {y_axis.fmt(y)}</title></circle>'
+                    for x, y in pairs)
     else:
         body.append(f'<text class="empty" x="{frame.width / 2}" y="{frame.height / 2}" '
                     f'text-anchor="middle">no finished trial yet</text>')
-    return svg(frame, "".join(body), y_label, "chart small")
+    return svg(frame, "".join(body), y_axis.label, "chart small")
 
 
 def hbar_chart(labels: Sequence[str], values: Sequence[float | None], label: str) -> str:
@@ -180,7 +193,8 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float | None], label: str
     return svg(frame, "".join(parts), label, "bars")
 
 
-#: The report's stylesheet: class names match the marks drawn above and in ``report.py``.
+#: The report's stylesheet: class names match the marks drawn above, in ``report.py`` and
+#: in ``report_plots.py``.
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0 auto;
 max-width:1400px;padding:12px 20px 40px}

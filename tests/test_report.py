@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import autoprune as ap
 from autoprune._svg import nice_ticks
+from autoprune.budget import ResolvedBudget
+from autoprune.pareto import hypervolume_2d, hypervolume_progress, non_dominated
+from autoprune.plan import Budget
 from autoprune.report import terminal_summary, write_report
-from autoprune.results import RunDir, TrialRecord
+from autoprune.report_data import hypervolume_points, load
+from autoprune.results import RunDir
+from autoprune.trial import TrialRecord
 
 EVIL = 'RuntimeError: <script>alert("x")</script> & diverged'
 
@@ -146,6 +156,126 @@ def test_nice_ticks_are_round_and_cover_the_range():
     assert nice_ticks(0.0, 1.05) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert nice_ticks(-0.5, 11.5, integer=True) == [0.0, 5.0, 10.0]
     assert nice_ticks(-0.5, 1.5, integer=True) == [0.0, 1.0]
+
+
+# -- the cost axis: the one the front was built on (issue 11) ---------------------------------
+
+DENSE = {"val_acc": 0.95, "test_acc": 0.94, "macs": 1e6, "flops": 2e6, "params": 1e4,
+         "latency_ms": 2.0, "latency_final_ms": 2.0}
+# FLOPs, params and latency orderings disagree, so each axis has its own front and hypervolume
+AXIS_RECORDS = (
+    TrialRecord(trial=0, state="COMPLETE", flops_ratio=0.30, params_ratio=0.60, latency_ms=1.5,
+                val_acc=0.90, fidelity=1.0),
+    TrialRecord(trial=1, state="COMPLETE", flops_ratio=0.50, params_ratio=0.40, latency_ms=1.0,
+                val_acc=0.88, fidelity=1.0),
+    TrialRecord(trial=2, state="SCREENED", flops_ratio=0.10, params_ratio=0.10, latency_ms=0.2,
+                proxy_acc=0.99, fidelity=0.1),
+    TrialRecord(trial=3, state="COMPLETE", flops_ratio=0.10, params_ratio=0.10, latency_ms=0.2,
+                val_acc=0.99, fidelity=0.5),  # partial fine-tune: drawn, never on the front
+    TrialRecord(trial=4, state="COMPLETE", flops_ratio=0.45, params_ratio=0.35, latency_ms=1.7,
+                val_acc=0.80, fidelity=1.0),
+)
+FULL = [r for r in AXIS_RECORDS if r.is_full]
+AXIS_COST = {  # what each budget's front is built on, for the full trials above
+    "latency": [r.latency_ms / DENSE["latency_ms"] for r in FULL],  # type: ignore[operator]
+    "FLOPs": [r.flops_ratio for r in FULL],
+    "params": [r.params_ratio for r in FULL],
+}
+
+
+def hand_built_run(path: Path, budget: Budget) -> RunDir:
+    """A run directory written as a search writes it: config, baseline, budget.json, trials, and
+    the front of the full trials on the resolved budget's axis."""
+    resolved = ResolvedBudget(budget, DENSE["macs"], DENSE["params"], DENSE["latency_final_ms"])
+    run = RunDir.create(path)
+    budget_dict = {k: v for k, v in dataclasses.asdict(budget).items() if v is not None}
+    run.write_config({"task": {"spec": "digits"}, "budget": budget_dict})
+    run.write_baseline({"budget": budget_dict, "dense": DENSE, "groups": 3})
+    run.write_budget(resolved.to_dict())
+    run.write_trials(AXIS_RECORDS)
+    keep = non_dominated([(r.val_acc, resolved.cost_of(r)) for r in FULL], ("max", "min"))
+    run.write_front([FULL[i] for i in keep])
+    return run
+
+
+def hypervolume_chart(raw: str) -> tuple[str, list[tuple[int, str]]]:
+    """The progress page's hypervolume chart: its cost name and its (trial, value) points."""
+    match = re.search(r'aria-label="hypervolume \(acc × (\w+) saved\)">(.*?)</svg>', raw)
+    assert match, "no hypervolume chart in the page"
+    points = re.findall(r"<title>trial (\d+): ([0-9.]+)</title>", match[2])
+    return match[1], [(int(t), v) for t, v in points]
+
+
+@pytest.mark.parametrize(("budget", "cost"), [(Budget(latency=0.8), "latency"),
+                                               (Budget(flops=0.6), "FLOPs"),
+                                               (Budget(params=0.6), "params")])
+def test_hypervolume_uses_the_axis_the_front_was_built_on(tmp_path: Path, budget: Budget,
+                                                           cost: str):
+    """Under a latency-only budget the front is built on the latency ratio, so the report's
+    hypervolume must be too (it used FLOPs before issue 11)."""
+    volumes = {name: hypervolume_2d(list(zip([r.val_acc for r in FULL], costs)), ("max", "min"),
+                                    (0.0, 1.0)) for name, costs in AXIS_COST.items()}
+    assert len({round(v, 3) for v in volumes.values()}) == 3  # the data tells the axes apart
+    run = hand_built_run(tmp_path / "run", budget)
+    view = load(run)
+    expected = iter(AXIS_COST[cost])
+    assert hypervolume_points(view) == [(float(r.val_acc), pytest.approx(next(expected)))
+                                        if r.is_full else pytest.approx((float("nan"),) * 2,
+                                                                        nan_ok=True)
+                                        for r in AXIS_RECORDS]
+    raw = write_report(run.path).read_text(encoding="utf-8")
+    name, shown = hypervolume_chart(raw)
+    assert name == cost and f"validation accuracy vs {cost} ratio" in raw
+    progress = hypervolume_progress(hypervolume_points(view), ("max", "min"), (0.0, 1.0))
+    assert shown == [(r.trial, f"{v:.3f}") for r, v in zip(AXIS_RECORDS, progress) if v > 0]
+    assert shown[-1][1] == f"{volumes[cost]:.3f}"
+    assert "trial 3 (on the front)" not in raw  # the partial fine-tune is drawn, not on the front
+    assert 'data-trial="3" cx' in raw and 'data-trial="2" cx' not in raw
+
+
+def _fake_latency(model: Any, inputs: Any, timing: Any) -> tuple[float, float]:
+    """(median, IQR) ms: the parameter count squared, so no timing noise on a shared CPU can
+    put a candidate over the budget, and the latency ratio (~ params ratio²) is not FLOPs'."""
+    return (sum(p.numel() for p in model.parameters()) / 1e4) ** 2, 0.0
+
+
+@pytest.mark.slow
+def test_latency_budget_search_report_uses_the_latency_ratio(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """Issue 11's end-to-end check: a latency-budget search, then its report's front and
+    hypervolume, both on the latency ratio."""
+    from autoprune.tasks import load_task
+
+    monkeypatch.setattr("autoprune.latency.timing._latency", _fake_latency)
+    task = load_task("digits")
+    result = ap.search(task.dense_model(), task.example_inputs(), evaluate=task.evaluate,
+                       train_loader=task.splits().train, budget=ap.Budget(latency=0.9), trials=2,
+                       run_dir=tmp_path / "run",
+                       finetune_settings=ap.FinetuneSettings(steps=10, bn_batches=2),
+                       settings=ap.SearchSettings(progress=False))
+    run = RunDir.open(result.run_dir)
+    saved = run.read_budget()
+    assert saved is not None
+    resolved = ResolvedBudget.from_dict(saved)
+    assert resolved.axis == "latency_ratio"
+    full = [r for r in run.read_trials() if r.is_full]
+    assert full, "no trial was fully fine-tuned within the latency budget"
+    latency = [(float(r.val_acc or 0.0), float(resolved.cost_of(r) or 1.0)) for r in full]
+    flops = [(float(r.val_acc or 0.0), float(r.flops_ratio or 1.0)) for r in full]
+    by_latency = hypervolume_2d(latency, ("max", "min"), (0.0, 1.0))
+    assert f"{by_latency:.3f}" != f"{hypervolume_2d(flops, ('max', 'min'), (0.0, 1.0)):.3f}"
+    # the front: the non-dominated full trials on (val acc, latency ratio)
+    front = {f["trial"] for f in run.read_front()}
+    assert front == {full[i].trial for i in non_dominated(latency, ("max", "min"))}
+    # the report's hypervolume: on the same latency ratios
+    view = load(run)
+    assert [p for p in hypervolume_points(view) if not math.isnan(p[0])] == \
+        [pytest.approx(p) for p in latency]
+    raw = write_report(run.path).read_text(encoding="utf-8")
+    name, shown = hypervolume_chart(raw)
+    assert name == "latency" and shown[-1][1] == f"{by_latency:.3f}"
+    page = parse(run.report_path)
+    assert {a["data-trial"] for a in page.with_class("front-point")} == {str(t) for t in front}
 
 
 # -- headless browser ------------------------------------------------------------------------
