@@ -7,9 +7,9 @@ on first use, so ``import autoprune`` is cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from autoprune._lazy import lazy_getattr
 from autoprune.errors import (
     AutopruneError,
     BackendUnavailable,
@@ -17,36 +17,41 @@ from autoprune.errors import (
     ConfigError,
     UnsupportedModelError,
 )
-from autoprune.plan import Budget, PruningPlan, fit_budget
+from autoprune.plan import Budget, PruningPlan
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Cost": "autoprune.cost",
-    "measure": "autoprune.cost",
-    "Group": "autoprune.graph",
-    "PrunableModel": "autoprune.graph",
-    "analyze": "autoprune.graph",
-    "apply_plan": "autoprune.graph",
-    "prunable_groups": "autoprune.graph",
-    "search": "autoprune.searcher",
-    "Session": "autoprune.hooks",
+    "Cost": "autoprune.latency",
+    "measure": "autoprune.latency",
+    "Group": "autoprune.engine",
+    "PrunableModel": "autoprune.engine",
+    "analyze": "autoprune.engine",
+    "apply_plan": "autoprune.engine",
+    "fit_budget": "autoprune.engine",
+    "prunable_groups": "autoprune.engine",
+    "search": "autoprune.driver",
+    "Session": "autoprune.session",
     "PruneHook": "autoprune.hooks",
-    "SearchResult": "autoprune.searcher",
-    "SearchSettings": "autoprune.searcher",
-    "FinetuneSettings": "autoprune.evaluate",
+    "SearchResult": "autoprune.driver",
+    "SearchSettings": "autoprune.settings",
+    "FinetuneSettings": "autoprune.settings",
+    "RunSettings": "autoprune.settings",
+    "ResolvedBudget": "autoprune.budget",
+    "TrialRecord": "autoprune.trial",
+    "TrialState": "autoprune.trial",
     "SearchSpace": "autoprune.space",
     "load_space": "autoprune.space",
-    "load_pruned": "autoprune.archive",
-    "QuantizedModel": "autoprune.quantize",
-    "quantize": "autoprune.quantize",
-    "WeightMask": "autoprune.weights",
-    "prune_weights": "autoprune.weights",
-    "sparsity_schedule": "autoprune.weights",
-    "sparse_size": "autoprune.weights",
-    "save_sparse": "autoprune.weights",
-    "load_sparse": "autoprune.weights",
-    "save_pruned": "autoprune.archive",
+    "load_pruned": "autoprune.deploy.archive",
+    "QuantizedModel": "autoprune.deploy.quantize",
+    "quantize": "autoprune.deploy.quantize",
+    "WeightMask": "autoprune.deploy.weights",
+    "prune_weights": "autoprune.deploy.weights",
+    "sparsity_schedule": "autoprune.deploy.weights",
+    "sparse_size": "autoprune.deploy.weights",
+    "save_sparse": "autoprune.deploy.weights",
+    "load_sparse": "autoprune.deploy.weights",
+    "save_pruned": "autoprune.deploy.archive",
 }
 
 __all__ = [
@@ -62,10 +67,14 @@ __all__ = [
     "PruneHook",
     "PruningPlan",
     "QuantizedModel",
+    "ResolvedBudget",
+    "RunSettings",
     "SearchResult",
     "SearchSettings",
     "SearchSpace",
     "Session",
+    "TrialRecord",
+    "TrialState",
     "UnsupportedModelError",
     "WeightMask",
     "analyze",
@@ -86,15 +95,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from autoprune.archive import load_pruned, save_pruned
-    from autoprune.cost import Cost, measure
-    from autoprune.evaluate import FinetuneSettings
-    from autoprune.graph import Group, PrunableModel, analyze, apply_plan, prunable_groups
-    from autoprune.hooks import PruneHook, Session
-    from autoprune.quantize import QuantizedModel, quantize
-    from autoprune.searcher import SearchResult, SearchSettings, search
-    from autoprune.space import SearchSpace, load_space
-    from autoprune.weights import (
+    from autoprune.budget import ResolvedBudget
+    from autoprune.deploy.archive import load_pruned, save_pruned
+    from autoprune.deploy.quantize import QuantizedModel, quantize
+    from autoprune.deploy.weights import (
         WeightMask,
         load_sparse,
         prune_weights,
@@ -102,12 +106,21 @@ if TYPE_CHECKING:
         sparse_size,
         sparsity_schedule,
     )
+    from autoprune.driver import SearchResult, search
+    from autoprune.engine import (
+        Group,
+        PrunableModel,
+        analyze,
+        apply_plan,
+        fit_budget,
+        prunable_groups,
+    )
+    from autoprune.hooks import PruneHook
+    from autoprune.latency import Cost, measure
+    from autoprune.session import Session
+    from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
+    from autoprune.space import SearchSpace, load_space
+    from autoprune.trial import TrialRecord, TrialState
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

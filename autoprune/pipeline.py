@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.engine.inputs import to_device as _to
 from autoprune.errors import ConfigError
 from autoprune.plan import PruningPlan
+from autoprune.settings import FinetuneSettings
 
-__all__ = ["CandidateFailed", "CandidateResult", "FinetuneSettings", "Pipeline",
+__all__ = ["CandidateFailed", "CandidateResult", "Pipeline",
            "finetune_model", "reestimate_bn"]
 
 log = logging.getLogger(__name__)
@@ -35,32 +37,6 @@ UserFinetune = Callable[[nn.Module, int], Any]
 
 class CandidateFailed(Exception):
     """A candidate could not be evaluated; ``str(exc)`` is the reason recorded on the trial."""
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """How each candidate is fine-tuned (the same for every candidate of a run)."""
-
-    steps: int = 100
-    epochs: float | None = None  # if set, overrides steps: epochs x batches per epoch
-    lr: float = 0.01
-    optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) | adamw
-    weight_decay: float = 5e-4
-    distill: bool = False  # distil from the dense model (KL on softened logits)
-    distill_alpha: float = 0.7
-    temperature: float = 4.0
-    bn_batches: int = 20  # batches for BatchNorm re-estimation (the proxy)
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"optimizer={self.optimizer!r}; use 'sgd' or 'adamw'")
-        if self.steps < 0 or self.bn_batches < 0:
-            raise ConfigError(f"steps={self.steps} and bn_batches={self.bn_batches} must be >= 0")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ConfigError(f"epochs={self.epochs} must be > 0 (or None to use steps)")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
 
 
 @dataclass
@@ -78,14 +54,6 @@ def _batches(loader: Iterable[Any]) -> Iterable[tuple[Any, Any]]:
         else:
             raise ConfigError("training batches must be (inputs, targets) pairs; give the task "
                               "its own finetune() for other batch formats")
-
-
-def _to(x: Any, device: str) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
 
 
 def _cycle(loader: Iterable[Any]) -> Iterable[Any]:

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,15 @@ import pandas as pd
 import yaml
 
 from autoprune.errors import ConfigError
+from autoprune.trial import TrialRecord
 
 __all__ = [
     "COLUMNS",
-    "STATES",
     "RunDir",
-    "TrialRecord",
     "atomic_write_bytes",
     "atomic_write_text",
     "records_to_frame",
 ]
-
-STATES = ("COMPLETE", "SCREENED", "FAIL", "RUNNING", "INFEASIBLE")
 
 #: trials.csv / front.csv columns, in order; searched parameters follow as ``p:<name>`` columns.
 COLUMNS = (
@@ -39,31 +36,6 @@ COLUMNS = (
     "proxy_acc", "short_acc", "val_acc", "test_acc", "fidelity", "seconds", "fail_reason",
     "baseline", "generation",
 )
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as autoprune records it, whatever backend ran it."""
-
-    trial: int
-    state: str  # COMPLETE | SCREENED (not promoted to a full fine-tune) | INFEASIBLE | FAIL
-    flops_ratio: float | None = None
-    params_ratio: float | None = None
-    macs: float | None = None
-    params: float | None = None
-    latency_ms: float | None = None
-    proxy_acc: float | None = None
-    short_acc: float | None = None  # validation accuracy after the short fine-tune stage
-    val_acc: float | None = None
-    test_acc: float | None = None
-    fidelity: float | None = None  # fraction of the full fine-tune this trial received
-    seconds: float | None = None
-    fail_reason: str | None = None
-    baseline: str | None = None  # "uniform-l2" / "global-l2" for the enqueued baselines
-    generation: float | None = None  # first trial number of its staged generation
-    searched: dict[str, float] = field(default_factory=dict)  # the sampler's parameters
-    plan: dict[str, Any] | None = None  # PruningPlan.to_dict()
-    stages: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage
 
 
 #: Columns parsed back as text; every other column of ``COLUMNS`` except ``trial`` is a float.
@@ -136,30 +108,29 @@ def records_to_frame(records: Sequence[TrialRecord]) -> pd.DataFrame:
                                        *(_STAGE_PREFIX + name for name in stages)])
 
 
-def _parse_row(row: dict[str, str]) -> dict[str, Any]:
-    """Keyword arguments of a TrialRecord from one CSV row read as text (empty cell -> None)."""
-    kwargs: dict[str, Any] = {}
-    for column in COLUMNS:
-        cell = row.get(column, "")
-        if column == "trial":
-            kwargs[column] = int(cell)
-        elif column == "state":
-            kwargs[column] = cell
-        elif cell == "":
+def _dtypes(header: Sequence[str]) -> dict[str, Any]:
+    """pandas dtypes of a trials.csv/front.csv header: text columns, the trial number, floats."""
+    return {c: (str if c in _TEXT_COLUMNS else "Int64" if c == "trial" else float)
+            for c in header}
+
+
+def _record_from_row(row: dict[str, Any], plan: dict[str, Any] | None) -> TrialRecord:
+    """A TrialRecord from one typed CSV row (NaN / empty cell -> None)."""
+    kwargs: dict[str, Any] = {c: _none_if_nan(row.get(c)) for c in COLUMNS}
+    kwargs["trial"] = int(row["trial"])
+    for column in _TEXT_COLUMNS:
+        if kwargs[column] == "":
             kwargs[column] = None
-        else:
-            kwargs[column] = cell if column in _TEXT_COLUMNS else float(cell)
-    kwargs["searched"] = {
-        key[len(_PARAM_PREFIX):]: float(cell)
-        for key, cell in row.items()
-        if key.startswith(_PARAM_PREFIX) and cell != ""
-    }
-    kwargs["stages"] = {
-        key[len(_STAGE_PREFIX):]: float(cell)
-        for key, cell in row.items()
-        if key.startswith(_STAGE_PREFIX) and cell != ""
-    }
-    return kwargs
+    for column in set(COLUMNS) - _TEXT_COLUMNS - {"trial"}:
+        if kwargs[column] is not None:
+            kwargs[column] = float(kwargs[column])
+
+    def prefixed(prefix: str) -> dict[str, float]:
+        return {key[len(prefix):]: float(v) for key, v in row.items()
+                if key.startswith(prefix) and _none_if_nan(v) is not None}
+
+    return TrialRecord(**kwargs, searched=prefixed(_PARAM_PREFIX),
+                       stages=prefixed(_STAGE_PREFIX), plan=plan)
 
 
 @dataclass(frozen=True)
@@ -189,6 +160,11 @@ class RunDir:
                 "pass the folder a search wrote, e.g. results/<run>"
             )
         return run
+
+    @classmethod
+    def holds_run(cls, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` already holds a run (its config.yaml)."""
+        return cls(Path(path)).config_path.is_file()
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -229,8 +205,77 @@ class RunDir:
     def report_path(self) -> Path:
         return self.path / "report.html"
 
+    @property
+    def budget_path(self) -> Path:
+        return self.path / "budget.json"
+
+    @property
+    def test_scores_path(self) -> Path:
+        return self.path / "test_scores.json"
+
+    @property
+    def remeasured_path(self) -> Path:
+        return self.path / "latency_remeasured.json"
+
+    @property
+    def workers_dir(self) -> Path:
+        """Logs of local worker processes."""
+        return self.path / "workers"
+
     def plan_path(self, trial: int) -> Path:
         return self.plans_dir / f"{int(trial)}.json"
+
+    def model_path(self, trial: int) -> Path:
+        """The fine-tuned weights (state dict) of a trial: ``models/trial_<N>.pt``."""
+        return self.models_dir / f"trial_{int(trial)}.pt"
+
+    def export_path(self, trial: int, suffix: str) -> Path:
+        """Where ``autoprune export`` writes a trial in a format (``suffix`` e.g. ``.onnx``)."""
+        return self.models_dir / f"trial_{int(trial)}{suffix}"
+
+    def saved_models(self) -> dict[int, Path]:
+        """Trials whose fine-tuned weights are on disk."""
+        out = {}
+        for path in self.models_dir.glob("trial_*.pt"):
+            number = path.stem.split("_", 1)[1]
+            if number.isdigit():
+                out[int(number)] = path
+        return out
+
+    def lock_path(self, name: str) -> Path:
+        """An inter-process lock file of the run (``ask``, ``latency-cpu``, ...)."""
+        return self.path / f".{name}.lock"
+
+    def write_model(self, trial: int, data: bytes) -> None:
+        atomic_write_bytes(self.model_path(trial), data)
+
+    def write_budget(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.budget_path, _dump_json(data))
+
+    def read_budget(self) -> dict[str, Any] | None:
+        """The resolved budget (``None`` for runs written before it was recorded)."""
+        return self._read_json(self.budget_path)
+
+    def write_scores(self, which: str, scores: dict[Any, float]) -> None:
+        """``test_scores.json`` (``which="test"``) or ``latency_remeasured.json``
+        (``which="latency"``): a figure per trial number (and ``"dense"``)."""
+        atomic_write_text(self._scores_path(which), _dump_json({str(k): v for k, v in
+                                                                scores.items()}))
+
+    def read_scores(self, which: str) -> dict[int, float]:
+        """The per-trial figures of :meth:`write_scores` (``{}`` before the first write)."""
+        data = self._read_json(self._scores_path(which)) or {}
+        return {int(k): float(v) for k, v in data.items() if k.isdigit()}
+
+    def _scores_path(self, which: str) -> Path:
+        paths = {"test": self.test_scores_path, "latency": self.remeasured_path}
+        if which not in paths:
+            raise ValueError(f"scores {which!r}: use one of {sorted(paths)}")
+        return paths[which]
+
+    @staticmethod
+    def _read_json(path: Path) -> Any:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def write_config(self, config: dict[str, Any]) -> None:
         """The fully resolved config, in the caller's key order (plain YAML types only)."""
@@ -257,6 +302,9 @@ class RunDir:
         data: dict[str, Any] = json.loads(self.baseline_path.read_text(encoding="utf-8"))
         return data
 
+    def has_baseline(self) -> bool:
+        return self.baseline_path.is_file()
+
     def write_plan(self, trial: int, plan: dict[str, Any]) -> None:
         """``plans/<trial>.json`` with sorted keys, so plans diff cleanly between runs."""
         atomic_write_text(self.plan_path(trial), _dump_json(plan, sort_keys=True))
@@ -276,12 +324,12 @@ class RunDir:
         """Records from ``trials.csv`` (``[]`` before the first write), plans from ``plans/``."""
         if not self.trials_path.is_file():
             return []
-        frame = pd.read_csv(self.trials_path, dtype=str, keep_default_na=False, na_filter=False)
-        records = []
-        for row in frame.to_dict(orient="records"):
-            kwargs = _parse_row({str(key): str(cell) for key, cell in row.items()})
-            records.append(TrialRecord(**kwargs, plan=self._plan_or_none(kwargs["trial"])))
-        return records
+        header = pd.read_csv(self.trials_path, nrows=0).columns
+        frame = pd.read_csv(self.trials_path, dtype=_dtypes([str(c) for c in header]),
+                            keep_default_na=False, na_values={c: [""] for c in header
+                                                              if c not in _TEXT_COLUMNS})
+        return [_record_from_row(row, self._plan_or_none(int(row["trial"])))
+                for row in frame.to_dict(orient="records")]
 
     def write_front(self, records: Sequence[TrialRecord]) -> None:
         """``front.csv`` (the trials.csv layout) and ``front.json`` (rows with their plans).

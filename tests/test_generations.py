@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 import autoprune as ap
-from autoprune.backends.optuna import ParamSpec
 from autoprune.errors import ConfigError
-from autoprune.staging import Schedule, allot, perturb, top_per_level
+from autoprune.generations import Schedule, allot, top_per_level
+from autoprune.problem import perturb
+from autoprune.settings import check_schedule
+from autoprune.trial import ParamSpec
 
 
 @pytest.mark.parametrize("sizes,k", [([3, 5, 2], 4), ([1, 1, 1], 2), ([4], 9), ([0, 6], 3),
@@ -64,7 +66,10 @@ def test_schedule_counts_and_errors():
     for kwargs, needle in [({"screen": -1}, "--screen"), ({"short_fidelity": 1.0}, "--short"),
                            ({"promote": 0.5}, "--promote"), ({"generation": 0}, "--generation")]:
         with pytest.raises(ConfigError, match=needle):
-            Schedule(**kwargs)
+            check_schedule(**{"screen": 4, "short_fidelity": 0.35, "promote": 2,
+                              "generation": 2, **kwargs})
+        with pytest.raises(ConfigError, match=needle):
+            ap.SearchSettings(**kwargs)
 
 
 def test_perturb_stays_in_range_and_on_grid():
@@ -89,7 +94,12 @@ class Net(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def _score(model: nn.Module) -> float:
+def steps_finetune(model: nn.Module, steps: int) -> None:
+    """A stand-in fine-tune: records how long the candidate was trained (see _score)."""
+    model.steps_done = steps  # type: ignore[assignment]
+
+
+def _score(model: nn.Module, split: str = "val") -> float:
     """A deterministic 'accuracy' of the architecture and how long it was fine-tuned: proxy,
     short and full scores differ, so the selection at every stage is observable."""
     widths = tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -99,14 +109,11 @@ def _score(model: nn.Module) -> float:
 
 @pytest.mark.usefixtures("one_thread")
 def test_staged_search_fine_tunes_the_proxys_top_k_and_fronts_only_full(tmp_path):
-    def finetune(model: nn.Module, steps: int) -> None:
-        model.steps_done = steps  # type: ignore[assignment]
-
     loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
     settings = ap.SearchSettings(progress=False, latency=False, screen=4, short_fidelity=0.25,
                                  promote=2, generation=2, levels=2, seed=3)
     result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
-                       finetune=finetune, train_loader=loader, budget=ap.Budget(flops=0.5),
+                       finetune=steps_finetune, train_loader=loader, budget=ap.Budget(flops=0.5),
                        trials=6, run_dir=tmp_path / "run", settings=settings,
                        finetune_settings=ap.FinetuneSettings(steps=8, bn_batches=1))
     trials = result.trials

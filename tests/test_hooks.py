@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autoprune as ap
 from autoprune.errors import ConfigError
-from autoprune.hooks import PruneHook, Session
+from autoprune.hooks import PruneHook
+from autoprune.session import Session
 
 
 def blobs(n: int, seed: int) -> TensorDataset:
@@ -97,6 +98,21 @@ def test_session_unfinished_candidate_is_failed(tmp_path):
     assert records[1].state == "COMPLETE"
 
 
+def test_session_checks_a_latency_budget_before_handing_out(tmp_path):
+    """Candidates are prepared as the search prepares them: one over a latency budget is
+    recorded INFEASIBLE and never handed to the user's loop."""
+    session = Session(Residual(), torch.zeros(1, 3, 16, 16), run_dir=tmp_path / "run",
+                      budget=ap.Budget(flops=0.5, latency_ms=1e-6),
+                      settings=ap.SearchSettings(progress=False))
+    handed = list(session.candidates(2))
+    assert handed == []
+    from autoprune.results import RunDir
+
+    records = RunDir.open(tmp_path / "run").read_trials()
+    assert [r.state for r in records] == ["INFEASIBLE"] * 2
+    assert all("latency" in r.fail_reason and r.latency_ms > 0 for r in records)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_prune_hook_gradual_keeps_optimizer_valid(data, optimizer):
     loader, val, _ = data
@@ -122,7 +138,7 @@ def test_prune_hook_gradual_keeps_optimizer_valid(data, optimizer):
     assert accuracy(model, val) > 0.6  # it kept learning after pruning
     # the in-place pruned model replays from the dense architecture
     replayed = ap.analyze(Residual(), x).model
-    from autoprune.graph import replay_history
+    from autoprune.engine import replay_history
 
     replay_history(replayed, x, model.autoprune_history)
     replayed.load_state_dict(model.state_dict())

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autoprune.engine import analyze
 from autoprune.errors import ConfigError
-from autoprune.evaluate import (
+from autoprune.pipeline import (
     CandidateFailed,
-    FinetuneSettings,
     Pipeline,
     finetune_model,
     reestimate_bn,
 )
-from autoprune.graph import analyze
 from autoprune.plan import PruningPlan
+from autoprune.settings import FinetuneSettings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

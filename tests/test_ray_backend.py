@@ -1,4 +1,5 @@
-"""The Ray Tune backend: lazy import, outcome states through Ray, and a digits search end to end.
+"""The Ray backend: lazy import, stage jobs as Ray tasks (failures included), and the same staged
+search as the Optuna backend: same trials, states, fidelities and scores for the same seed.
 
 Skipped (with the reason shown by ``-ra``) when Ray is not installed; in CI (env ``CI`` set),
 where ``autoprune[ray]`` is installed, a missing Ray is a failure instead.
@@ -7,12 +8,13 @@ where ``autoprune[ray]`` is installed, a missing Ray is a failure instead.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
+import torch
 
 try:
     import ray
@@ -22,13 +24,13 @@ except ImportError:
     pytest.skip('Ray is not installed (pip install "autoprune[ray]")', allow_module_level=True)
 
 import autoprune as ap
-from autoprune.backends.optuna import Outcome, ParamSpec, make_storage
+from autoprune.backends.optuna import make_storage
 from autoprune.backends.ray import RayBackend
 from autoprune.errors import BackendUnavailable
-from autoprune.runner import STUDY
+from autoprune.results import RunDir
 
 ROOT = Path(ap.__file__).resolve().parent.parent
-DIRECTIONS = ("maximize", "minimize")
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,11 @@ def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"  # new local clusters enable token auth by default
     if ray.is_initialized():
         ray.shutdown()
-    # workers import the same autoprune as this process, whatever is installed globally
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    # workers import the same autoprune (and these test modules) as this process
+    path = os.pathsep.join(p for p in (str(ROOT), str(TESTS), os.environ.get("PYTHONPATH"))
+                           if p)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
     if saved is None:
@@ -60,54 +63,108 @@ def test_import_does_not_import_ray():
 def test_missing_ray_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(BackendUnavailable, match=r'pip install "autoprune\[ray\]"'):
-        RayBackend(make_storage(None, tmp_path / "study.journal"), STUDY, "tpe", 0, DIRECTIONS,
-                   run_dir=tmp_path)
+        RayBackend(make_storage(None, tmp_path / "study.journal"), "autoprune", "tpe", 0)
 
 
-def test_outcome_states_through_ray(local_ray, tmp_path):
-    """COMPLETE / INFEASIBLE / FAIL outcomes, an exception and a dead worker, in order."""
+class Jobs:
+    """A job owner as the stages are: put into the object store once, called per item."""
 
-    def evaluate(params, number, attrs):  # nested: pickled by value for the workers
-        import os
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
 
-        if number == 3:
+    def run(self, item: int) -> tuple[int, int]:
+        if item == 3:
             raise ValueError("boom")
-        if number == 4:
+        if item == 4:
             os._exit(1)  # the worker dies
-        rec = {"flops_ratio": params["level"], "fidelity": 1.0, "seconds": 0.1,
-               "plan": {"ratios": {"conv.1": 0.5}}, **attrs}
-        if number == 1:
-            return Outcome("INFEASIBLE", (0.0, params["level"]), 0.25,
-                           {**rec, "fail_reason": "over"})
-        if number == 2:
-            return Outcome("FAIL", None, 0.0, {**rec, "fail_reason": "diverged"})
-        return Outcome("COMPLETE", (0.5 + params["level"], params["level"]), 0.0,
-                       {**rec, "val_acc": 0.5 + params["level"]})
+        return item + self.offset, os.getpid()
 
-    specs = [ParamSpec("level", 0.1, 0.9)]
-    backend = RayBackend(make_storage(None, tmp_path / "study.journal"), STUDY, "tpe", 0,
-                         DIRECTIONS, run_dir=tmp_path, max_concurrent=1)
-    backend.enqueue({"level": 0.4}, {"baseline": "uniform-l2"})
-    backend.enqueue({"level": 0.3}, {"baseline": "global-l2"})
-    seen = []
-    backend.optimize(specs, evaluate, 5, on_trial=lambda: seen.append(backend.done()))
-    assert seen == [1, 2, 3, 4, 5]
-    assert backend.done() == 5
-    # a new backend on the same run reads the same records (the study is the record)
-    reopened = RayBackend(make_storage(None, tmp_path / "study.journal"), STUDY, "tpe", 0,
-                          DIRECTIONS, run_dir=tmp_path)
-    for b in (backend, reopened):
-        records = b.records()
-        assert [r.trial for r in records] == [0, 1, 2, 3, 4]
-        assert [r.state for r in records] == ["COMPLETE", "INFEASIBLE", "FAIL", "FAIL", "FAIL"]
-        assert [r.baseline for r in records[:3]] == ["uniform-l2", "global-l2", None]
-        assert records[0].searched == {"level": 0.4} and records[1].searched == {"level": 0.3}
-        assert records[0].val_acc == pytest.approx(0.9) and records[0].fidelity == 1.0
-        assert records[0].plan == {"ratios": {"conv.1": 0.5}}
-        assert records[1].fail_reason == "over" and records[2].fail_reason == "diverged"
-        assert "ValueError: boom" in records[3].fail_reason
-        assert "errored" in records[4].fail_reason
-    study = optuna.load_study(study_name=STUDY, storage=make_storage(
-        None, tmp_path / "study.journal"))
-    assert study.trials[1].constraints == {"budget": 0.25}
-    assert (tmp_path / "ray" / "tune" / "trial_0").is_dir()
+
+def test_map_runs_jobs_as_ray_tasks_and_returns_failures_in_place(local_ray, tmp_path):
+    backend = RayBackend(make_storage(None, tmp_path / "study.journal"), "autoprune", "tpe", 0)
+    out = backend.map(Jobs(10).run, [0, 1, 2, 3, 4])
+    assert [o[0] for o in out[:3]] == [10, 11, 12]
+    assert all(pid != os.getpid() for _, pid in out[:3])  # not in this process
+    assert isinstance(out[3], ray.exceptions.RayError) and "boom" in str(out[3])
+    assert isinstance(out[4], ray.exceptions.RayError)
+    assert backend.map(Jobs(0).run, []) == []
+    backend.close()
+    assert ray.is_initialized()  # a Ray it did not start stays up
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_staged_search_on_ray_records_what_optuna_records(local_ray, tmp_path):
+    """Same seed and settings: the same trials, SCREENED states, fidelities, plans and scores
+    whether the stage jobs run in this process or as Ray tasks."""
+    from test_generations import Net, _score, steps_finetune
+
+    loader = [(torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)),
+               torch.tensor([0, 1, 2, 0])) for i in range(2)]
+    results = {}
+    for backend in ("optuna", "ray"):
+        settings = ap.SearchSettings(progress=False, latency=False, screen=3, short_fidelity=0.25,
+                                     promote=2, generation=2, levels=2, seed=5, backend=backend)
+        torch.manual_seed(0)  # the same dense weights: the global-ranking baseline reads them
+        results[backend] = ap.search(
+            Net(), torch.zeros(1, 1, 8, 8), evaluate=_score, finetune=steps_finetune,
+            train_loader=loader, budget=ap.Budget(flops=0.5), trials=4,
+            run_dir=tmp_path / backend, settings=settings,
+            finetune_settings=ap.FinetuneSettings(steps=8, bn_batches=1))
+
+    def view(result: ap.SearchResult) -> list[tuple]:
+        return [(r.trial, r.state, r.fidelity, r.proxy_acc, r.short_acc, r.val_acc, r.baseline,
+                 r.flops_ratio) for r in result.trials]
+
+    optuna_view, ray_view = view(results["optuna"]), view(results["ray"])
+    assert ray_view == optuna_view
+    states = [row[1] for row in ray_view]
+    assert states.count("COMPLETE") == 4 and states.count("SCREENED") == 8
+    assert {row[2] for row in ray_view} == {0.0, 0.25, 1.0}
+    assert [r.trial for r in results["ray"].front] == [r.trial for r in results["optuna"].front]
+    models = RunDir(tmp_path / "ray").saved_models()  # weights written by the Ray workers
+    assert {r.trial for r in results["ray"].front} <= set(models)
+
+
+@pytest.mark.slow
+def test_cli_staged_search_on_an_existing_cluster(tmp_path):
+    """`ray start --head` on loopback, then `autoprune search --backend ray --ray-address
+    auto` joins it and finishes a small staged search (screened trials included)."""
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # socket paths: <= 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p),
+           "RAY_TMPDIR": str(ray_tmp)}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    if ray.is_initialized():
+        ray.shutdown()  # this process's own local instance would be joined instead
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1",
+                            "--port", str(_free_port()), "--num-cpus", "2",
+                            "--include-dashboard", "false",
+                            "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "autoprune.cli", "search", "--backend", "ray",
+             "--ray-address", "auto", "--budget-flops", "0.5", "--trials", "2",
+             "--finetune-steps", "10", "--no-latency", "--quiet", "--out", str(tmp_path / "run")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    records = RunDir(tmp_path / "run").read_trials()
+    states = [r.state for r in records]
+    assert states.count("COMPLETE") == 2 and "SCREENED" in states
+    assert {r.fidelity for r in records} >= {0.0, 1.0}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -14,11 +14,11 @@ from autoprune.errors import ConfigError
 from autoprune.results import (
     COLUMNS,
     RunDir,
-    TrialRecord,
     atomic_write_bytes,
     atomic_write_text,
     records_to_frame,
 )
+from autoprune.trial import TrialRecord, TrialState
 
 PLAN = {"ratios": {"layer1.0.conv1": 0.25, "layer2": 0.5}, "importance": "l2", "round_to": 8}
 
@@ -236,3 +236,25 @@ def test_front_json_takes_plan_from_plans_dir(tmp_path: Path) -> None:
     run.write_front([TrialRecord(trial=4, state="COMPLETE", val_acc=float("nan"))])
     (row,) = run.read_front()
     assert row["plan"] == PLAN and row["val_acc"] is None
+
+
+def test_states_round_trip_as_the_enum(tmp_path):
+    """trials.csv holds plain state names; they read back as TrialState members."""
+    run = _run(tmp_path, _records())
+    run.write_trials(_records())
+    assert "TrialState" not in run.trials_path.read_text()
+    states = {r.trial: r.state for r in run.read_trials()}
+    assert all(isinstance(s, TrialState) for s in states.values())
+    assert states[0] is TrialState.FAIL and states[3] is TrialState.RUNNING
+
+
+def test_run_dir_owns_model_and_score_paths(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    run.write_model(7, b"weights")
+    assert run.model_path(7).read_bytes() == b"weights"
+    assert run.saved_models() == {7: run.model_path(7)}
+    run.write_scores("test", {7: 0.5, "dense": 0.9})
+    assert run.read_scores("test") == {7: 0.5}  # per-trial figures only
+    assert run.read_scores("latency") == {}
+    with pytest.raises(ValueError, match="scores 'val'"):
+        run.read_scores("val")

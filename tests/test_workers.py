@@ -1,4 +1,4 @@
-"""Run-loop helpers: worker placement and run names (no search needed)."""
+"""Worker placement and run names (no search needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from autoprune.errors import ConfigError
 from autoprune.plan import Budget
-from autoprune.runner import default_run_name, gpu_plan, worker_threads
+from autoprune.run import default_run_name
+from autoprune.workers import gpu_plan, worker_threads
 
 
 def test_gpu_plan_one_process_per_gpu_or_shared(monkeypatch):

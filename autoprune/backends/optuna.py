@@ -1,9 +1,8 @@
-"""The Optuna backend: embedded journal storage, seeded samplers, ask-evaluate-tell.
+"""The Optuna backend: embedded journal storage, seeded samplers, ask and tell.
 
-The search hands over a *search problem* (parameter ranges and an ``evaluate(params)`` that
-returns a :class:`Outcome`); this module owns every optuna import and turns finished
-``FrozenTrial`` objects into autoprune's :class:`~autoprune.results.TrialRecord`, so nothing
-downstream knows Optuna exists.
+It implements :class:`~autoprune.backends.base.SearchBackend` with stage jobs run in this
+process; this module owns every optuna import and turns ``FrozenTrial`` objects into autoprune's
+:class:`~autoprune.trial.TrialRecord`, so nothing downstream knows Optuna exists.
 
 Storage: a journal file in the run directory by default (safe for several local processes,
 readable by optuna-dashboard), or any Optuna storage URL (e.g. ``postgresql://``). Never
@@ -12,47 +11,30 @@ readable by optuna-dashboard), or any Optuna storage URL (e.g. ``postgresql://``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.backends.base import Asked, Slots
 from autoprune.errors import ConfigError
-from autoprune.results import TrialRecord
+from autoprune.trial import Outcome, ParamSpec, TrialRecord
+from autoprune.trial import TrialState as State
 
-__all__ = ["SAMPLERS", "OptunaBackend", "Outcome", "ParamSpec"]
+__all__ = ["SAMPLERS", "OptunaBackend", "make_sampler", "make_storage"]
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 _RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    low: float
-    high: float
-    step: float | None = None
-
-
-@dataclass
-class Outcome:
-    """What one evaluation produced: objective values (or none) and the attributes to record."""
-
-    state: str  # COMPLETE | FAIL | INFEASIBLE
-    values: tuple[float, ...] | None = None
-    violation: float = 0.0  # > 0: over budget (an Optuna constraint)
-    attrs: dict[str, Any] = field(default_factory=dict)
+_TO_STATE = {TrialState.RUNNING: State.RUNNING, TrialState.WAITING: State.RUNNING,
+             TrialState.FAIL: State.FAIL, TrialState.PRUNED: State.SCREENED}
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -90,15 +72,16 @@ def make_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
 
 
 class OptunaBackend:
-    """One study on one storage; several processes may share it."""
+    """One study on one storage (maximise accuracy, minimise cost); several processes may
+    share it. Stage jobs run in this process."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, sampler: str,
-                 seed: int, directions: Sequence[str]) -> None:
+                 seed: int) -> None:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures go to trials.csv
         self.storage = storage
         self.study = optuna.create_study(
             storage=storage, study_name=study_name, load_if_exists=True,
-            sampler=make_sampler(sampler, seed), directions=list(directions))
+            sampler=make_sampler(sampler, seed), directions=["maximize", "minimize"])
         asked = len(self.study.get_trials(deepcopy=False))
         if asked:  # a resumed study: a fresh stream, or the sampler would repeat its first draws
             self.study.sampler = make_sampler(sampler, seed + asked)
@@ -107,43 +90,23 @@ class OptunaBackend:
     def enqueue(self, params: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
         self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
 
+    def share(self, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            self.study.set_user_attr(key, value)
+
     def recover(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """Fail trials a dead process left RUNNING; return (params, attrs) of all to retry."""
-        retried = {t.user_attrs.get("retry_of") for t in self.study.get_trials(deepcopy=False)}
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
         retry = []
-        for t in self.study.get_trials(deepcopy=False):
+        for t in trials:
             if t.state == TrialState.RUNNING:
-                self.storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                                 "interrupted (process killed); retried")
-                self.storage.set_trial_user_attr(t._trial_id, "retry", True)
-                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                self._fail_stored(t, "interrupted (process killed); retried")
             elif not (t.state == TrialState.FAIL and t.user_attrs.get("retry")):
                 continue
-            if t.number in retried or not t.params:
-                continue
-            attrs = {"retry_of": t.number}
-            if t.user_attrs.get("baseline"):
-                attrs["baseline"] = t.user_attrs["baseline"]
-            retry.append((dict(t.params), attrs))
+            if t.number not in retried and t.params:
+                retry.append((dict(t.params), _retry_attrs(t)))
         return retry
-
-    def done(self) -> int:
-        """Finished trials that count toward the requested number (retried ones and screened
-        candidates of a staged generation do not)."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False)
-                   if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-                   and not t.user_attrs.get("retry") and t.user_attrs.get("counts", True))
-
-    # -- run ---------------------------------------------------------------------------------
-    def running(self) -> int:
-        """Slots held by running trials (a staged generation holds its slots on one trial)."""
-        return sum(int(t.user_attrs.get("slots", 1)) for t in self.study.get_trials(deepcopy=False)
-                   if t.state == TrialState.RUNNING)
-
-    def waiting(self) -> int:
-        """Enqueued trials not yet asked for."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False)
-                   if t.state == TrialState.WAITING)
 
     def reap(self) -> int:
         """Fail and re-enqueue trials whose worker process on this host has died."""
@@ -156,69 +119,89 @@ class OptunaBackend:
             pid = int(worker.rsplit(":", 1)[1])
             if pid == os.getpid() or _alive(pid):
                 continue
-            self.storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                             f"worker {worker} died; retried")
-            self.storage.set_trial_user_attr(t._trial_id, "retry", True)
-            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            attrs = {"retry_of": t.number}
-            if t.user_attrs.get("baseline"):
-                attrs["baseline"] = t.user_attrs["baseline"]
-            self.enqueue(dict(t.params), attrs)
+            self._fail_stored(t, f"worker {worker} died; retried")
+            self.enqueue(dict(t.params), _retry_attrs(t))
             reaped += 1
         return reaped
 
-    def optimize(self, specs: Sequence[ParamSpec], evaluate: Callable[[dict[str, float], int,
-                 dict[str, Any]], Outcome], total: int,
-                 on_trial: Callable[[], None] | None = None,
-                 lock: AbstractContextManager[Any] | None = None) -> None:
-        """Run trials until ``total`` have finished across every process sharing the study.
+    def slots(self) -> Slots:
+        """Finished trials that count toward the requested number (retried ones and screened
+        candidates of a staged generation do not), running slots and queued trials."""
+        done = running = waiting = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL):
+                done += not t.user_attrs.get("retry") and t.user_attrs.get("counts", True)
+            elif t.state == TrialState.RUNNING:
+                running += int(t.user_attrs.get("slots", 1))
+            elif t.state == TrialState.WAITING:
+                waiting += 1
+        return Slots(int(done), running, waiting)
 
-        ``lock`` (an inter-process lock) makes "count, then ask" atomic among local workers, so
-        the total is exact; dead local workers' trials are failed and retried under it.
-        """
-        guard = lock if lock is not None else contextlib.nullcontext()
-        while True:
-            with guard:
-                self.reap()
-                if self.done() + self.running() >= total:
-                    return
-                trial, params = self.ask(specs)
-                trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            try:
-                outcome = evaluate(params, trial.number, dict(trial.user_attrs))
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); retried on resume")
-                trial.set_user_attr("retry", True)
-                self.study.tell(trial, state=TrialState.FAIL)
-                raise
-            self.tell(trial, outcome)
-            if on_trial is not None:
-                on_trial()
+    def _fail_stored(self, t: optuna.trial.FrozenTrial, reason: str) -> None:
+        """Fail a RUNNING trial this process does not hold (a dead worker's), for a retry."""
+        storage, trial_id = self.storage, _trial_id(t)
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, "retry", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
-    # -- ask / tell (the user's own loop) -----------------------------------------------------
-    def ask(self, specs: Sequence[ParamSpec]) -> tuple[optuna.Trial, dict[str, float]]:
-        """A new trial (enqueued ones first) and its parameter values."""
+    # -- ask / tell ---------------------------------------------------------------------------
+    def ask(self, specs: Sequence[ParamSpec]) -> Asked:
+        """A new trial (enqueued ones first) with its parameter values and attributes."""
         from optuna.distributions import FloatDistribution
 
         trial = self.study.ask({s.name: FloatDistribution(s.low, s.high, step=s.step)
                                 for s in specs})
-        return trial, dict(trial.params)
+        return Asked(trial.number, dict(trial.params), dict(trial.user_attrs), trial)
 
-    def tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+    def annotate(self, asked: Asked, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            asked.handle.set_user_attr(key, value)
+        asked.attrs.update(attrs)
+
+    def tell(self, asked: Asked, outcome: Outcome) -> None:
+        trial = asked.handle
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, _plain(value))
-        trial.set_user_attr("state", outcome.state)
+        trial.set_user_attr("state", outcome.state.value)
         trial.set_constraint("budget", float(outcome.violation))
-        if outcome.state == "SCREENED":  # not promoted: never on the front, no objective values
+        if outcome.state is State.SCREENED:  # not promoted: never on the front, no values
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif outcome.state == "FAIL" or outcome.values is None:
+        elif outcome.state is State.FAIL or outcome.values is None:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
             self.study.tell(trial, list(outcome.values))
 
-    # -- records -----------------------------------------------------------------------------
+    def interrupt(self, asked: Asked, reason: str) -> None:
+        asked.handle.set_user_attr("fail_reason", reason)
+        asked.handle.set_user_attr("retry", True)
+        self.study.tell(asked.handle, state=TrialState.FAIL)
+
+    # -- records and jobs ---------------------------------------------------------------------
     def records(self) -> list[TrialRecord]:
         return [to_record(t) for t in self.study.get_trials(deepcopy=False)]
+
+    def map(self, job: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """Stage jobs run here, one after another (parallel = more processes on the study)."""
+        return [job(item) for item in items]
+
+    def close(self) -> None:
+        """Nothing to release: the storage closes with the process."""
+
+
+def _retry_attrs(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"retry_of": t.number}
+    if t.user_attrs.get("baseline"):
+        attrs["baseline"] = t.user_attrs["baseline"]
+    return attrs
+
+
+def _trial_id(t: optuna.trial.FrozenTrial) -> int:
+    """The storage id of a trial: the one private Optuna attribute autoprune reads (failing a
+    dead worker's RUNNING trial needs the storage API, which takes ids, not numbers)."""
+    if not hasattr(t, "_trial_id"):  # pragma: no cover - a future Optuna
+        raise RuntimeError(f"optuna {optuna.__version__}: FrozenTrial has no _trial_id; "
+                           "autoprune cannot fail a dead worker's trial with this version")
+    return int(t._trial_id)
 
 
 def _alive(pid: int) -> bool:
@@ -246,12 +229,28 @@ def _plain(value: Any) -> Any:
 
 def to_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     attrs = t.user_attrs
-    state = {TrialState.RUNNING: "RUNNING", TrialState.WAITING: "RUNNING",
-             TrialState.FAIL: "FAIL", TrialState.PRUNED: "SCREENED"}.get(
-        t.state, attrs.get("state", "COMPLETE"))
-    if t.state == TrialState.COMPLETE and attrs.get("state") in ("INFEASIBLE",):
-        state = "INFEASIBLE"
+    state = _TO_STATE.get(t.state, State(attrs.get("state", "COMPLETE")))
+    if t.state == TrialState.COMPLETE and attrs.get("state") == State.INFEASIBLE.value:
+        state = State.INFEASIBLE
     kwargs = {k: attrs[k] for k in _RECORD_FIELDS if k in attrs}
-    if state == "FAIL" and "fail_reason" not in kwargs:
+    if state is State.FAIL and "fail_reason" not in kwargs:
         kwargs["fail_reason"] = "failed"
     return TrialRecord(trial=t.number, state=state, searched=dict(t.params), **kwargs)
+
+
+def version() -> str:
+    return str(optuna.__version__)
+
+
+def shared_attrs(storage: str, study: str) -> dict[str, Any]:
+    """The run-wide attributes a launching search stored on a shared study (for a worker on
+    another machine)."""
+    try:
+        attrs = dict(optuna.load_study(study_name=study, storage=storage).user_attrs)
+    except KeyError as exc:
+        raise ConfigError(f"--study {study!r} does not exist on --storage {storage!r}; the "
+                          "launching `autoprune search` prints and records its study name "
+                          "(config.yaml: study_name)") from exc
+    if "autoprune_config" not in attrs:
+        raise ConfigError(f"study {study!r} was not started by autoprune search --storage")
+    return attrs

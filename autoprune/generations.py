@@ -1,0 +1,215 @@
+"""Cheap first, expensive last: the one trial loop, one generation at a time.
+
+A generation asks the backend (the sampler, and the priors) for ``screen x k`` candidates at one
+cost level, scores each by the adaptive-BN proxy (seconds), gives a short fine-tune to the
+proxy's best ``promote x k``, and the full fine-tune to the best ``k`` of those (successive
+halving; Optuna's pruners raise in multi-objective studies, so the halving lives here). Every
+candidate becomes a trial that records its fidelity: 0 (proxy only), the short fraction, or 1.
+Screened-out ones end ``SCREENED``; only full-fidelity trials enter the front. The stage jobs of
+a generation run where the backend runs them (this process, or a Ray cluster).
+
+Counting is exact across worker processes: a generation reserves its ``k`` slots under the ask
+lock (``slots`` on its first trial), and tells all its trials under the lock with exactly ``k``
+of them counting toward ``--trials`` (the fully fine-tuned ones, then failures).
+
+:func:`top_per_level` and :func:`allot` are pure and tested against brute force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from autoprune.backends.base import Asked, SearchBackend
+from autoprune.settings import SearchSettings
+from autoprune.stages import Prepared, StageName, Stages
+from autoprune.trial import LEVEL, ParamSpec, TrialState
+
+__all__ = ["Schedule", "allot", "optimize", "top_per_level"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many candidates each stage of a generation sees, per full fine-tune (the settings
+    validate the values; see :class:`~autoprune.settings.SearchSettings`).
+
+    ``staged=False`` is the plain loop of weight mode: one candidate per generation, its level
+    chosen by the sampler, the proxy taken inside the full fine-tune.
+    """
+
+    screen: float = 4.0
+    short_fidelity: float = 0.35
+    promote: float = 2.0
+    generation: int = 2
+    staged: bool = True
+
+    @classmethod
+    def of(cls, settings: SearchSettings) -> Schedule:
+        if settings.mode == "weights":  # one global ranking: the level is all there is to search
+            return cls(0.0, 0.0, 1.0, 1, staged=False)
+        return cls(settings.screen, settings.short_fidelity, settings.promote,
+                   settings.generation)
+
+    def counts(self, k: int) -> tuple[int, int, int]:
+        """(proxied, short fine-tuned, fully fine-tuned) candidates of a generation of ``k``."""
+        n_short = max(k, round(self.promote * k)) if self.short_fidelity > 0 else k
+        return max(n_short, round(self.screen * k)), n_short, k
+
+
+def allot(sizes: Sequence[int], k: int) -> list[int]:
+    """Split ``k`` slots over groups in proportion to their sizes (largest remainder), never
+    more than a group holds."""
+    total = sum(sizes)
+    k = min(k, total)
+    if k <= 0:
+        return [0] * len(sizes)
+    exact = [k * s / total for s in sizes]
+    out = [min(math.floor(e), s) for e, s in zip(exact, sizes)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - out[i]), i))
+    while sum(out) < k:
+        for i in order:
+            if sum(out) < k and out[i] < sizes[i]:
+                out[i] += 1
+    return out
+
+
+def top_per_level(levels: Sequence[float], scores: Sequence[float | None], k: int,
+                  forced: Sequence[bool] = ()) -> list[int]:
+    """Indices of the ``k`` candidates kept: per cost level, the best scores (higher is better;
+    None ranks last; ties go to the earlier candidate), slots allotted by level size. ``forced``
+    candidates (the baselines) are kept first and use their level's slots."""
+    forced = list(forced) or [False] * len(levels)
+    keys = sorted({round(v, 9) for v in levels})
+    members = {key: [i for i, v in enumerate(levels) if round(v, 9) == key] for key in keys}
+    slots = allot([len(members[key]) for key in keys], k)
+    kept: list[int] = []
+    for key, n in zip(keys, slots):
+        ranked = sorted(members[key], key=lambda i: (not forced[i], scores[i] is None,
+                                                     -(scores[i] or 0.0), i))
+        kept += ranked[:max(n, sum(forced[i] for i in members[key]))]
+    return sorted(kept)
+
+
+def optimize(backend: SearchBackend, stages: Stages, total: int,
+             on_generation: Callable[[], None] | None = None,
+             lock: AbstractContextManager[Any] | None = None) -> None:
+    """Run generations until ``total`` trials count across every process on the study."""
+    schedule = Schedule.of(stages.problem.settings)
+    guard = lock if lock is not None else contextlib.nullcontext()
+    specs = stages.problem.specs()
+    while True:
+        with guard:
+            backend.reap()
+            slots = backend.slots()
+            left = total - slots.done - slots.running
+            if left <= 0:
+                return
+            k = min(schedule.generation, left)
+            asked = _ask(backend, stages, specs, schedule, k)
+        try:
+            preps = _run(backend, stages, asked, schedule, k)
+        except KeyboardInterrupt:
+            for a in asked:
+                backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
+            raise
+        with guard:
+            for a, prep in zip(asked, preps):
+                backend.tell(a, prep.outcome)  # type: ignore[arg-type]
+        if on_generation is not None:
+            on_generation()
+
+
+def _ask(backend: SearchBackend, stages: Stages, specs: Sequence[ParamSpec],
+         schedule: Schedule, k: int) -> list[Asked]:
+    """Enqueue this generation's priors and fixed level, then ask its trials."""
+    n = schedule.counts(k)[0]
+    if schedule.staged:
+        problem = stages.problem
+        records = backend.records()
+        level = problem.generation_level(len(records) // max(n, 1))
+        waiting = backend.slots().waiting  # baselines and retried trials go first
+        priors = problem.prior_params(records, level, min(n // 2, max(0, n - waiting)))
+        for params in priors:
+            backend.enqueue(params, {"prior": True})
+        for _ in range(max(0, n - waiting - len(priors))):
+            backend.enqueue({LEVEL: level}, {})  # the sampler fills in the allocation
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    asked: list[Asked] = []
+    for index in range(n):
+        a = backend.ask(specs)
+        backend.annotate(a, {"worker": worker, "slots": k if index == 0 else 0,
+                             "generation": asked[0].number if asked else a.number})
+        asked.append(a)
+    return asked
+
+
+def _run(backend: SearchBackend, stages: Stages, asked: list[Asked], schedule: Schedule,
+         k: int) -> list[Prepared]:
+    """Proxy every candidate, short-tune the proxy's best, fully tune the best of those."""
+    preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
+    alive = [p for p in preps if p.outcome is None]
+    if not schedule.staged:
+        _full(backend, stages, alive, "full+proxy")
+    else:
+        alive = _stage(backend, stages, alive, "proxy", 0.0)
+        _, n_short, _ = schedule.counts(k)
+        if schedule.short_fidelity > 0:
+            alive = _halve(stages, alive, n_short, "proxy_acc")
+            alive = _stage(backend, stages, alive, "short", schedule.short_fidelity)
+            alive = _halve(stages, alive, k, "short_acc")
+        else:
+            alive = _halve(stages, alive, k, "proxy_acc")
+        _full(backend, stages, alive, "full")
+    _count(preps, k)
+    return preps
+
+
+def _full(backend: SearchBackend, stages: Stages, alive: list[Prepared],
+          stage: StageName) -> None:
+    """Time the promoted candidates here, serially (never while candidates train), then give
+    them the full fine-tune where the backend runs jobs."""
+    for prep in alive:
+        stages.time(prep)
+    _stage(backend, stages, alive, stage, 1.0)
+
+
+def _stage(backend: SearchBackend, stages: Stages, alive: list[Prepared], stage: StageName,
+           fidelity: float) -> list[Prepared]:
+    """Run one stage over the live candidates; the ones that ended drop out."""
+    done = backend.map(stages.job, [(stage, p, fidelity) for p in alive])
+    for prep, result in zip(alive, done):
+        if isinstance(result, BaseException):  # its process failed (a Ray worker died)
+            stages.failed(prep, result)
+        elif result is not prep:  # came back from another process
+            prep.rec, prep.model, prep.outcome = result.rec, result.model, result.outcome
+    return [p for p in alive if p.outcome is None]
+
+
+def _halve(stages: Stages, alive: list[Prepared], keep: int, key: str) -> list[Prepared]:
+    """Keep the best ``keep`` by ``key`` per level; the rest end SCREENED."""
+    levels = [p.level for p in alive]
+    scores = [p.rec.get(key) for p in alive]
+    kept = set(top_per_level(levels, scores, keep, [p.baseline for p in alive]))
+    for i, p in enumerate(alive):
+        if i not in kept:
+            stages.screened(p)
+    return [p for i, p in enumerate(alive) if i in kept]
+
+
+def _count(preps: list[Prepared], k: int) -> None:
+    """Exactly ``k`` trials of the generation count toward the total: the fully fine-tuned
+    ones first, then failed or infeasible ones (so a generation where everything fails ends)."""
+    def state(p: Prepared) -> TrialState:
+        return p.outcome.state  # type: ignore[union-attr]
+
+    order = sorted(preps, key=lambda p: (state(p) is not TrialState.COMPLETE,
+                                         state(p) is TrialState.SCREENED, p.number))
+    for rank, p in enumerate(order):
+        p.outcome = p.outcome.with_attrs(  # type: ignore[union-attr]
+            counts=rank < k and state(p) is not TrialState.SCREENED)

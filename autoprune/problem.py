@@ -1,0 +1,195 @@
+"""The search problem for one traced model: searched parameters -> plan -> costs -> budget check.
+
+Candidates are feasible by construction: a trial samples a relative allocation per searched
+parameter and a cost level at or under the budget, and
+:func:`~autoprune.plan.fit_allocation_lifting_caps` projects it onto that level exactly on the
+analytic cost model, so no fine-tune is ever spent on an over-budget model. What the analytic
+model cannot know (a secondary params budget under a FLOPs fit, measured latency) is checked
+here too, before any training. No I/O, no backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from autoprune.budget import ResolvedBudget
+from autoprune.errors import BudgetError
+from autoprune.plan import (
+    FitOptions,
+    PruningPlan,
+    Widths,
+    fit_allocation_lifting_caps,
+    global_ratios,
+)
+from autoprune.settings import SearchSettings
+from autoprune.space import SearchSpace
+from autoprune.trial import LEVEL, Outcome, ParamSpec, TrialRecord, TrialState
+
+if TYPE_CHECKING:
+    from autoprune.engine import PrunableModel
+
+__all__ = ["Problem", "perturb"]
+
+log = logging.getLogger(__name__)
+
+
+class Problem:
+    """``analysis`` (the traced dense model), its search ``space`` and the resolved ``budget``."""
+
+    def __init__(self, analysis: PrunableModel, space: SearchSpace, budget: ResolvedBudget,
+                 settings: SearchSettings) -> None:
+        self.analysis, self.space, self.budget, self.settings = analysis, space, budget, settings
+        self.groups = analysis.groups
+        self.resolved = space.resolve([g.name for g in self.groups])
+        self._baselines: list[tuple[dict[str, float], dict[str, Any]]] | None = None
+
+    @property
+    def weights_mode(self) -> bool:
+        return self.settings.mode == "weights"
+
+    # -- parameters and plans -------------------------------------------------------------------
+    def specs(self) -> list[ParamSpec]:
+        """The searched parameters: one relative allocation per space parameter (none in weights
+        mode: one global magnitude ranking), then the cost level."""
+        specs = [] if self.weights_mode else [
+            ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
+        low, high = self.budget.level_range(self.settings.level_low, self.settings.levels)
+        return [*specs, ParamSpec(LEVEL, low, high)]
+
+    def level_of(self, params: dict[str, float]) -> float:
+        return float(params.get(LEVEL, self.budget.fraction))
+
+    def plan_for(self, params: dict[str, float]) -> PruningPlan:
+        if self.weights_mode:  # no channels go; the weights are zeroed instead
+            return PruningPlan({}, self.settings.importance, None)
+        kept = fit_allocation_lifting_caps(
+            Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
+            self.level_of(params) * self.budget.dense_metric,
+            FitOptions(self.budget.metric, self.resolved.caps(), self.space.round_to))
+        ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
+                  if k < g.channels}
+        return PruningPlan(ratios, self.settings.importance, self.space.round_to)
+
+    def costs(self, plan: PruningPlan) -> dict[str, Any]:
+        """Analytic MACs/params of ``plan`` and their ratios to the dense model."""
+        kept = self.analysis.kept(plan)
+        cm = self.analysis.cost_model
+        macs, n_params = cm.macs(kept), cm.params(kept)
+        return {"macs": macs, "params": n_params, "flops_ratio": macs / self.budget.dense_macs,
+                "params_ratio": n_params / self.budget.dense_params, "plan": plan.to_dict(),
+                "fidelity": 1.0}
+
+    def zero_weights(self, level: float, rec: dict[str, Any]) -> nn.Module:
+        """A copy of the dense model with the smallest weights zeroed (one global L1 ranking)
+        so that at most ``level`` of the dense parameters stay nonzero; a gradient mask keeps
+        them zero through fine-tuning. Fills the record's params with the nonzero count."""
+        from autoprune.deploy.weights import prune_weights, sparse_size
+
+        dense_params = self.budget.dense_params
+        model = copy.deepcopy(self.analysis.model)
+        prunable = sum(m.weight.numel() for m in model.modules()
+                       if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
+        sparsity = (1.0 - level) * dense_params / prunable
+        if not 0.0 <= sparsity < 1.0:
+            raise BudgetError(f"keeping {level:.3f} of the parameters nonzero needs a weight "
+                              f"sparsity of {sparsity:.3f}; only [0, 1) is possible")
+        prune_weights(model, sparsity, scope="global").attach(model)
+        nonzeros = sparse_size(model).nonzeros
+        rec.update(params=float(nonzeros), params_ratio=nonzeros / dense_params,
+                   weight_sparsity=sparsity)
+        return model
+
+    # -- budget checks (before any training) ----------------------------------------------------
+    def infeasible(self, rec: dict[str, Any]) -> Outcome | None:
+        """An INFEASIBLE outcome when a candidate is over a budget its fit could not see (a
+        secondary params budget, a measured latency), else None."""
+        return self._over_params(rec) or self._over_latency(rec)
+
+    def _over_params(self, rec: dict[str, Any]) -> Outcome | None:
+        limit = self.budget.budget.params
+        if limit is None or self.budget.metric != "macs" or rec["params_ratio"] <= limit:
+            return None
+        return Outcome(TrialState.INFEASIBLE, (0.0, rec["flops_ratio"]),
+                       rec["params_ratio"] - limit,
+                       {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
+                                              f"budget {limit}"})
+
+    def _over_latency(self, rec: dict[str, Any]) -> Outcome | None:
+        lat, limit = rec.get("latency_ms"), self.budget.latency_limit_ms
+        if limit is None or lat is None or lat <= limit:
+            return None
+        return Outcome(TrialState.INFEASIBLE, (0.0, self.budget.latency_ratio(lat) or 1.0),
+                       (lat - limit) / (self.budget.dense_latency_ms or 1.0),
+                       {**rec, "fail_reason": f"latency {lat:.4g} ms over the budget "
+                                              f"{limit:.4g} ms; not fine-tuned"})
+
+    def objective(self, rec: dict[str, Any]) -> float | None:
+        """The cost a scored candidate is told to the sampler with (the front's axis)."""
+        return self.budget.cost(rec.get("flops_ratio"), rec.get("params_ratio"),
+                                rec.get("latency_ms"))
+
+    # -- where the search starts ----------------------------------------------------------------
+    def baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        """The uniform and global-ranking plans at the budget, as searched parameter values
+        (computed once: the priors ask for them every generation until one has incumbents)."""
+        if self._baselines is None:
+            self._baselines = self._compute_baseline_params()
+        return [(dict(p), dict(a)) for p, a in self._baselines]
+
+    def _compute_baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        top = self.budget.fraction
+        if self.weights_mode:
+            return [({LEVEL: top}, {"baseline": "global-l1"})]
+        label = self.settings.importance if self.settings.importance != "taylor" else "l2"
+        out = [({**self.resolved.uniform(), LEVEL: top}, {"baseline": f"uniform-{label}"})]
+        try:
+            ratios = global_ratios(
+                self.analysis.importance_scores(label),
+                Widths.of(self.analysis.cost_model, self.groups),
+                top * self.budget.dense_metric, self.budget.metric, self.resolved.caps())
+            by_name = {g.name: r for g, r in zip(self.groups, ratios)}
+            out.append(({**self.resolved.from_group_ratios(by_name), LEVEL: top},
+                        {"baseline": f"global-{label}"}))
+        except BudgetError as exc:
+            log.warning("global-ranking baseline skipped: %s", exc)
+        return out
+
+    def generation_level(self, index: int) -> float:
+        """The cost level of generation ``index``: the budget, then lower levels in turn."""
+        spec = self.specs()[-1]
+        levels = self.settings.levels
+        grid = np.linspace(spec.high, spec.low, levels) if levels > 1 else np.array([spec.high])
+        return round(float(grid[index % len(grid)]), 9)
+
+    def prior_params(self, records: list[TrialRecord], level: float, n: int) -> list[dict]:
+        """``n`` neighbours of the best fully fine-tuned candidates at ``level`` (before any,
+        of the uniform and global-ranking baselines): searching starts around the naive answers."""
+        if not self.settings.priors or n <= 0 or self.weights_mode:
+            return []
+        done = sorted((r for r in records if r.is_full and r.searched
+                       and abs(r.searched.get(LEVEL, -1) - level) < 1e-6),
+                      key=lambda r: -(r.val_acc or 0.0))
+        centres = [r.searched for r in done[:3]] or [p for p, _ in self.baseline_params()]
+        rng = np.random.default_rng([self.settings.seed, len(records)])
+        specs = self.specs()[:-1]
+        return [{**perturb(centres[i % len(centres)], specs, rng), LEVEL: level}
+                for i in range(n)]
+
+
+def perturb(values: dict[str, float], specs: list[ParamSpec], rng: np.random.Generator,
+            sigma: float = 0.15) -> dict[str, float]:
+    """A neighbour of ``values``: Gaussian steps of ``sigma`` x each range, clipped, on grid."""
+    out = {}
+    for s in specs:
+        v = float(values.get(s.name, (s.low + s.high) / 2))
+        v = min(max(v + rng.normal(0.0, sigma * (s.high - s.low)), s.low), s.high)
+        if s.step:
+            v = s.low + round((v - s.low) / s.step) * s.step
+            v = min(max(round(v, 10), s.low), s.high)
+        out[s.name] = v
+    return out

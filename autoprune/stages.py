@@ -1,0 +1,217 @@
+"""A candidate's way through the stages: prepare, adaptive-BN proxy, short fine-tune, full.
+
+:class:`Stages` takes searched parameters to a :class:`Prepared` candidate (plan, analytic costs,
+budget checks: an over-budget one is never trained), and runs each stage over the
+:class:`~autoprune.pipeline.Pipeline`; a stage either fills the candidate's record or ends it
+with an :class:`~autoprune.trial.Outcome`. :mod:`autoprune.generations` decides who is promoted.
+A :class:`Stages` pickles (without its pipeline, rebuilt on first use), so stage jobs can run in
+another process (the Ray backend); :meth:`Stages.job` is that picklable entry point.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from autoprune.errors import BudgetError
+from autoprune.latency import LatencyCache, measure
+from autoprune.pipeline import CandidateFailed, Pipeline
+from autoprune.plan import PruningPlan
+from autoprune.problem import Problem
+from autoprune.results import RunDir
+from autoprune.settings import FinetuneSettings
+from autoprune.trial import Outcome, TrialRecord, TrialState
+
+__all__ = ["Prepared", "StageName", "Stages", "Timer"]
+
+StageName = Literal["proxy", "short", "full", "full+proxy"]
+
+
+@dataclass
+class Prepared:
+    """A candidate between stages: its plan, the record so far, and its pruned copy (if one
+    was needed already, e.g. to time it)."""
+
+    plan: PruningPlan
+    rec: dict[str, Any]
+    number: int
+    level: float
+    start: float
+    model: nn.Module | None = None
+    baseline: bool = False
+    outcome: Outcome | None = field(default=None, repr=False)  # set once it has ended
+
+    def end(self, outcome: Outcome) -> Prepared:
+        self.outcome, self.model = outcome, None
+        return self
+
+
+@dataclass
+class Timer:
+    """Times models on the run's device; local processes take turns (one file lock per device),
+    and figures are cached by the pruned architecture's shape signature."""
+
+    run: RunDir
+    example_inputs: Any
+    device: str
+    batch_size: int = 1
+    dtype: str = "float32"
+    cache: LatencyCache = field(default_factory=LatencyCache)
+
+    def __call__(self, model: nn.Module, repeats: int = 10, cached: bool = True) -> float | None:
+        from filelock import FileLock
+
+        if not cached:
+            self.cache = LatencyCache()
+        with FileLock(str(self.run.lock_path(f"latency-{self.device}"))):
+            return measure(model, self.example_inputs, device=self.device,
+                           batch_size=self.batch_size, dtype=self.dtype, repeats=repeats,
+                           warmup=3, cache=self.cache).latency_ms
+
+
+class Stages:
+    """The stages of one candidate, for one search (``problem``) and one run directory."""
+
+    def __init__(self, problem: Problem, run: RunDir, timer: Timer,
+                 evaluate: Callable[[nn.Module, str], float | None],
+                 data: tuple[Iterable[Any] | None, FinetuneSettings, Any]) -> None:
+        self.problem, self.run, self.timer, self.evaluate = problem, run, timer, evaluate
+        self.train_loader, self.ft, self.user_finetune = data
+        self.seed = problem.settings.seed
+        self._pipeline: Pipeline | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # for Ray workers: the pipeline is rebuilt there; an absolute run dir keeps plans/ and
+        # models/ in place whatever the worker's working directory
+        state = self.__dict__.copy()
+        state["_pipeline"] = None
+        state["run"] = RunDir(self.run.path.absolute())
+        return state
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """Built on first use: ask/tell sessions train candidates themselves and never need it."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.problem.analysis, self.evaluate,  # type: ignore[arg-type]
+                                      self.train_loader, self.ft, self.user_finetune)
+        return self._pipeline
+
+    # -- before any training --------------------------------------------------------------------
+    def prepare(self, params: dict[str, float], number: int, attrs: dict[str, Any]) -> Prepared:
+        """The plan and analytic costs of a candidate; it has ended (``.outcome``) when it is
+        over a budget (never trained)."""
+        start = time.time()
+        p = self.problem
+        prep = Prepared(PruningPlan(), {}, number, p.level_of(params), start,
+                        baseline=bool(attrs.get("baseline")))
+        try:
+            prep.plan = p.plan_for(params)
+        except BudgetError as exc:
+            return prep.end(Outcome(TrialState.INFEASIBLE, (0.0, p.budget.fraction), 1.0,
+                                    {"fail_reason": str(exc), "seconds": self._since(prep)}))
+        self.run.write_plan(number, prep.plan.to_dict())
+        prep.rec = p.costs(prep.plan)
+        if p.weights_mode:
+            try:
+                prep.model = p.zero_weights(prep.level, prep.rec)
+            except BudgetError as exc:
+                return prep.end(Outcome(TrialState.INFEASIBLE, (0.0, p.budget.fraction), 1.0,
+                                        {**prep.rec, "fail_reason": str(exc)}))
+        if p.budget.latency_bound:  # latency does not depend on weights: time before training
+            self.time(prep)
+        over = p.infeasible(prep.rec)
+        return prep.end(over.with_attrs(seconds=self._since(prep))) if over else prep
+
+    def time(self, prep: Prepared) -> None:
+        """Fill ``latency_ms`` (once) with the pruned architecture's latency; the pruned copy
+        is kept for the next stage."""
+        if "latency_ms" in prep.rec or not self.problem.settings.latency:
+            return
+        if prep.model is None:
+            prep.model = self.problem.analysis.apply(prep.plan)
+        prep.rec["latency_ms"] = self.timer(prep.model)
+
+    # -- the stages (each may run in another process: see job) ---------------------------------
+    def job(self, item: tuple[StageName, Prepared, float]) -> Prepared:
+        """One stage of one candidate: ``(stage, candidate, short fidelity)`` -> the candidate."""
+        stage, prep, fidelity = item
+        if stage == "proxy":
+            return self.proxy(prep)
+        if stage == "short":
+            return self.short(prep, fidelity)
+        return self.full(prep, proxy=stage == "full+proxy")
+
+    def proxy(self, prep: Prepared) -> Prepared:
+        """Fill ``proxy_acc`` (adaptive-BN score, seconds), or end the candidate failed."""
+        try:
+            result = self.pipeline.proxy(prep.plan, prep.model)
+        except CandidateFailed as exc:
+            return self.failed(prep, exc)
+        prep.model = None  # later stages start again from the dense weights
+        prep.rec.update(proxy_acc=result.proxy_acc, fidelity=0.0)
+        prep.rec.setdefault("stages", {}).update(result.stages)
+        return prep
+
+    def short(self, prep: Prepared, fidelity: float) -> Prepared:
+        """Fill ``short_acc`` after ``fidelity`` of the full fine-tune, or end it failed."""
+        steps = max(1, round(fidelity * self.pipeline.steps()))
+        torch.manual_seed(self.seed * 100_003 + prep.number)
+        try:
+            result = self.pipeline.run(prep.plan, steps=steps, proxy=False)
+        except CandidateFailed as exc:
+            return self.failed(prep, exc)
+        prep.rec.update(short_acc=result.val_acc, fidelity=fidelity)
+        prep.rec.setdefault("stages", {})["short_s"] = sum(
+            v for k, v in result.stages.items() if k != "prune_s")
+        return prep
+
+    def full(self, prep: Prepared, proxy: bool = False) -> Prepared:
+        """The full fine-tune, validation and saved weights: the candidate ends COMPLETE."""
+        rec = prep.rec
+        torch.manual_seed(self.seed * 100_003 + prep.number)
+        try:
+            result = self.pipeline.run(prep.plan, model=prep.model, proxy=proxy)
+        except CandidateFailed as exc:
+            return self.failed(prep, exc)
+        if proxy:
+            rec["proxy_acc"] = result.proxy_acc
+        rec.update(val_acc=result.val_acc, fidelity=1.0, seconds=self._since(prep),
+                   stages={**rec.get("stages", {}), **result.stages})
+        self.save(prep.number, result.model)
+        return prep.end(Outcome(TrialState.COMPLETE, (result.val_acc, self.problem.objective(rec)),
+                                0.0, rec))
+
+    def screened(self, prep: Prepared) -> Prepared:
+        """End a candidate the screening did not promote."""
+        return prep.end(Outcome(TrialState.SCREENED, None, 0.0,
+                                {**prep.rec, "seconds": self._since(prep)}))
+
+    def failed(self, prep: Prepared, exc: BaseException) -> Prepared:
+        """End a candidate whose stage raised."""
+        return prep.end(Outcome(TrialState.FAIL, None, 0.0,
+                                {**prep.rec, "fail_reason": str(exc),
+                                 "seconds": self._since(prep)}))
+
+    @staticmethod
+    def _since(prep: Prepared) -> float:
+        return time.time() - prep.start
+
+    # -- fine-tuned weights ---------------------------------------------------------------------
+    def save(self, number: int, model: nn.Module) -> None:
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        self.run.write_model(number, buffer.getvalue())
+
+    def load(self, record: TrialRecord) -> nn.Module:
+        """The fine-tuned candidate of a completed trial, rebuilt from its plan and weights."""
+        from autoprune.deploy.rebuild import SavedTrial, rebuild
+
+        plan = PruningPlan.from_dict(record.plan or self.run.read_plan(record.trial))
+        saved = SavedTrial(record.trial, plan, self.run.model_path(record.trial))
+        return rebuild(self.problem.analysis, saved).eval()
