@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.engine.inputs import call_model
 from autoprune.engine.inputs import to_device as _to
 from autoprune.errors import ConfigError
 from autoprune.plan import PruningPlan
@@ -225,12 +226,38 @@ class Pipeline:
             finetune_model(model, self.train_loader, s,  # type: ignore[arg-type]
                            self.teacher() if s.distill else None, steps=n)
         stages["finetune_s"] = time.perf_counter() - t0
+        check_finite(model, self.analysis.example_inputs, s.device)
         t0 = time.perf_counter()
         val = float(self.evaluate(model, "val"))
         stages["evaluate_s"] = time.perf_counter() - t0
         if val != val:  # NaN
             raise CandidateFailed("evaluate() returned NaN")
         return CandidateResult(model=model, proxy_acc=proxy, val_acc=val, stages=stages)
+
+
+def check_finite(model: nn.Module, example_inputs: Any, device: str) -> None:
+    """Fail a candidate whose weights or outputs are not finite: argmax of NaN logits still
+    'scores' (class 0), so such a model would otherwise complete and could reach the front."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CandidateFailed(f"non-finite values in {name} after fine-tuning (diverged; "
+                                  "lower the learning rate)")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = call_model(model, _to(example_inputs, device))
+    model.train(was_training)
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(out)):
+        raise CandidateFailed("non-finite outputs on the example inputs after fine-tuning")
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or tuples / lists / dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value \
+        if isinstance(value, (list, tuple)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def _guarded(stage: Callable[[], CandidateResult]) -> CandidateResult:

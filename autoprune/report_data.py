@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from autoprune.budget import ResolvedBudget
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.plan import Budget
 from autoprune.results import RunDir
 from autoprune.trial import TrialRecord
@@ -51,8 +51,15 @@ def state_counts(records: Sequence[TrialRecord]) -> str:
 
 
 def front_records(run: RunDir) -> list[TrialRecord]:
+    """front.json's rows as records; a damaged row (a text trial number, a state that does not
+    exist: what a planted payload looks like) is refused, never rendered."""
     fields = TrialRecord.__dataclass_fields__
-    return [TrialRecord(**{k: v for k, v in f.items() if k in fields}) for f in run.read_front()]
+    try:
+        return [TrialRecord(**{k: v for k, v in f.items() if k in fields})
+                for f in run.read_front()]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{run.front_json_path} is damaged ({str(exc)[:200]}); run the search "
+                          "again (or --resume it) to rewrite it") from exc
 
 
 @dataclass(frozen=True)

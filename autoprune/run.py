@@ -168,7 +168,9 @@ class Run:
         from autoprune.backends import open_backend
 
         s = self.settings
-        return open_backend(s, self.dir, self.study_name, s.seed + seed_offset)
+        backend = open_backend(s, self.dir, self.study_name, s.seed + seed_offset)
+        backend.name_objectives(("val_acc", self.budget.axis))
+        return backend
 
 
 def _check(budget: Budget, settings: SearchSettings) -> None:

@@ -82,6 +82,9 @@ class TrialRecord:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage
 
     def __post_init__(self) -> None:
+        if isinstance(self.trial, bool) or not float(self.trial).is_integer():
+            raise ValueError(f"trial number {self.trial!r} is not a whole number")
+        object.__setattr__(self, "trial", int(self.trial))
         object.__setattr__(self, "state", TrialState(self.state))
 
     @property

@@ -393,3 +393,15 @@ def test_pipeline_nan_finetune_loss_is_candidate_failed(analysis: Any) -> None:
     settings = FinetuneSettings(steps=2, bn_batches=0)
     with pytest.raises(CandidateFailed, match="step 0"):
         Pipeline(analysis, Evaluate(), batches, settings).run(PLAN)
+
+
+def test_a_user_finetune_leaving_nan_weights_fails_the_candidate(analysis: Any) -> None:
+    """argmax of NaN logits still 'scores' (class 0): such a candidate must fail, not complete."""
+
+    def poison(model: nn.Module, steps: int) -> None:
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+
+    pipeline = Pipeline(analysis, Evaluate(), None, FinetuneSettings(steps=1), poison)
+    with pytest.raises(CandidateFailed, match=r"non-finite values in .* after fine-tuning"):
+        pipeline.run(PLAN)

@@ -321,3 +321,20 @@ def test_report_renders_in_headless_chromium(real_run: Path, tmp_path: Path):
     bad = _browse(binary, tmp_path / "profile3", "--enable-logging=stderr", "--v=0",
                   "--dump-dom", broken.as_uri())
     assert _console_errors(bad.stderr) and 'data-ready="1"' not in bad.stdout
+
+
+def test_a_planted_trial_number_in_front_json_is_refused_not_rendered(tmp_path):
+    """A text ``trial`` in front.json once went raw into the page (a stored XSS)."""
+    import json
+
+    from autoprune.errors import ConfigError
+    from autoprune.report import write_report
+    from autoprune.results import RunDir
+
+    run = RunDir.create(tmp_path / "run")
+    run.write_config({"task": {"spec": "digits"}, "budget": {"flops": 0.5}})
+    payload = '1"><script>alert(1)</script>'
+    run.front_json_path.write_text(json.dumps([{"trial": payload, "state": "COMPLETE"}]))
+    with pytest.raises(ConfigError, match=r"front\.json is damaged"):
+        write_report(run.path)
+    assert not run.report_path.exists()

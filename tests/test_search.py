@@ -50,6 +50,7 @@ def check_run(run_dir: Path, budget: float, trials: int) -> list:
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal")))
     study = optuna.load_study(study_name="autoprune", storage=storage)
+    assert study.metric_names == ["val_acc", "flops_ratio"]  # named for optuna-dashboard
     journal = {t.number: t for t in study.trials}
     assert sorted(journal) == sorted(r.trial for r in records)
     for r in records:
@@ -57,6 +58,9 @@ def check_run(run_dir: Path, budget: float, trials: int) -> list:
         assert r.searched == pytest.approx(t.params)
         if r.state == "COMPLETE":
             assert t.state == optuna.trial.TrialState.COMPLETE
+            ratios = {k.removeprefix("ratio:"): v for k, v in t.user_attrs.items()
+                      if k.startswith("ratio:")}
+            assert ratios == pytest.approx(r.plan["ratios"])  # the real ratios, flat
             assert t.values[0] == pytest.approx(r.val_acc)
             assert r.flops_ratio <= budget * 1.01
     done = [r for r in records if r.state in ("COMPLETE", "FAIL") and not _retried(journal, r)]

@@ -71,6 +71,9 @@ class SearchBackend(Protocol):
     def reap(self) -> int:
         """Fail and re-enqueue trials whose worker process on this host died."""
 
+    def name_objectives(self, names: Sequence[str]) -> None:
+        """Name the study's two objectives (accuracy, and the cost axis of the front)."""
+
     def share(self, attrs: Mapping[str, Any]) -> None:
         """Store run-wide attributes (config, baseline) for workers on other machines."""
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,13 @@ class OptunaBackend:
     def enqueue(self, params: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
         self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
 
+    def name_objectives(self, names: Sequence[str]) -> None:
+        """Name the two objectives (optuna-dashboard shows "0"/"1" otherwise)."""
+        if list(self.study.metric_names or []) != list(names):
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(list(names))
+
     def share(self, attrs: Mapping[str, Any]) -> None:
         for key, value in attrs.items():
             self.study.set_user_attr(key, value)
@@ -162,6 +170,9 @@ class OptunaBackend:
         trial = asked.handle
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, _plain(value))
+        # the pruning ratios users care about, flat, for optuna-dashboard's trial table
+        for group, ratio in ((outcome.attrs.get("plan") or {}).get("ratios") or {}).items():
+            trial.set_user_attr(f"ratio:{group}", float(ratio))
         trial.set_user_attr("state", outcome.state.value)
         trial.set_constraint("budget", float(outcome.violation))
         if outcome.state is State.SCREENED:  # not promoted: never on the front, no values

@@ -139,7 +139,7 @@ def _write_archive(model: nn.Module, path: Path, inputs: Inputs, expected: Any,
         reloaded = load_pruned(path, trust=True)  # the reference came from the task just run
         with torch.no_grad():
             diff = _diff(reloaded(*inputs.batch), expected)
-        if diff > RELOAD_TOLERANCE:
+        if not diff <= RELOAD_TOLERANCE:  # NaN never passes
             raise _mismatch("pt", diff, RELOAD_TOLERANCE)
     except (AutopruneError, RuntimeError, TypeError) as exc:
         path.unlink(missing_ok=True)
@@ -165,7 +165,7 @@ def _write_torchscript(model: nn.Module, path: Path, inputs: Inputs,
         reloaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
     with torch.no_grad():
         diff = _diff(reloaded(*inputs.batch), expected)
-    if diff > RELOAD_TOLERANCE:
+    if not diff <= RELOAD_TOLERANCE:  # NaN never passes
         raise _mismatch("torchscript", diff, RELOAD_TOLERANCE)
     atomic_write_bytes(path, buffer.getvalue())
     return diff, "torch.jit.load"
@@ -204,7 +204,7 @@ def _write_onnx(model: nn.Module, path: Path, inputs: Inputs,
     got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs.batch)})[0]
     del session
     diff = _diff(torch.from_numpy(got), expected)
-    if diff > ONNX_TOLERANCE:
+    if not diff <= ONNX_TOLERANCE:  # NaN never passes
         raise _mismatch("onnx", diff, ONNX_TOLERANCE)
     atomic_write_bytes(path, data)
     return diff, f"onnxruntime {onnxruntime.__version__}"

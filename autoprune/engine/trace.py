@@ -30,8 +30,14 @@ UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.RNNBase, n
 
 
 def torch_pruning_version() -> str:
-    """The installed torch-pruning's version (for run environments and reports)."""
-    return str(tp.__version__)
+    """The installed torch-pruning's version (for run environments and reports), from its
+    package metadata: the 1.6.1 wheel's ``__version__`` still says 1.6.0."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch-pruning")
+    except PackageNotFoundError:  # an unpacked source tree
+        return str(tp.__version__)
 
 
 def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, float]:
