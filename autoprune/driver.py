@@ -113,10 +113,10 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
     ledger = run.ledger
     records = ledger.write(backend.records())
     if run.settings.latency:
-        ledger.remeasure(records, run.timer, run.stages.load, run.problem.analysis.model)
+        ledger.remeasure(records, run.timer, run.stages.architecture, run.problem.analysis.model)
         records = ledger.write(backend.records())
     ledger.score_on_test(ledger.front(records), run.evaluate, run.stages.load)
-    records = ledger.write(backend.records())
+    records = ledger.write(backend.records(), final=True)
     return SearchResult(run.dir.path, records, ledger.front(records), run.baseline)
 
 

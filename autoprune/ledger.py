@@ -52,12 +52,15 @@ class Ledger:
         idx = pareto.non_dominated([(r.val_acc, cost(r)) for r in full], ("max", "min"))
         return sorted((full[i] for i in idx), key=lambda r: cost(r) or 0.0)
 
-    def write(self, records: list[TrialRecord]) -> list[TrialRecord]:
-        """Write trials.csv and the front; drop saved weights of dominated candidates."""
+    def write(self, records: list[TrialRecord], final: bool = False) -> list[TrialRecord]:
+        """Write trials.csv and the front; drop saved weights of dominated candidates (under a
+        latency budget only when ``final``: the end-of-run re-timing can change the front)."""
         records = self.merge(records)
         front = self.front(records)
         self.run.write_trials(records)
         self.run.write_front(front)
+        if self.budget.latency_bound and not final:
+            return records
         keep = {r.trial for r in front} | {r.trial for r in records if r.baseline}
         finished = {r.trial for r in records if r.state is not TrialState.RUNNING}
         for number, path in self.run.saved_models().items():
@@ -66,10 +69,11 @@ class Ledger:
         return records
 
     def remeasure(self, records: list[TrialRecord], time_model: Callable[..., float | None],
-                  load: Callable[[TrialRecord], nn.Module], dense: nn.Module) -> None:
+                  build: Callable[[TrialRecord], nn.Module], dense: nn.Module) -> None:
         """Time the dense model and every front member again, alone and longer, until the
         front is stable; latency ratios and a latency budget then use the final dense time.
-        ``time_model(model, repeats, cached)``."""
+        ``time_model(model, repeats, cached)``; ``build(record)`` the pruned architecture
+        (latency does not depend on the weights, so dropped weights do not matter)."""
         measured: dict[Any, float] = dict(self.run.read_scores("latency"))
         dense_ms = time_model(dense, 50, False)
         if dense_ms:
@@ -80,14 +84,12 @@ class Ledger:
             baseline["dense"]["latency_final_ms"] = dense_ms
             self.run.write_baseline(baseline)
             self.run.write_scores("latency", measured)
-        saved = self.run.saved_models()
         for _ in range(10):
-            todo = [r for r in self.front(self.merge(records))
-                    if r.trial not in measured and r.trial in saved]
+            todo = [r for r in self.front(self.merge(records)) if r.trial not in measured]
             if not todo:
                 break
             for r in todo:
-                measured[r.trial] = time_model(load(r), 50, False) or 0.0
+                measured[r.trial] = time_model(build(r), 50, False) or 0.0
             self.run.write_scores("latency", measured)
 
     def score_on_test(self, front: list[TrialRecord],

@@ -159,7 +159,7 @@ class Session:
         ledger = self.run.ledger
         records = ledger.write(self.backend.records())
         ledger.score_on_test(ledger.front(records), self.run.evaluate, self.run.stages.load)
-        ledger.write(self.backend.records())
+        ledger.write(self.backend.records(), final=True)
         from autoprune.report import write_report
 
         write_report(str(self.run.dir.path))

@@ -208,10 +208,16 @@ class Stages:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
         self.run.write_model(number, buffer.getvalue())
 
+    def _plan_of(self, record: TrialRecord) -> PruningPlan:
+        return PruningPlan.from_dict(record.plan or self.run.read_plan(record.trial))
+
+    def architecture(self, record: TrialRecord) -> nn.Module:
+        """A trial's pruned architecture (dense weights pruned, not its fine-tuned ones)."""
+        return self.problem.analysis.apply(self._plan_of(record)).eval()
+
     def load(self, record: TrialRecord) -> nn.Module:
         """The fine-tuned candidate of a completed trial, rebuilt from its plan and weights."""
         from autoprune.deploy.rebuild import SavedTrial, rebuild
 
-        plan = PruningPlan.from_dict(record.plan or self.run.read_plan(record.trial))
-        saved = SavedTrial(record.trial, plan, self.run.model_path(record.trial))
+        saved = SavedTrial(record.trial, self._plan_of(record), self.run.model_path(record.trial))
         return rebuild(self.problem.analysis, saved).eval()
