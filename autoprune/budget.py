@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from autoprune.errors import BudgetError, ConfigError
-from autoprune.plan import Budget
+from autoprune.plan import Budget, Metric
 from autoprune.trial import TrialRecord
 
-__all__ = ["Axis", "Metric", "ResolvedBudget"]
+__all__ = ["Axis", "ResolvedBudget"]
 
-Metric = Literal["macs", "params"]
 Axis = Literal["flops_ratio", "params_ratio", "latency_ratio"]
 _SLACK = 1 + 1e-9
 

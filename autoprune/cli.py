@@ -93,13 +93,13 @@ def _from_config(run_dir: str, quiet: bool) -> RunInputs:
 
 def _from_args(args: argparse.Namespace) -> RunInputs:
     """The inputs of a new run, from the command line (defaults: autoprune.settings)."""
-    from autoprune.plan import Budget
+    from autoprune.plan import DEFAULT_BUDGET, Budget
     from autoprune.space import load_space
 
     budget = Budget(flops=args.budget_flops, params=args.budget_params,
                     latency=args.budget_latency, latency_ms=args.budget_latency_ms)
     if budget.is_empty:
-        budget = Budget(flops=0.4)
+        budget = DEFAULT_BUDGET
     task_cfg = {"spec": args.task or "digits", "data_dir": args.data_dir,
                 "model": args.model, "weights": args.weights, "seed": args.seed}
     trials = RunSettings.trials if args.trials is None else args.trials

@@ -22,7 +22,7 @@ from torch import nn
 from autoprune.backends.base import SearchBackend
 from autoprune.errors import ConfigError
 from autoprune.generations import optimize
-from autoprune.plan import Budget
+from autoprune.plan import DEFAULT_BUDGET, Budget
 from autoprune.results import RunDir
 from autoprune.run import Recipe, Run, Target, open_run_dir, resolved_config
 from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
@@ -115,7 +115,7 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
     if run.settings.latency:
         ledger.remeasure(records, run.timer, run.stages.architecture, run.problem.analysis.model)
         records = ledger.write(backend.records())
-    ledger.score_on_test(ledger.front(records), run.evaluate, run.stages.load)
+    ledger.score_on_test(records, run.evaluate, run.stages.load)
     records = ledger.write(backend.records(), final=True)
     return SearchResult(run.dir.path, records, ledger.front(records), run.baseline)
 
@@ -164,7 +164,7 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
     ``(inputs, targets)`` with cross-entropy. ``train_loader`` also feeds BatchNorm
     re-estimation for the proxy score. Results go to ``run_dir`` (default ``results/<name>``).
     """
-    budget = budget or Budget(flops=0.4)
+    budget = budget or DEFAULT_BUDGET
     recipe = Recipe(space if isinstance(space, SearchSpace) else load_space(space),
                     settings or SearchSettings(), finetune_settings or FinetuneSettings())
     config = resolved_config({"python": True}, budget, trials, recipe)

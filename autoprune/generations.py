@@ -43,10 +43,10 @@ class Schedule:
     chosen by the sampler, the proxy taken inside the full fine-tune.
     """
 
-    screen: float = 4.0
-    short_fidelity: float = 0.35
-    promote: float = 2.0
-    generation: int = 2
+    screen: float
+    short_fidelity: float
+    promote: float
+    generation: int
     staged: bool = True
 
     @classmethod

@@ -92,15 +92,15 @@ class Ledger:
                 measured[r.trial] = time_model(build(r), 50, False) or 0.0
             self.run.write_scores("latency", measured)
 
-    def score_on_test(self, front: list[TrialRecord],
+    def score_on_test(self, records: list[TrialRecord],
                       evaluate: Callable[[nn.Module, str], float | None],
                       load: Callable[[TrialRecord], nn.Module]) -> None:
-        """Test accuracy of the front members and the baselines (the only test-split use)."""
+        """Test accuracy of the front members and the baselines (the only test-split use);
+        ``records`` as :meth:`write` returned them."""
         scores: dict[Any, float] = dict(self.run.read_scores("test"))
         saved = self.run.saved_models()
-        baselines = [r for r in self.run.read_trials()
-                     if r.baseline and r.state is TrialState.COMPLETE]
-        for r in [*front, *baselines]:
+        baselines = [r for r in records if r.baseline and r.state is TrialState.COMPLETE]
+        for r in [*self.front(records), *baselines]:
             if r.trial in scores or r.trial not in saved:
                 continue
             value = evaluate(load(r), "test")

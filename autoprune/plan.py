@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from autoprune.engine.analysis import PrunableModel
     from autoprune.engine.costmodel import CostModel
 
-__all__ = ["FIT_DEFAULTS", "IMPORTANCES", "Budget", "FitOptions", "FitRequest", "Metric",
-           "PruningPlan", "Widths", "fit_allocation", "fit_allocation_lifting_caps", "fit_plan",
-           "global_ratios", "kept_channels"]
+__all__ = ["DEFAULT_BUDGET", "FIT_DEFAULTS", "IMPORTANCES", "Budget", "FitOptions", "FitRequest",
+           "Metric", "PruningPlan", "Widths", "fit_allocation", "fit_allocation_lifting_caps",
+           "fit_plan", "global_ratios", "kept_channels"]
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
 Metric = Literal["macs", "params"]  # the analytic costs a budget is fitted on
@@ -116,6 +116,10 @@ class Budget:
     @property
     def is_empty(self) -> bool:
         return all(getattr(self, n) is None for n in ("flops", "params", "latency", "latency_ms"))
+
+
+#: The budget when none is given (CLI, ``ap.search``, ``Session``): at most 40 % of the FLOPs.
+DEFAULT_BUDGET = Budget(flops=0.4)
 
 
 def kept_channels(channels: int, ratio: float, round_to: int | None = None,

@@ -19,7 +19,7 @@ from torch import nn
 
 from autoprune.backends.base import Asked
 from autoprune.errors import ConfigError
-from autoprune.plan import Budget, PruningPlan
+from autoprune.plan import DEFAULT_BUDGET, Budget, PruningPlan
 from autoprune.results import RunDir
 from autoprune.run import Recipe, Run, Target, default_run_name, resolved_config
 from autoprune.settings import FinetuneSettings, SearchSettings
@@ -87,7 +87,7 @@ class Session:
                  settings: SearchSettings | None = None) -> None:
         from autoprune.run import open_run_dir
 
-        budget = budget or Budget(flops=0.4)
+        budget = budget or DEFAULT_BUDGET
         recipe = Recipe(space if isinstance(space, SearchSpace) else load_space(space),
                         settings or SearchSettings(latency=False), FinetuneSettings())
         path = Path(run_dir) if run_dir else Path("results") / default_run_name("session", budget)
@@ -158,7 +158,7 @@ class Session:
         HTML report; returns the run directory."""
         ledger = self.run.ledger
         records = ledger.write(self.backend.records())
-        ledger.score_on_test(ledger.front(records), self.run.evaluate, self.run.stages.load)
+        ledger.score_on_test(records, self.run.evaluate, self.run.stages.load)
         ledger.write(self.backend.records(), final=True)
         from autoprune.report import write_report
 

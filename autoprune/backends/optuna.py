@@ -25,14 +25,14 @@ from optuna.trial import TrialState
 
 from autoprune.backends.base import Asked, Slots
 from autoprune.errors import ConfigError
+from autoprune.settings import SAMPLERS
 from autoprune.trial import Outcome, ParamSpec, TrialRecord
 from autoprune.trial import TrialState as State
 
-__all__ = ["SAMPLERS", "OptunaBackend", "make_sampler", "make_storage"]
+__all__ = ["OptunaBackend", "make_sampler", "make_storage"]
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 _RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
 _TO_STATE = {TrialState.RUNNING: State.RUNNING, TrialState.WAITING: State.RUNNING,
              TrialState.FAIL: State.FAIL, TrialState.PRUNED: State.SCREENED}
