@@ -7,6 +7,7 @@ Imports nothing heavy: ``autoprune --help`` never loads torch.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import types
 from dataclasses import Field, fields
@@ -19,10 +20,14 @@ from autoprune.settings import (
     RunSettings,
     SearchSettings,
     check_choice,
+    check_number,
     choices_of,
 )
 
-__all__ = ["build_parser", "settings_from_args"]
+__all__ = ["build_parser", "given_flags", "settings_from_args"]
+
+TRUST_HELP = ("run the task file named in the run folder's config.yaml even if it changed or "
+              "moved since the run started (a run folder executes its task file: trust it first)")
 
 S = TypeVar("S")
 
@@ -72,17 +77,33 @@ def _fraction(name: str) -> Any:
     return parse
 
 
-def _positive(name: str) -> Any:
-    def parse(text: str) -> float:
+def _number(flag: str, kind: type = float, **spec: Any) -> Any:
+    """argparse type of a number: parsed as ``kind``, finite and within ``spec``
+    (:func:`autoprune.settings.check_number`), with the same one-line message as the settings."""
+    def parse(text: str) -> Any:
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} {text!r} must be > 0")
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not {what}") from None
+        try:
+            check_number(flag, value, spec)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return value
 
     return parse
+
+
+class _Once(argparse.Action):
+    """A flag that may be given once: a repeated ``--budget-flops`` is an error, not "last wins"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} is given twice ({getattr(namespace, self.dest)} and "
+                         f"{values}); give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _choice(flag: str, choices: tuple[str, ...]) -> Any:
@@ -104,6 +125,10 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--input {text!r} must look like 1,3,224,224") from None
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise argparse.ArgumentTypeError(f"--input {text!r} must look like 1,3,224,224")
+    if len(shape) > 6 or shape[0] > 256 or math.prod(shape) > 2**26:
+        raise argparse.ArgumentTypeError(
+            f"--input {text!r} is too large for an example input (at most 6 dims, batch 256 and "
+            f"{2**26:,} values); one image is enough, e.g. 1,3,224,224")
     return shape
 
 
@@ -148,6 +173,9 @@ def add_setting(target: Any, cls: type, f: Field[Any]) -> None:
         kwargs.update(type=_choice(flag, choices), choices=choices)
     else:
         kind = _scalar(hint)
+        if kind in (int, float):
+            kind = _number(flag, kind, **{k: meta[k] for k in ("low", "high", "above", "below")
+                                          if k in meta})
         kwargs.update(type=kind, metavar=meta.get("metavar") or _METAVARS.get(kind) or
                       flag.lstrip("-").upper().replace("-", "_"))
     target.add_argument(flag, **kwargs)
@@ -183,7 +211,8 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="list the prunable groups and dense costs (a dry run)")
     p.add_argument("--model", help="a torchvision builder, e.g. resnet18 (weights=None)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes for --model")
+    p.add_argument("--num-classes", type=_number("--num-classes", int, low=1, high=1_000_000),
+                   default=1000, help="classes for --model")
     p.add_argument("--input", type=_shape, help="example input shape for --model, e.g. 1,3,224,224")
     p.add_argument("--ignore", action="append", help="glob of layer names never pruned "
                    "(repeatable)")
@@ -193,12 +222,13 @@ def _add_inspect(sub: Any) -> None:
 def _add_budget(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget (fractions of the dense model; see below)")
     g.add_argument("--budget-flops", type=_fraction("--budget-flops"), metavar="F",
-                   help="keep at most F of the dense FLOPs, e.g. 0.4 = at most 40 %%")
+                   action=_Once, help="keep at most F of the dense FLOPs, e.g. 0.4 = at most 40 %%")
     g.add_argument("--budget-params", type=_fraction("--budget-params"), metavar="F",
-                   help="keep at most F of the dense parameters")
+                   action=_Once, help="keep at most F of the dense parameters")
     g.add_argument("--budget-latency", type=_fraction("--budget-latency"), metavar="F",
-                   help="at most F of the dense measured latency")
-    g.add_argument("--budget-latency-ms", type=_positive("--budget-latency-ms"), metavar="MS",
+                   action=_Once, help="at most F of the dense measured latency")
+    g.add_argument("--budget-latency-ms", metavar="MS", action=_Once,
+                   type=_number("--budget-latency-ms", above=0, high=3_600_000),
                    help="at most MS milliseconds measured latency")
 
 
@@ -215,7 +245,9 @@ def _add_search(sub: Any) -> None:
     add_setting(p, RunSettings, _field(RunSettings, "trials"))
     add_setting(p, RunSettings, _field(RunSettings, "space"))
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory "
+                   "(only --trials may change: it extends the run)")
+    p.add_argument("--trust-task", action="store_true", help=TRUST_HELP)
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
     add_settings(p, SearchSettings, groups, skip=("seed",))
     add_settings(p, FinetuneSettings, groups)
@@ -224,19 +256,37 @@ def _add_search(sub: Any) -> None:
 def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="rebuild a trial's pruned model, test it, write the file")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
-    p.add_argument("--trial", type=int, required=True, help="the trial number (see the front)")
+    p.add_argument("--trial", type=_number("--trial", int, low=0, high=10**9), required=True,
+                   help="the trial number (see the front)")
     p.add_argument("--format", default="pt", help="pt (default; ap.load_pruned) | torchscript | "
                    "onnx")
-    p.add_argument("--finetune-epochs", type=float, default=0.0,
+    p.add_argument("--finetune-epochs", type=_number("--finetune-epochs", low=0, high=100_000),
+                   default=0.0,
                    help="fine-tune further before export (default 0: the searched weights)")
     p.add_argument("-o", "--out", help="output file or folder (default RUN_DIR/models/)")
-    p.add_argument("--sparsity", type=float, default=0.0,
+    p.add_argument("--sparsity", type=_number("--sparsity", low=0, below=1), default=0.0,
                    help="hybrid: also zero this fraction of the remaining weights, in [0, 1)")
     p.add_argument("--quantize", help="also write a quantized copy: int8 | fp16 | bf16")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trust-task", action="store_true", help=TRUST_HELP)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def given_flags(argv: list[str]) -> dict[str, str]:
+    """``{dest: flag}`` of the options given explicitly in ``argv`` (not their defaults)."""
+    parser = build_parser(suppress_defaults=True)
+    args = vars(parser.parse_args(argv))
+    flags = {a.dest: a.option_strings[-1] for p in _subparsers(parser) for a in p._actions
+             if a.option_strings}
+    return {dest: flags.get(dest, dest) for dest in args if dest != "command"}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for p in a.choices.values()]
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The ``autoprune`` parser; ``suppress_defaults``: a namespace of the given flags only."""
     parser = _Parser(prog="autoprune", description="Search per-layer structured pruning under "
                      "FLOPs / params / latency budgets and keep the Pareto front.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -249,13 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --storage: where this worker keeps its own files")
     p.add_argument("--storage", help="the search's storage URL (another machine)")
     p.add_argument("--study", help="the study name (config.yaml: study_name) with --storage")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--worker-index", type=int, default=1,
+    p.add_argument("--trust-task", action="store_true", help=TRUST_HELP)
+    p.add_argument("--threads", type=_number("--threads", int, low=1, high=4096),
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--worker-index", type=_number("--worker-index", int, low=0, high=100_000),
+                   default=1,
                    help="1..N-1: seeds this worker's sampler apart from the others "
                         "(default %(default)s)")
-    p.add_argument("--workers-per-gpu", type=int, default=1,
+    p.add_argument("--workers-per-gpu", type=_number("--workers-per-gpu", int, low=1, high=64),
+                   default=1,
                    help="processes sharing this worker's GPU; each is capped at 1/K of its "
                         "memory (default %(default)s)")
     p = sub.add_parser("report", help="write report.html of a run and print its summary")
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
+    if suppress_defaults:
+        for action in (a for p in [parser, *_subparsers(parser)] for a in p._actions):
+            action.default = argparse.SUPPRESS
     return parser

@@ -1,8 +1,14 @@
 """Inline-SVG drawing helpers and page assets (CSS, JS) for the HTML report.
 
 Pure string building with no dependencies, so the report stays one self-contained file that
-opens offline (no plotting library, no CDN). Callers pass text already escaped for HTML, except
-the bar labels of :func:`hbar_chart`, which it shortens and escapes itself.
+opens offline (no plotting library, no CDN).
+
+The escape rule of the whole report: text from a run file reaches the page only through
+:func:`esc` (element text and attribute values alike, quotes included), the one place that
+escapes; numbers are checked to be numbers when read (:mod:`autoprune.run_files`) and printed
+through format specs. The drawing helpers here take plain text (labels, axis titles, bar names)
+and escape it themselves. The page carries no data inside its ``<script>``: the script reads
+the escaped ``data-*`` attributes.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SCRIPT", "STYLE", "Frame", "Scale", "axes", "budget_line", "hbar_chart",
+__all__ = ["SCRIPT", "STYLE", "Frame", "Scale", "axes", "budget_line", "esc", "hbar_chart",
            "line_chart", "nice_ticks", "padded_range", "step_path", "svg"]
 
 Formatter = Callable[[float], str]
+
+
+def esc(value: object) -> str:
+    """The report's one escape: ``value`` as text that is safe as element content and inside a
+    quoted attribute (``& < > " '`` all escaped)."""
+    return html.escape(str(value), quote=True)
 
 
 def _general(value: float) -> str:
@@ -24,7 +36,8 @@ def _general(value: float) -> str:
 
 @dataclass(frozen=True)
 class Scale:
-    """One axis of a chart: its title (escaped), how its ticks print, whole-number ticks only."""
+    """One axis of a chart: its title (plain text), how its ticks print, whole-number ticks
+    only."""
 
     label: str
     fmt: Formatter = _general
@@ -90,7 +103,7 @@ class Frame:
 def svg(frame: Frame, body: str, label: str, cls: str = "chart") -> str:
     """An ``<svg>`` element sized by ``frame`` (scales with the page, keeps its aspect)."""
     return (f'<svg class="{cls}" viewBox="0 0 {frame.width} {frame.height}" role="img" '
-            f'aria-label="{label}">{body}</svg>')
+            f'aria-label="{esc(label)}">{body}</svg>')
 
 
 def axes(frame: Frame, x: Scale, y: Scale) -> str:
@@ -111,10 +124,10 @@ def axes(frame: Frame, x: Scale, y: Scale) -> str:
     parts.append(f'<rect class="plot-box" x="{x0}" y="{y1}" width="{x1 - x0}" '
                  f'height="{y0 - y1}"/>')
     parts.append(f'<text class="axis-label" x="{(x0 + x1) / 2:.1f}" y="{frame.height - 8}" '
-                 f'text-anchor="middle">{x.label}</text>')
+                 f'text-anchor="middle">{esc(x.label)}</text>')
     cy = (y0 + y1) / 2
     parts.append(f'<text class="axis-label" x="14" y="{cy:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {cy:.1f})">{y.label}</text>')
+                 f'transform="rotate(-90 14 {cy:.1f})">{esc(y.label)}</text>')
     return "".join(parts)
 
 
@@ -134,7 +147,7 @@ def budget_line(frame: Frame, value: float, label: str) -> str:
     px = frame.x(value)
     return (f'<line class="budget-line" x1="{px:.1f}" y1="{frame.top}" x2="{px:.1f}" '
             f'y2="{frame.height - frame.bottom}"/><text class="budget-label" x="{px + 4:.1f}" '
-            f'y="{frame.top + 12}">{label}</text>')
+            f'y="{frame.top + 12}">{esc(label)}</text>')
 
 
 def line_chart(xs: Sequence[float], ys: Sequence[float | None], x_axis: Scale, y_axis: Scale,
@@ -150,12 +163,12 @@ def line_chart(xs: Sequence[float], ys: Sequence[float | None], x_axis: Scale, y
         py = frame.y(reference[0])
         body.append(f'<line class="ref-line" x1="{frame.left}" y1="{py:.1f}" '
                     f'x2="{frame.width - frame.right}" y2="{py:.1f}"/><text class="ref-label" '
-                    f'x="{frame.left + 4}" y="{py - 4:.1f}">{reference[1]}</text>')
+                    f'x="{frame.left + 4}" y="{py - 4:.1f}">{esc(reference[1])}</text>')
     if pairs:
         extended = [*pairs, (x_hi, pairs[-1][1])]
         body.append(step_path(frame, extended, "progress-line"))
         body.extend(f'<circle class="progress-point" cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" '
-                    f'r="2.5"><title>trial {x:g}: {y_axis.fmt(y)}</title></circle>'
+                    f'r="2.5"><title>trial {x:g}: {esc(y_axis.fmt(y))}</title></circle>'
                     for x, y in pairs)
     else:
         body.append(f'<text class="empty" x="{frame.width / 2}" y="{frame.height / 2}" '
@@ -179,7 +192,7 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float | None], label: str
     for i, (name, value) in enumerate(zip(labels, values)):
         y = frame.top + i * row
         short = name if len(name) <= 30 else "\u2026" + name[-29:]
-        name, short = html.escape(name), html.escape(short)
+        name, short = esc(name), esc(short)
         parts.append(f'<text class="bar-label" x="{left - 6}" y="{y + 12}" '
                      f'text-anchor="end"><title>{name}</title>{short}</text>')
         if value is None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autoprune._cli_args import build_parser, settings_from_args
+from autoprune._cli_args import build_parser, given_flags, settings_from_args
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
 
@@ -81,14 +82,23 @@ def _from_config(run_dir: str, quiet: bool) -> RunInputs:
     from autoprune.results import RunDir
 
     config = RunDir.open(run_dir).read_config()
-    task_cfg = config["task"]
+    task_cfg = config.get("task")
+    if not isinstance(task_cfg, dict):
+        raise ConfigError(f"{run_dir}/config.yaml is damaged (no task section); restore it from "
+                          "a copy or start a new run")
     if task_cfg.get("python"):
         raise ConfigError(f"{run_dir!r} was started from Python; continue it with "
                           "ap.search(..., run_dir=..., resume=True)")
-    return RunInputs(task_cfg, Budget(**config["budget"]), load_space_from_config(config["space"]),
-                     FinetuneSettings(**config["finetune"]),
-                     SearchSettings(**{**config["search"], "progress": not quiet}),
-                     int(config["trials"]))
+    try:
+        return RunInputs(task_cfg, Budget(**config["budget"]),
+                         load_space_from_config(config["space"]),
+                         FinetuneSettings(**config["finetune"]),
+                         SearchSettings(**{**config["search"], "progress": not quiet}),
+                         int(config["trials"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{run_dir}/config.yaml is damaged ({what}); restore it from a copy "
+                          "or start a new run") from exc
 
 
 def _from_args(args: argparse.Namespace) -> RunInputs:
@@ -100,8 +110,11 @@ def _from_args(args: argparse.Namespace) -> RunInputs:
                     latency=args.budget_latency, latency_ms=args.budget_latency_ms)
     if budget.is_empty:
         budget = DEFAULT_BUDGET
-    task_cfg = {"spec": args.task or "digits", "data_dir": args.data_dir,
-                "model": args.model, "weights": args.weights, "seed": args.seed}
+    from autoprune.tasks.loader import task_file_record
+
+    spec = args.task or "digits"
+    task_cfg = {"spec": spec, "data_dir": args.data_dir, "model": args.model,
+                "weights": args.weights, "seed": args.seed, **task_file_record(spec)}
     trials = RunSettings.trials if args.trials is None else args.trials
     run = settings_from_args(RunSettings, args, trials=trials)
     space = load_space(run.space)
@@ -110,13 +123,16 @@ def _from_args(args: argparse.Namespace) -> RunInputs:
     return RunInputs(task_cfg, budget, space, ft, settings, run.trials)
 
 
-def _open_run(inputs: RunInputs, run_dir: Any) -> Any:
+def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
     """Load the task (its dense model is trained once, then cached) and build the run on
-    ``run_dir`` (a :class:`~autoprune.results.RunDir`)."""
+    ``run_dir`` (a :class:`~autoprune.results.RunDir`). A run folder's own task file runs only
+    if it is the file the run was started with, or ``trust_task``."""
     from autoprune.run import Recipe, Run, Target
     from autoprune.tasks import load_task
+    from autoprune.tasks.loader import check_task_file
 
     task_cfg = inputs.task
+    check_task_file(task_cfg, run_dir.path, trust_task)
     _check_device(inputs.finetune.device)
     task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
                      model=task_cfg.get("model"), weights=task_cfg.get("weights"),
@@ -128,21 +144,54 @@ def _open_run(inputs: RunInputs, run_dir: Any) -> Any:
     return Run(run_dir, target, inputs.budget, recipe)
 
 
+# what --resume may be given beside it: everything else would change the run's meaning
+RESUME_FLAGS = {"resume", "trials", "progress", "verbose", "command", "trust_task"}
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.driver import run_search
-    from autoprune.run import Recipe, open_run_dir, resolved_config
+    from autoprune.run import Recipe, open_run_dir, release_unstarted, resolved_config
 
-    if args.resume:
+    resume = bool(args.resume)
+    if resume:
+        _refuse_with_resume(args)
         inputs = _from_config(args.resume, not args.progress)
         trials = RunSettings(trials=args.trials or inputs.trials).trials  # validates
+        if trials < inputs.trials:
+            raise ConfigError(f"--trials {trials} is below the run's {inputs.trials}; --resume "
+                              "may only extend a run")
     else:
         inputs = _from_args(args)
         trials = inputs.trials
     recipe = Recipe(inputs.space, inputs.search, inputs.finetune)
     config = resolved_config(inputs.task, inputs.budget, trials, recipe)
-    run_dir = open_run_dir(args.resume or args.out, config, bool(args.resume), inputs.budget)
-    result = run_search(_open_run(inputs, run_dir), trials, bool(args.resume), rebuildable=True)
-    return _cmd_report(argparse.Namespace(run_dir=str(result.run_dir)))
+    run_dir = open_run_dir(args.resume or args.out, config, resume, inputs.budget)
+    try:
+        run = _open_run(inputs, run_dir, trust_task=args.trust_task)
+    except BaseException:
+        if not resume:  # a start that failed leaves no run folder to block the corrected command
+            release_unstarted(run_dir)
+        raise
+    if resume and trials != inputs.trials:
+        run_dir.write_config({**run_dir.read_config(), "trials": trials})
+    result = run_search(run, trials, resume, rebuildable=True)
+    code = _cmd_report(argparse.Namespace(run_dir=str(result.run_dir)))
+    if not any(r.is_full for r in result.trials):
+        failed = [r for r in result.trials if r.fail_reason]
+        first = f"; first failure: {failed[0].fail_reason}" if failed else ""
+        print(f"autoprune: error: no trial completed ({len(failed)} failed{first}); see "
+              f"{result.run_dir}/trials.csv", file=sys.stderr)
+        return 1
+    return code
+
+
+def _refuse_with_resume(args: argparse.Namespace) -> None:
+    extra = sorted(set(getattr(args, "given", {})) - RESUME_FLAGS)
+    if extra:
+        flags = ", ".join(args.given[d] for d in extra)
+        raise ConfigError(f"--resume {args.resume} continues the run as configured in its "
+                          f"config.yaml; drop {flags} (only --trials may extend it) or start a "
+                          f"new run with --out")
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -174,7 +223,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run.path} has no baseline.json yet; start workers after the "
                           "launching search has begun")
     inputs = _from_config(run_dir, True)
-    done = work(_open_run(inputs, run), inputs.trials,
+    done = work(_open_run(inputs, run, trust_task=args.trust_task), inputs.trials,
                 WorkerArgs(args.threads, args.worker_index, args.workers_per_gpu))
     log.info("worker finished %d trials", done)
     return 0
@@ -203,7 +252,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     result = export_trial(args.run_dir, args.trial, fmt=args.format, out=args.out,
                           finetune_epochs=args.finetune_epochs, progress=not args.quiet,
-                          sparsity=args.sparsity, quantize=args.quantize)
+                          sparsity=args.sparsity, quantize=args.quantize,
+                          trust_task=args.trust_task)
     m = result.metrics
     print(f"trial {args.trial}: test accuracy {m['test_acc']:.2%}, "
           f"{m['flops_ratio']:.1%} of the dense FLOPs, {m['params']:,.0f} params")
@@ -234,8 +284,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. Exit codes: 0 done, 1 nothing completed or an internal error (a bug:
+    ``-v`` shows its traceback), 2 bad input (one stderr line naming what and how to fix it),
+    130 interrupted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.given = given_flags(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     # torch warns about a missing CUDA toolkit when its benchmark timer loads; not our user's issue
@@ -243,11 +297,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(COMMANDS[args.command](args) or 0)
     except AutopruneError as exc:
-        print(f"autoprune: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2)
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only or vanished folder: the user's to fix
+        return _fail(_os_error(exc, args), 2)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        return _fail(f"internal error {type(exc).__name__}: {exc} (a bug in autoprune; rerun "
+                     "with -v for the traceback and report it)", 1)
+
+
+def _fail(message: object, code: int) -> int:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"autoprune: error: {text}", file=sys.stderr)
+    return code
+
+
+def _os_error(exc: OSError, args: argparse.Namespace) -> str:
+    where = exc.filename or "the run directory"
+    if exc.errno == errno.ENOSPC:
+        run = getattr(args, "resume", None) or getattr(args, "out", None) or "RUN"
+        return (f"disk full while writing {where}; free space and run "
+                f"`autoprune search --resume {run}`")
+    return f"{exc.strerror or type(exc).__name__} at {where}; check the path and its permissions"
 
 
 if __name__ == "__main__":  # pragma: no cover

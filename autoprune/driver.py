@@ -24,7 +24,7 @@ from autoprune.errors import ConfigError
 from autoprune.generations import optimize
 from autoprune.plan import DEFAULT_BUDGET, Budget
 from autoprune.results import RunDir
-from autoprune.run import Recipe, Run, Target, open_run_dir, resolved_config
+from autoprune.run import Recipe, Run, Target, open_run_dir, release_unstarted, resolved_config
 from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
 from autoprune.space import SearchSpace, load_space
 from autoprune.trial import TrialRecord
@@ -43,14 +43,22 @@ class SearchResult:
     baseline: dict[str, Any] = field(default_factory=dict)
 
 
-def prime(run: Run, backend: SearchBackend, resume: bool) -> None:
-    """Baselines first in a new study; on resume, the trials to retry."""
-    if resume:
-        for params, attrs in backend.recover():
-            backend.enqueue(params, attrs)
-    elif not backend.records() and run.settings.priors:
+def prime(run: Run, backend: SearchBackend, resume: bool, trials: int) -> None:
+    """Baselines first in a new study; on resume, the trials to retry and any baseline a kill
+    skipped. A run that already holds its ``trials`` full fine-tunes queues nothing (a queued
+    trial would stay WAITING in a finished study)."""
+    retries = backend.recover() if resume else []
+    if backend.slots().done >= trials:
+        retries, priors = [], False
+    else:
+        priors = run.settings.priors
+    for params, attrs in retries:
+        backend.enqueue(params, attrs)
+    if priors:  # a run killed before they were enqueued gets them on resume
+        have = {r.baseline for r in backend.records()}
         for params, attrs in run.problem.baseline_params():
-            backend.enqueue(params, attrs)
+            if attrs.get("baseline") not in have:
+                backend.enqueue(params, attrs)
     if run.settings.storage is not None:  # workers on other machines rebuild the run from these
         backend.share({"autoprune_config": run.dir.read_config(),
                        "autoprune_baseline": run.dir.read_baseline()})
@@ -62,7 +70,7 @@ def run_search(run: Run, trials: int, resume: bool, rebuildable: bool) -> Search
         raise ConfigError(f"--trials {trials} must be >= 1")
     backend = run.backend()
     try:
-        prime(run, backend, resume)
+        prime(run, backend, resume, trials)
         _loop(run, backend, trials, rebuildable)
         return finish(run, backend)
     finally:
@@ -169,8 +177,13 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
                     settings or SearchSettings(), finetune_settings or FinetuneSettings())
     config = resolved_config({"python": True}, budget, trials, recipe)
     run_d = open_run_dir(run_dir, config, resume, budget)
-    run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune), budget,
-              recipe)
+    try:
+        run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune), budget,
+                  recipe)
+    except BaseException:
+        if not resume:
+            release_unstarted(run_d)
+        raise
     return run_search(run, trials, resume, rebuildable=False)
 
 

@@ -8,7 +8,6 @@ absolute paths) so a reviewer can open it anywhere the run folder was copied to.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -29,6 +28,7 @@ from autoprune.report_data import (
 )
 from autoprune.report_plots import AXES, LEGEND, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
+from autoprune.run_files import FileCheck
 from autoprune.trial import TrialRecord, TrialState
 
 __all__ = ["front_table", "terminal_summary", "write_report"]
@@ -47,8 +47,14 @@ def front_table(front: Sequence[TrialRecord], baseline: dict[str, Any]) -> str:
         lines.append(
             f"{r.trial:>6} {pct(r.val_acc):>8} {pct(r.test_acc):>9} "
             f"{pct(r.flops_ratio):>7} {pct(r.params_ratio):>7} {ms(r.latency_ms):>11}  "
-            f"{r.baseline or ''}")
+            f"{_printable(r.baseline or '')}")
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Text from a run file, safe to print: control characters (terminal escapes) shown as
+    ``\\x..`` instead of acting on the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def terminal_summary(run_dir: str) -> str:
@@ -59,7 +65,7 @@ def terminal_summary(run_dir: str) -> str:
     budget = baseline.get("budget", {})
     budget_text = ", ".join(f"latency <= {v:g} ms" if k == "latency_ms" else f"{k} <= {v:.0%}"
                             for k, v in budget.items() if v is not None)
-    return (f"run: {run.path}\nbudget: {budget_text or '-'}; "
+    return (f"run: {_printable(str(run.path))}\nbudget: {budget_text or '-'}; "
             f"trials: {state_counts(records) or 'none'}\n\n"
             f"Pareto front (validation selects; test shown for front members):\n"
             f"{front_table(front, baseline)}")
@@ -189,10 +195,7 @@ def _exports(models: Path) -> str:
     """Exported models (``autoprune export``), quantized variants beside their float parent."""
     rows = []
     for file in sorted(models.glob("*.metrics.json")):
-        try:
-            m = json.loads(file.read_text())
-        except (OSError, ValueError):
-            continue
+        m = _metrics(FileCheck(file))
         weights = m.get("weights") or {}
         rows.append((m.get("parent") or m.get("file", ""), m.get("parent") is not None, (
             f"<tr><td>{esc(m.get('file', file.name))}</td><td>{esc(m.get('format', '-'))}</td>"
@@ -208,6 +211,16 @@ def _exports(models: Path) -> str:
             "<th>weights zero</th><th>bytes</th><th>latency ms</th><th>float parent</th></tr>")
     return (f"<h2>Exported models</h2><table class=\"exports\">{head}"
             f"{''.join(r[2] for r in rows)}</table>")
+
+
+def _metrics(check: FileCheck) -> dict[str, Any]:
+    """An export's ``.metrics.json``, its figures checked to be numbers (damage: one line)."""
+    m = check.mapping(check.json(), "the file")
+    check.numbers(m, ("test_acc", "flops_ratio", "file_bytes", "latency_ms"), "")
+    check.number(m.get("trial"), "trial", integer=True)
+    check.words(m, ("file", "format", "parent"), "")
+    check.numbers(check.mapping(m.get("weights") or {}, "weights"), ("sparsity",), "weights.")
+    return m
 
 
 def _render(run: RunView, exports: str = "") -> str:

@@ -8,18 +8,20 @@ formats that :mod:`autoprune.report` and :mod:`autoprune.report_plots` draw.
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+from autoprune._svg import esc
 from autoprune.budget import ResolvedBudget
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError
 from autoprune.plan import Budget
 from autoprune.results import RunDir
+from autoprune.run_files import FileCheck
 from autoprune.trial import TrialRecord
 
 __all__ = ["RunView", "budget_x", "cost_name", "esc", "front_records", "hypervolume_points",
@@ -32,10 +34,6 @@ def pct(value: float | None) -> str:
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def slug(text: str) -> str:
@@ -52,14 +50,13 @@ def state_counts(records: Sequence[TrialRecord]) -> str:
 
 def front_records(run: RunDir) -> list[TrialRecord]:
     """front.json's rows as records; a damaged row (a text trial number, a state that does not
-    exist: what a planted payload looks like) is refused, never rendered."""
+    exist: what a planted payload looks like) is refused with one line, never rendered."""
     fields = TrialRecord.__dataclass_fields__
+    rows = run.read_front()  # type-checked there
     try:
-        return [TrialRecord(**{k: v for k, v in f.items() if k in fields})
-                for f in run.read_front()]
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{run.front_json_path} is damaged ({str(exc)[:200]}); run the search "
-                          "again (or --resume it) to rewrite it") from exc
+        return [TrialRecord(**{k: v for k, v in f.items() if k in fields}) for f in rows]
+    except (ValueError, TypeError) as exc:
+        raise FileCheck(run.front_json_path).fail(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,7 @@ class RunView:
     baseline: dict[str, Any]
     config: dict[str, Any]
     budget_file: dict[str, Any] | None = None
+    budget_path: Path = Path("budget.json")
 
     @property
     def dense(self) -> dict[str, Any]:
@@ -85,7 +83,10 @@ class RunView:
     def resolved(self) -> ResolvedBudget | None:
         """The budget as the search resolved it (budget.json; older runs: from the baseline)."""
         if self.budget_file:
-            return ResolvedBudget.from_dict(self.budget_file)
+            try:
+                return ResolvedBudget.from_dict(self.budget_file)
+            except AutopruneError as exc:  # the types were checked on read; not the values
+                raise FileCheck(self.budget_path).fail(str(exc)) from exc
         dense = self.dense
         try:
             return ResolvedBudget(Budget(**{k: v for k, v in self.budget.items()
@@ -110,7 +111,8 @@ def load(run: RunDir) -> RunView:
                      dataclasses.replace(latest, plan=row.plan or latest.plan))
     baseline = run.read_baseline() if run.baseline_path.is_file() else {}
     return RunView(run.path.resolve().name, tuple(sorted(records, key=lambda r: r.trial)),
-                   tuple(front), baseline, run.read_config(), run.read_budget())
+                   tuple(front), baseline, run.read_config(), run.read_budget(),
+                   run.budget_path)
 
 
 def budget_x(run: RunView, key: str) -> float | None:

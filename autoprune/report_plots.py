@@ -115,7 +115,7 @@ def scatter(run: RunView, key: str) -> str:
     dense, ratio = run.dense, key != "latency_ms"
     dense_x = 1.0 if ratio else dense.get("latency_ms")
     frame = _frame(run, key, pts, dense_x)
-    x_axis = _svg.Scale(esc(AXES[key]), _percent) if ratio else _svg.Scale(esc(AXES[key]))
+    x_axis = _svg.Scale(AXES[key], _percent) if ratio else _svg.Scale(AXES[key])
     body = [_svg.axes(frame, x_axis, _svg.Scale("validation accuracy", _percent))]
     limit = budget_x(run, key)
     if limit is not None:
@@ -129,7 +129,7 @@ def scatter(run: RunView, key: str) -> str:
     body.extend(_mark(frame, r, x, r.trial in run.front_ids) for r, x in order)
     if dense_x is not None and dense.get("val_acc") is not None:
         body.append(_dense_mark(frame, dense, float(dense_x or 0.0)))
-    return _svg.svg(frame, "".join(body), f"validation accuracy vs {esc(AXES[key])}")
+    return _svg.svg(frame, "".join(body), f"validation accuracy vs {AXES[key]}")
 
 
 def _best_within_budget(run: RunView) -> list[float | None]:

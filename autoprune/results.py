@@ -7,6 +7,8 @@ here is backend-blind, and the report renders from these files alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import json
 import math
 import os
@@ -19,8 +21,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from autoprune import run_files
 from autoprune.errors import ConfigError
-from autoprune.trial import TrialRecord
+from autoprune.run_files import FileCheck
+from autoprune.trial import TrialRecord, TrialState
 
 __all__ = [
     "COLUMNS",
@@ -40,6 +44,7 @@ COLUMNS = (
 
 #: Columns parsed back as text; every other column of ``COLUMNS`` except ``trial`` is a float.
 _TEXT_COLUMNS = frozenset({"state", "fail_reason", "baseline"})
+_NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in _TEXT_COLUMNS and c != "trial")
 _PARAM_PREFIX = "p:"
 _STAGE_PREFIX = "s:"
 
@@ -61,9 +66,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:  # name the file
+            exc.filename = str(target)
         raise
 
 
@@ -254,7 +261,10 @@ class RunDir:
 
     def read_budget(self) -> dict[str, Any] | None:
         """The resolved budget (``None`` for runs written before it was recorded)."""
-        return self._read_json(self.budget_path)
+        if not self.budget_path.is_file():
+            return None
+        check = FileCheck(self.budget_path)
+        return run_files.check_budget(check, check.json())
 
     def write_scores(self, which: str, scores: dict[Any, float]) -> None:
         """``test_scores.json`` (``which="test"``) or ``latency_remeasured.json``
@@ -264,7 +274,11 @@ class RunDir:
 
     def read_scores(self, which: str) -> dict[int, float]:
         """The per-trial figures of :meth:`write_scores` (``{}`` before the first write)."""
-        data = self._read_json(self._scores_path(which)) or {}
+        path = self._scores_path(which)
+        if not path.is_file():
+            return {}
+        check = FileCheck(path)
+        data = run_files.check_scores(check, check.json())
         return {int(k): float(v) for k, v in data.items() if k.isdigit()}
 
     def _scores_path(self, which: str) -> Path:
@@ -273,34 +287,22 @@ class RunDir:
             raise ValueError(f"scores {which!r}: use one of {sorted(paths)}")
         return paths[which]
 
-    @staticmethod
-    def _read_json(path: Path) -> Any:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
     def write_config(self, config: dict[str, Any]) -> None:
         """The fully resolved config, in the caller's key order (plain YAML types only)."""
         atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
-        try:
-            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"{self.config_path} is not valid YAML ({exc}); fix or rewrite the file"
-            ) from exc
-        if not isinstance(config, dict):
-            raise ConfigError(
-                f"{self.config_path} holds {type(config).__name__}, not a mapping; "
-                "rewrite it with the config a search wrote"
-            )
-        return config
+        """config.yaml, its sections type-checked (damage: one ConfigError line)."""
+        check = FileCheck(self.config_path)
+        return run_files.check_config(check, check.yaml())
 
     def write_baseline(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.baseline_path, _dump_json(data))
 
     def read_baseline(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.baseline_path.read_text(encoding="utf-8"))
-        return data
+        """baseline.json, its figures type-checked (missing or damaged: one ConfigError line)."""
+        check = FileCheck(self.baseline_path)
+        return run_files.check_baseline(check, check.json())
 
     def has_baseline(self) -> bool:
         return self.baseline_path.is_file()
@@ -310,8 +312,9 @@ class RunDir:
         atomic_write_text(self.plan_path(trial), _dump_json(plan, sort_keys=True))
 
     def read_plan(self, trial: int) -> dict[str, Any]:
-        plan: dict[str, Any] = json.loads(self.plan_path(trial).read_text(encoding="utf-8"))
-        return plan
+        """``plans/<trial>.json``, type-checked (missing or damaged: one ConfigError line)."""
+        check = FileCheck(self.plan_path(trial))
+        return run_files.check_plan(check, check.json())
 
     def _plan_or_none(self, trial: int) -> dict[str, Any] | None:
         return self.read_plan(trial) if self.plan_path(trial).is_file() else None
@@ -324,12 +327,8 @@ class RunDir:
         """Records from ``trials.csv`` (``[]`` before the first write), plans from ``plans/``."""
         if not self.trials_path.is_file():
             return []
-        header = pd.read_csv(self.trials_path, nrows=0).columns
-        frame = pd.read_csv(self.trials_path, dtype=_dtypes([str(c) for c in header]),
-                            keep_default_na=False, na_values={c: [""] for c in header
-                                                              if c not in _TEXT_COLUMNS})
-        return [_record_from_row(row, self._plan_or_none(int(row["trial"])))
-                for row in frame.to_dict(orient="records")]
+        records = _read_table(FileCheck(self.trials_path))
+        return [dataclasses.replace(r, plan=self._plan_or_none(r.trial)) for r in records]
 
     def write_front(self, records: Sequence[TrialRecord]) -> None:
         """``front.csv`` (the trials.csv layout) and ``front.json`` (rows with their plans).
@@ -351,8 +350,33 @@ class RunDir:
         """The rows of ``front.json`` (``[]`` before the first write)."""
         if not self.front_json_path.is_file():
             return []
-        rows: list[dict[str, Any]] = json.loads(self.front_json_path.read_text(encoding="utf-8"))
-        return rows
+        check = FileCheck(self.front_json_path)
+        return run_files.check_front(check, check.json(), _NUMBER_COLUMNS, _TEXT_COLUMNS,
+                                     [s.value for s in TrialState])
+
+
+def _read_table(check: FileCheck) -> list[TrialRecord]:
+    """trials.csv's rows as records (without plans); any damage names the file.
+
+    Rows end in ``\n`` only (as written), so a lone ``\r`` in a text cell stays text; a file
+    saved with CRLF endings throughout is read too."""
+    text = check.text()  # missing, empty, unreadable or not UTF-8
+    if text.count("\r\n") == text.count("\n"):
+        text = text.replace("\r\n", "\n")
+    try:
+        header = [str(c) for c in pd.read_csv(io.StringIO(text), nrows=0,
+                                              lineterminator="\n").columns]
+        missing = [c for c in ("trial", "state") if c not in header]
+        if missing:
+            raise check.fail(f"no {missing[0]!r} column")
+        frame = pd.read_csv(io.StringIO(text), dtype=_dtypes(header), keep_default_na=False,
+                            lineterminator="\n",
+                            na_values={c: [""] for c in header if c not in _TEXT_COLUMNS})
+        return [_record_from_row(row, None) for row in frame.to_dict(orient="records")]
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError, pd.errors.ParserError) as exc:
+        raise check.fail(str(exc) or type(exc).__name__) from exc
 
 
 def _frame_to_csv(frame: pd.DataFrame) -> str:

@@ -12,9 +12,11 @@ their parameters enqueued again; completed trials are never rerun.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import inspect
+import os
 import platform
 import secrets
 from collections.abc import Callable, Iterable
@@ -39,7 +41,8 @@ from autoprune.stages import Stages, Timer
 if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
 
-__all__ = ["Run", "Target", "default_run_name", "open_run_dir"]
+__all__ = ["Run", "Target", "claim_run_dir", "default_run_name", "open_run_dir",
+           "release_unstarted"]
 
 STUDY = "autoprune"
 
@@ -83,10 +86,7 @@ def open_run_dir(run_dir: str | Path | None, config: dict[str, Any], resume: boo
         return RunDir.open(run_dir)
     path = Path(run_dir) if run_dir else Path("results") / default_run_name(
         str(config.get("task", {}).get("spec", "python")), budget)
-    if RunDir.holds_run(path):
-        raise ConfigError(f"{str(path)!r} already holds a run; pass --resume {path} to "
-                          "continue it or choose another --out")
-    run = RunDir.create(path)
+    run = claim_run_dir(path)
     storage = config.get("search", {}).get("storage")
     # the journal in a run dir holds one study; a shared server holds many, one per run (a
     # random suffix: two runs both called results/run must never share a study)
@@ -94,6 +94,34 @@ def open_run_dir(run_dir: str | Path | None, config: dict[str, Any], resume: boo
         f"autoprune-{run.path.resolve().name}-{secrets.token_hex(4)}"
     run.write_config({**config, "study_name": name})
     return run
+
+
+def claim_run_dir(path: Path) -> RunDir:
+    """Create ``path`` as a new run directory, claimed by an exclusive create of its
+    config.yaml: of two searches started on one ``--out`` at once, exactly one gets it."""
+    try:
+        RunDir.create(path)
+        os.close(os.open(path / "config.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise ConfigError(f"{str(path)!r} already holds a run; pass --resume {path} to "
+                          "continue it or choose another --out") from None
+    except OSError as exc:
+        raise ConfigError(f"--out {str(path)!r} cannot be created ({exc.strerror}); choose a "
+                          "folder you can write to") from None
+    return RunDir(path)
+
+
+def release_unstarted(run: RunDir) -> None:
+    """Undo :func:`claim_run_dir` for a run whose start failed (no baseline measured yet): the
+    files autoprune wrote go, and the folder too when that leaves it empty, so the corrected
+    command can take the same ``--out``."""
+    if run.has_baseline():
+        return
+    for path in (run.config_path, run.budget_path, *run.path.glob(".*.lock")):
+        path.unlink(missing_ok=True)
+    for folder in (run.plans_dir, run.models_dir, run.path):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: nothing of the user's is removed
 
 
 def resolved_config(task: dict[str, Any], budget: Budget, trials: int,

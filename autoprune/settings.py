@@ -37,8 +37,38 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def meta(help: str, flag: str | None = None, **cli: Any) -> dict[str, Any]:
-    """A field's metadata: its help text and (when it is on the command line) its flag."""
+    """A field's metadata: its help text and (when it is on the command line) its flag.
+
+    Numeric fields carry their range: ``low`` / ``high`` (inclusive), ``above`` / ``below``
+    (exclusive); every float must also be finite.
+    """
     return {"help": help, "flag": flag, **cli}
+
+
+def check_number(flag: str, value: Any, spec: dict[str, Any]) -> None:
+    """One-line ConfigError unless ``value`` is a finite number within ``spec``'s range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{flag} {value!r} is not a number")
+    low, high, above, below = (spec.get(k) for k in ("low", "high", "above", "below"))
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag} {value} must be a finite number")
+    if above is not None and not value > above:
+        raise ConfigError(f"{flag} {value} must be > {above}")
+    if below is not None and not (value < below and (low is None or value >= low)):
+        raise ConfigError(f"{flag} {value} must be in [{low}, {below})")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"in [{low}, {high}]" if low is not None and high is not None else \
+            (f">= {low}" if low is not None else f"<= {high}")
+        raise ConfigError(f"{flag} {value} must be {span}")
+
+
+def _check_numbers(obj: Any) -> None:
+    """Every numeric field of a settings object within its declared range."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        check_number(flag_of(f), value, f.metadata)
 
 
 def flag_of(f: Field[Any]) -> str:
@@ -86,13 +116,12 @@ class RunSettings:
     trials: int = field(default=40, metadata=meta(
         "fully fine-tuned candidates to run; the proxy-screened and short-stage candidates "
         "recorded beside them do not count", "--trials",
-        cli_default=None))  # None until given: --resume keeps the run's own count
+        cli_default=None, low=1, high=1_000_000))  # None until given: --resume keeps the count
     space: str = field(default="default", metadata=meta(
         "search space: default | resnet | mobilenet | plain | PATH.yaml", "--space"))
 
     def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise ConfigError(f"--trials {self.trials} must be >= 1")
+        _check_numbers(self)
 
 
 @dataclass(frozen=True)
@@ -100,35 +129,32 @@ class FinetuneSettings:
     """How each candidate is fine-tuned (the same for every candidate of a run)."""
 
     steps: int = field(default=120, metadata=meta(
-        "fine-tune steps per candidate", "--finetune-steps", group="finetune"))
+        "fine-tune steps per candidate", "--finetune-steps", group="finetune", low=0,
+        high=10_000_000))
     epochs: float | None = field(default=None, metadata=meta(
         "fine-tune epochs per candidate (instead of --finetune-steps: epochs x batches per "
-        "epoch)", "--finetune-epochs", group="finetune"))
+        "epoch)", "--finetune-epochs", group="finetune", above=0, high=100_000))
     lr: float = field(default=0.01, metadata=meta(
-        "fine-tune learning rate", "--lr", group="finetune"))
+        "fine-tune learning rate", "--lr", group="finetune", above=0, high=100))
     optimizer: Optimizer = field(default="sgd", metadata=meta(
         "fine-tune optimizer (sgd: Nesterov momentum 0.9)", "--optimizer", group="finetune"))
-    weight_decay: float = field(default=5e-4, metadata=meta("fine-tune weight decay"))
+    weight_decay: float = field(default=5e-4, metadata=meta(
+        "fine-tune weight decay", low=0, high=1))
     distill: bool = field(default=False, metadata=meta(
         "distil from the dense model (KL on softened logits)", "--distill", group="finetune"))
     distill_alpha: float = field(default=0.7, metadata=meta(
-        "weight of the distillation loss (1 - alpha: the cross-entropy)"))
+        "weight of the distillation loss (1 - alpha: the cross-entropy)", low=0, high=1))
     temperature: float = field(default=4.0, metadata=meta(
-        "softmax temperature of the distillation loss"))
+        "softmax temperature of the distillation loss", above=0, high=1000))
     bn_batches: int = field(default=20, metadata=meta(
         "batches for BatchNorm re-estimation (the proxy score)", "--bn-batches",
-        group="finetune"))
+        group="finetune", low=0, high=1_000_000))
     device: str = field(default="cpu", metadata=meta(
         "cpu | cuda | cuda:N: where candidates are fine-tuned and timed", "--device"))
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        if self.steps < 0 or self.bn_batches < 0:
-            raise ConfigError(f"steps={self.steps} and bn_batches={self.bn_batches} must be >= 0")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ConfigError(f"epochs={self.epochs} must be > 0 (or None to use steps)")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
+        _check_numbers(self)
         if not _DEVICE.fullmatch(self.device):
             raise ConfigError(f"--device {self.device!r}; use cpu or cuda")
 
@@ -139,16 +165,17 @@ class SearchSettings:
 
     sampler: Sampler = field(default="tpe", metadata=meta(
         "Optuna sampler of the per-group ratios", "--sampler", group="strategy"))
-    seed: int = field(default=0, metadata=meta("random seed", "--seed"))
+    seed: int = field(default=0, metadata=meta("random seed", "--seed", low=0, high=2**32 - 1))
     importance: Importance = field(default="l2", metadata=meta(
         "channel importance: which channels of a group are removed", "--importance"))
     level_low: float = field(default=0.6, metadata=meta(
-        "lowest cost level sampled, as a fraction of the budget"))
+        "lowest cost level sampled, as a fraction of the budget", above=0, high=1))
     latency: bool = field(default=True, metadata=meta(
         "measure each candidate's latency (CPU timer / CUDA events)", "--no-latency",
         negate=True, flag_help="do not time candidates", group="latency"))
     latency_batch: int = field(default=1, metadata=meta(
-        "batch size latency is measured at", "--latency-batch", group="latency"))
+        "batch size latency is measured at", "--latency-batch", group="latency", low=1,
+        high=65_536))
     latency_dtype: Dtype = field(default="float32", metadata=meta(
         "dtype latency is measured in", "--latency-dtype", group="latency"))
     storage: str | None = field(default=None, metadata=meta(
@@ -160,53 +187,49 @@ class SearchSettings:
     workers: int = field(default=1, metadata=meta(
         "local worker processes sharing the study (CLI default: 1 on CPU, where the threads "
         "are split evenly; one per visible GPU on CUDA)", "--workers", group="parallel",
-        cli_default=None, show_default=False))
+        cli_default=None, show_default=False, low=1, high=1024))
     workers_per_gpu: int = field(default=1, metadata=meta(
         "on CUDA: processes sharing one GPU, each capped at 1/K of its memory",
-        "--workers-per-gpu", group="parallel"))
+        "--workers-per-gpu", group="parallel", low=1, high=64))
     backend: Backend = field(default="optuna", metadata=meta(
         "optuna: embedded | ray: pip install 'autoprune[ray]'", "--backend", group="parallel"))
     ray_address: str | None = field(default=None, metadata=meta(
         "with --backend ray: 'auto' joins a running cluster (default: a local Ray instance)",
         "--ray-address", group="parallel"))
     cpus_per_trial: float = field(default=1.0, metadata=meta(
-        "with --backend ray: CPUs per trial", "--cpus-per-trial", group="parallel"))
+        "with --backend ray: CPUs per trial", "--cpus-per-trial", group="parallel",
+        above=0, high=4096))
     gpus_per_trial: float = field(default=0.0, metadata=meta(
         "with --backend ray: GPUs per trial, e.g. 0.5 (fractions do not cap memory)",
-        "--gpus-per-trial", group="parallel"))
+        "--gpus-per-trial", group="parallel", low=0, high=64))
     progress: bool = field(default=True, metadata=meta(
         "show a progress bar", "--quiet", negate=True, flag_help="no progress bar"))
     # cheap first, expensive last (autoprune.generations); defaults: benchmarks/search_quality
     screen: float = field(default=4.0, metadata=meta(
         "candidates scored by the adaptive-BN proxy per fully fine-tuned one (0: no proxy "
-        "screening)", "--screen", group="strategy", metavar="R"))
+        "screening)", "--screen", group="strategy", metavar="R", low=0, high=1000))
     short_fidelity: float = field(default=0.35, metadata=meta(
         "share of the full fine-tune in the short stage (0: none)", "--short-fidelity",
-        group="strategy", metavar="F"))
+        group="strategy", metavar="F", low=0, below=1))
     promote: float = field(default=2.0, metadata=meta(
-        "short fine-tunes per full one", "--promote", group="strategy", metavar="E"))
+        "short fine-tunes per full one", "--promote", group="strategy", metavar="E", low=1,
+        high=1000))
     generation: int = field(default=2, metadata=meta(
-        "full fine-tunes per generation", "--generation", group="strategy", metavar="K"))
+        "full fine-tunes per generation", "--generation", group="strategy", metavar="K",
+        low=1, high=10_000))
     priors: bool = field(default=True, metadata=meta(
         "start around the uniform / global-ranking plans and the incumbents", "--no-priors",
         negate=True, group="strategy",
         flag_help="do not seed the search with the uniform and global-ranking plans"))
     levels: int = field(default=3, metadata=meta(
         "cost levels searched, from the budget down to level_low (0.6) x budget", "--levels",
-        group="strategy"))
+        group="strategy", low=1, high=100))
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         check_schedule(self.screen, self.short_fidelity, self.promote, self.generation)
         _check_choices(self)
-        if self.levels < 1:
-            raise ConfigError(f"--levels {self.levels} must be >= 1")
-        if not 0.0 < self.level_low <= 1.0:
-            raise ConfigError(f"level_low={self.level_low} must be in (0, 1]")
-        if self.workers < 1 or self.workers_per_gpu < 1:
-            raise ConfigError(f"--workers {self.workers} and --workers-per-gpu "
-                              f"{self.workers_per_gpu} must be >= 1")
         if self.backend == "ray" and self.workers > 1:
             raise ConfigError("--workers is for the optuna backend; with --backend ray, Ray "
                               "runs trials in parallel (--cpus-per-trial, --gpus-per-trial)")
-        if self.latency_batch < 1:
-            raise ConfigError(f"--latency-batch {self.latency_batch} must be >= 1")
+

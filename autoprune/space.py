@@ -77,9 +77,10 @@ class SearchSpace:
     source: str = "default"
 
     def __post_init__(self) -> None:
-        _check_range("ratio", self.low, self.high, self.step)
+        _check_range(f"search space {self.source}: ratio", self.low, self.high, self.step)
         for rule in self.rules:
-            _check_range(f"rule {rule.pattern!r}", rule.low if rule.low is not None else self.low,
+            _check_range(f"search space {self.source}: rule {rule.pattern!r}",
+                         rule.low if rule.low is not None else self.low,
                          rule.high if rule.high is not None else self.high, rule.step)
 
     @classmethod
@@ -88,9 +89,10 @@ class SearchSpace:
         if unknown:
             raise ConfigError(f"search space {source}: unknown keys {sorted(unknown)}; allowed: "
                               f"{', '.join(sorted(_TOP_KEYS))}")
-        ratio = dict(data.get("ratio") or {})
+        check = _Checker(source)
+        ratio = check.mapping("ratio", data.get("ratio") or {})
         rules = []
-        for raw in data.get("rules") or []:
+        for raw in check.sequence("rules", data.get("rules")):
             if not isinstance(raw, Mapping) or "pattern" not in raw:
                 raise ConfigError(
                     f"search space {source}: each rule needs a 'pattern'; got {raw!r}")
@@ -98,10 +100,14 @@ class SearchSpace:
             if bad:
                 raise ConfigError(f"search space {source}: rule {raw['pattern']!r} has unknown "
                                   f"keys {sorted(bad)}; allowed: {', '.join(sorted(_RULE_KEYS))}")
-            rules.append(Rule(**raw))
-        return cls(ignore=tuple(data.get("ignore") or ()), round_to=data.get("round_to"),
-                   low=float(ratio.get("low", 0.0)), high=float(ratio.get("high", 0.8)),
-                   step=ratio.get("step", 0.05), rules=tuple(rules), source=source)
+            rules.append(check.rule(raw))
+        ignore = tuple(check.text(f"ignore[{i}]", v)
+                       for i, v in enumerate(check.sequence("ignore", data.get("ignore"))))
+        return cls(ignore=ignore, round_to=check.round_to(data.get("round_to")),
+                   low=check.number("ratio.low", ratio.get("low", 0.0)),
+                   high=check.number("ratio.high", ratio.get("high", 0.8)),
+                   step=check.number("ratio.step", ratio.get("step", 0.05), optional=True),
+                   rules=tuple(rules), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         rules = [{k: v for k, v in vars(r).items() if v is not None and v is not False}
@@ -185,6 +191,61 @@ class ResolvedSpace:
         return out
 
 
+@dataclass(frozen=True)
+class _Checker:
+    """Types of a space file's values: one line naming the key, the value and the fix."""
+
+    source: str
+
+    def fail(self, key: str, value: Any, want: str) -> ConfigError:
+        return ConfigError(f"search space {self.source}: {key} is {value!r}; it must be {want}")
+
+    def mapping(self, key: str, value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(key, value, "a mapping, e.g. {low: 0.0, high: 0.8, step: 0.05}")
+        return value
+
+    def sequence(self, key: str, value: Any) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(key, value, "a list")
+        return value
+
+    def text(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, value, "a text (a glob of layer names)")
+        return value
+
+    def number(self, key: str, value: Any, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not np.isfinite(value):
+            raise self.fail(key, value, "a finite number" + (" or null" if optional else ""))
+        return float(value)
+
+    def round_to(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise self.fail("round_to", value, "a whole number of channels in [1, 1024] or null")
+        return value
+
+    def rule(self, raw: Mapping[str, Any]) -> Rule:
+        where = f"rule {raw['pattern']!r}"
+        flags = {}
+        for key in ("shared", "optional"):
+            if not isinstance(raw.get(key, False), bool):
+                raise self.fail(f"{where}: {key}", raw[key], "true or false")
+            flags[key] = raw.get(key, False)
+        name = raw.get("name")
+        return Rule(pattern=self.text(f"{where}: pattern", raw["pattern"]),
+                    name=None if name is None else self.text(f"{where}: name", name),
+                    **{k: self.number(f"{where}: {k}", raw.get(k), optional=True)
+                       for k in ("low", "high", "step")}, **flags)
+
+
 def _on_grid(value: float, p: Param) -> float:
     if not p.step:
         return value
@@ -221,7 +282,8 @@ def load_space(spec: str | Path | None = None) -> SearchSpace:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"search space {path}: invalid YAML ({exc})") from exc
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"search space {path}: invalid YAML ({problem})") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"search space {path}: expected a mapping at the top level")
     return SearchSpace.from_dict(data, source=str(spec))

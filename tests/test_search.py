@@ -261,10 +261,10 @@ BAD = [
     (["--resume", "."], "not an autoprune run directory"),
     (["--trials", "0"], "--trials 0"),
     (["--sampler", "cmaes"], "--sampler 'cmaes' is unknown"),
-    (["--screen", "-1"], "--screen -1.0 must be >= 0"),
+    (["--screen", "-1"], "--screen -1.0 must be in [0, 1000]"),
     (["--short-fidelity", "1"], "--short-fidelity 1.0 must be in [0, 1)"),
-    (["--generation", "0"], "--generation 0 must be >= 1"),
-    (["--levels", "0"], "--levels 0 must be >= 1"),
+    (["--generation", "0"], "--generation 0 must be in [1, 10000]"),
+    (["--levels", "0"], "--levels 0 must be in [1, 100]"),
 ]
 
 

@@ -15,6 +15,7 @@ import functools
 import importlib
 import io
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.deploy.archive_checks import (
+    INPUT_DTYPES,
+    check_archive,
+    check_input_spec,
+    damaged,
+    fetching_kwarg,
+    make_inputs,
+)
 from autoprune.errors import ConfigError
 from autoprune.plan import PruningPlan
 
@@ -30,6 +39,8 @@ __all__ = ["FORMAT", "builder_reference", "is_trusted", "load_pruned", "save_pru
 FORMAT = "autoprune.pruned/1"
 _OWN_BUILDERS = ("cifar_resnet", "vgg_small", "lenet5")
 _PLAIN = (str, int, float, bool, type(None))
+#: Most parameter + buffer elements of a dense model an archive may ask a trusted builder for.
+MAX_DENSE_ELEMENTS = 2**31
 #: loader.py imports a user's task.py under this prefix: such a module is not importable later.
 _USER_FILE_MODULE = "autoprune_user_task_"
 
@@ -69,21 +80,16 @@ def _check_plain(value: Any, where: str) -> None:
 
 def _input_spec(example_inputs: Any) -> Any:
     if isinstance(example_inputs, torch.Tensor):
-        return {"shape": list(example_inputs.shape), "dtype": str(example_inputs.dtype)}
+        dtype = str(example_inputs.dtype).removeprefix("torch.")
+        if dtype not in INPUT_DTYPES:
+            raise ConfigError(f"example_inputs of dtype {dtype} cannot be archived; use one of "
+                              f"{sorted(INPUT_DTYPES)}")
+        return {"shape": list(example_inputs.shape), "dtype": f"torch.{dtype}"}
     if isinstance(example_inputs, (tuple, list)):
         return [_input_spec(x) for x in example_inputs]
     if isinstance(example_inputs, dict):
         return {"__dict__": {k: _input_spec(v) for k, v in example_inputs.items()}}
     raise ConfigError(f"example_inputs of type {type(example_inputs).__name__} cannot be archived")
-
-
-def _make_inputs(spec: Any) -> Any:
-    if isinstance(spec, list):
-        return tuple(_make_inputs(s) for s in spec)
-    if "__dict__" in spec:
-        return {k: _make_inputs(v) for k, v in spec["__dict__"].items()}
-    dtype = getattr(torch, spec["dtype"].replace("torch.", ""))
-    return torch.zeros(spec["shape"], dtype=dtype)
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
@@ -101,11 +107,13 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     ref, kwargs = _reference(builder)
     kwargs.update(builder_kwargs or {})
     _check_plain(kwargs, "builder_kwargs")
+    spec = _input_spec(example_inputs)
+    check_input_spec(spec, "save_pruned")  # what load_pruned would refuse is not written
     archive = {
         "format": FORMAT,
         "builder": ref,
         "builder_kwargs": kwargs,
-        "example_inputs": _input_spec(example_inputs),
+        "example_inputs": spec,
         "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
         "plan": plan.to_json() if plan is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -119,15 +127,16 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
 
 
 def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
-             trust: bool) -> Callable[..., nn.Module]:
+             trust: bool, where: str = "archive") -> Callable[..., nn.Module]:
     if builders and ref in builders:
         return builders[ref]
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"builder reference {ref!r} is not of the form 'module:callable'")
+        raise ConfigError(f"{where}: builder reference {ref!r} is not of the form "
+                          "'module:callable'")
     if not (is_trusted(ref) or trust):
         raise ConfigError(
-            f"archive asks to build the model with {ref!r}, which is not a torchvision or "
+            f"{where} asks to build the model with {ref!r}, which is not a torchvision or "
             "autoprune builder; refusing to call it. Pass builders={ref: your_function} (or "
             "trust=True if you trust the file)"
         )
@@ -136,7 +145,8 @@ def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import builder {ref!r}: {exc}") from exc
+        raise ConfigError(f"{where}: cannot import builder {ref!r} ({_first_line(exc)}); pass "
+                          "builders={ref: your_function}") from exc
     return obj
 
 
@@ -158,28 +168,93 @@ def _torchvision_builders() -> frozenset[str]:
 def load_pruned(path: str | os.PathLike[str],
                 builders: Mapping[str, Callable[..., nn.Module]] | None = None,
                 trust: bool = False, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a pruned model from :func:`save_pruned`'s archive: dense build, history, weights."""
-    from autoprune.engine import replay_history
+    """Rebuild a pruned model from :func:`save_pruned`'s archive: dense build, history, weights.
 
+    Anything wrong with the file (damaged, crafted, or made for another model) raises one
+    :class:`ConfigError` line. Without ``trust=True`` no builder kwarg may fetch weights
+    (``weights=``, ``pretrained=``, a torchvision weights name or a URL): nothing is downloaded.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no pruned-model archive at {str(path)!r}")
+    where = repr(str(path))
+    archive = _read(path, where, map_location)
+    check_archive(archive, where)
+    ref, kwargs = archive["builder"], archive["builder_kwargs"]
+    build = _resolve(ref, builders, trust, where)
+    fetch = None if trust else fetching_kwarg(kwargs)
+    if fetch is not None:
+        raise ConfigError(
+            f"{where}: builder_kwargs {fetch[0]}={str(fetch[1])[:60]!r} would download "
+            "pretrained weights; refusing (load_pruned makes no network access); pass "
+            "trust=True if you trust the file, or save it with that kwarg set to None")
+    if not trust and not (builders and ref in builders):  # a torchvision or autoprune builder
+        _check_dense_size(build, kwargs, where)
+    return _rebuild(build, archive, where)
+
+
+def _read(path: Path, where: str, map_location: str) -> dict[str, Any]:
     try:
         archive = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError for anything beyond plain data and tensors
+    except pickle.UnpicklingError as exc:  # weights_only: anything beyond plain data and tensors
         raise ConfigError(
-            f"{str(path)!r} is not a plain-data autoprune archive (it would need to unpickle "
-            f"objects: {str(exc).splitlines()[0][:160]}); refusing to load it"
-        ) from exc
+            f"{where} is not a plain-data autoprune archive (it would need to unpickle objects: "
+            f"{_first_line(exc)}); refusing to load it") from exc
+    except Exception as exc:  # empty, truncated, not a torch file: torch raises many kinds
+        raise damaged(where, f"not a readable torch file ({_first_line(exc)})") from exc
     if not isinstance(archive, dict) or archive.get("format") != FORMAT:
-        raise ConfigError(f"{str(path)!r} is not an autoprune archive (format {FORMAT!r})")
-    build = _resolve(str(archive["builder"]), builders, trust)
-    model = build(**archive["builder_kwargs"])
-    replay_history(model, _make_inputs(archive["example_inputs"]), archive["history"])
-    model.load_state_dict(archive["state_dict"])
-    model.__dict__["autoprune_history"] = archive["history"]
-    if archive.get("plan"):
-        model.__dict__["autoprune_plan"] = PruningPlan.from_json(archive["plan"])
+        raise ConfigError(f"{where} is not an autoprune archive (format {FORMAT!r}); save one "
+                          "with autoprune.save_pruned or autoprune export --format pt")
+    return archive
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines())
+    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
+
+
+def _check_dense_size(build: Callable[..., nn.Module], kwargs: Mapping[str, Any],
+                      where: str) -> None:
+    """Build on the meta device first (no memory): kwargs such as ``num_classes=10**9`` would
+    otherwise allocate and initialise a dense model of any size."""
+    try:
+        with torch.device("meta"):
+            dense = build(**kwargs)
+        size = sum(t.numel() for t in (*dense.parameters(), *dense.buffers()))
+    except Exception:  # the real build in _rebuild reports what is wrong, in one line
+        return
+    if size > MAX_DENSE_ELEMENTS:
+        raise ConfigError(f"{where}: builder_kwargs {str(dict(kwargs))[:120]} build a dense "
+                          f"model of {size} elements, more than {MAX_DENSE_ELEMENTS}; refusing "
+                          "to allocate it; check the file's builder_kwargs")
+
+
+def _rebuild(build: Callable[..., nn.Module], archive: Mapping[str, Any],
+             where: str) -> nn.Module:
+    from autoprune.engine import replay_history
+
+    ref, history, kwargs = archive["builder"], archive["history"], archive["builder_kwargs"]
+    try:
+        model = build(**kwargs)
+    except Exception as exc:  # TypeError for wrong kwargs, anything the builder raises
+        raise damaged(where, f"builder {ref!r} rejects builder_kwargs {sorted(kwargs)[:8]} "
+                             f"({_first_line(exc)})") from exc
+    if not isinstance(model, nn.Module):
+        raise damaged(where, f"builder {ref!r} returned {type(model).__name__}, not an nn.Module")
+    try:
+        replay_history(model, make_inputs(archive["example_inputs"]), history)
+    except Exception as exc:  # KeyError, IndexError, RuntimeError from tracing or replaying
+        raise damaged(where, f"its pruning history does not fit the model {ref!r} builds "
+                             f"({_first_line(exc)})") from exc
+    try:
+        model.load_state_dict(archive["state_dict"])
+        plan = PruningPlan.from_json(archive["plan"]) if archive.get("plan") else None
+    except Exception as exc:  # RuntimeError: missing keys or shapes; ConfigError: a bad plan
+        raise damaged(where, f"its state_dict or plan does not fit the pruned model "
+                             f"({_first_line(exc)})") from exc
+    model.__dict__["autoprune_history"] = history
+    if plan is not None:
+        model.__dict__["autoprune_plan"] = plan
     return model.eval()
 
 

@@ -58,6 +58,7 @@ class ExportOptions:
     progress: bool = True
     sparsity: float = 0.0
     quantize: str | None = None
+    trust_task: bool = False
 
     def check(self) -> None:
         """A :class:`ConfigError` naming the option and its choices for the first bad option."""
@@ -105,7 +106,7 @@ class _Job:
 def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
                  out: str | os.PathLike[str] | None = None, finetune_epochs: float = 0.0,
                  progress: bool = True, sparsity: float = 0.0,
-                 quantize: str | None = None) -> ExportResult:
+                 quantize: str | None = None, *, trust_task: bool = False) -> ExportResult:
     """Export ``trial`` of the run in ``run_dir`` as ``fmt`` and write its metrics beside it.
 
     Call it once a reviewer has chosen a candidate; it needs the run directory and the task the
@@ -119,8 +120,11 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     is zeroed (cubic schedule, retrained ``max(finetune_epochs, 1)`` epochs) and a sparse
     ``.sparse.pt`` is written beside the model. ``quantize`` (int8 | fp16 | bf16) also writes
     the quantized program (``.<mode>.pt2``) with its own metrics, beside its float parent.
+
+    A run started from a task file runs that file again only if it is unchanged and in the same
+    place (its sha256 is in config.yaml), or with ``trust_task=True``.
     """
-    options = ExportOptions(fmt, out, finetune_epochs, progress, sparsity, quantize)
+    options = ExportOptions(fmt, out, finetune_epochs, progress, sparsity, quantize, trust_task)
     options.check()
     job = _prepare(RunDir.open(run_dir), int(trial), options)
     record = job.record
@@ -153,9 +157,11 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
 def _prepare(run: RunDir, trial: int, options: ExportOptions) -> _Job:
     """Check the run (before loading the task), load the task, resolve the ``pt`` builder."""
     from autoprune.tasks import load_task
+    from autoprune.tasks.loader import check_task_file
 
     config = run.read_config()
     task_cfg = _task_config(run, config)
+    check_task_file(dict(task_cfg), run.path, options.trust_task)
     record = _completed_trial(run, trial)
     state_path = run.model_path(record.trial)
     if not state_path.is_file() and options.finetune_epochs == 0:
@@ -223,7 +229,13 @@ def _plan_of(run: RunDir, record: TrialRecord) -> PruningPlan:
     if record.plan is None and not run.plan_path(record.trial).is_file():
         raise ConfigError(f"--trial {record.trial}: its plan {run.plan_path(record.trial)} is "
                           "missing; copy the whole run directory, plans/ included")
-    return PruningPlan.from_dict(record.plan or run.read_plan(record.trial))
+    try:
+        return PruningPlan.from_dict(record.plan or run.read_plan(record.trial))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # ConfigError included
+        raise ConfigError(f"--trial {record.trial}: its plan {run.plan_path(record.trial)} is "
+                          f"damaged "
+                          f"({type(exc).__name__}: {str(exc)[:160]!r}); restore the file from "
+                          "a copy of the run, or export another trial") from exc
 
 
 # -- variants ------------------------------------------------------------------------------------

@@ -157,12 +157,16 @@ def _write_archive(model: nn.Module, path: Path, inputs: Inputs, expected: Any,
 def _write_torchscript(model: nn.Module, path: Path, inputs: Inputs,
                        expected: Any) -> tuple[float, str]:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # torch.jit is deprecated upstream; the format is not
-        warnings.simplefilter("ignore", FutureWarning)
-        with torch.no_grad():
-            traced = torch.jit.trace(model, _tensors(inputs.example))
-        torch.jit.save(traced, buffer)
-        reloaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    example = _tensors(inputs.example)
+    try:
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream; the format is not
+            warnings.simplefilter("ignore", FutureWarning)
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example)
+            torch.jit.save(traced, buffer)
+            reloaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    except Exception as exc:  # RuntimeError (tracing, or TorchScript code that does not parse)
+        raise _torchscript_failed(model, exc) from exc
     with torch.no_grad():
         diff = _diff(reloaded(*inputs.batch), expected)
     if not diff <= RELOAD_TOLERANCE:  # NaN never passes
@@ -171,19 +175,42 @@ def _write_torchscript(model: nn.Module, path: Path, inputs: Inputs,
     return diff, "torch.jit.load"
 
 
+def _torchscript_failed(model: nn.Module, exc: Exception) -> ConfigError:
+    """One line for a model TorchScript cannot trace, save or load again."""
+    odd = next((n for n, _ in model.named_modules() if not _plain_name(n)), None)
+    cause = (f"; layer name {odd!r} holds a double quote, backslash or control character, "
+             "which TorchScript's saved code cannot spell" if odd is not None else "")
+    return ConfigError(f"--format torchscript: the model does not trace, save and load again as "
+                       f"TorchScript ({_why(exc)}){cause}; use --format onnx or --format pt")
+
+
+def _why(exc: Exception) -> str:
+    """The exception's type and first line (one line whatever it holds)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:120]}" if lines else type(exc).__name__
+
+
+def _plain_name(name: str) -> bool:
+    return name.isprintable() and '"' not in name and "\\" not in name
+
+
 def _onnx_bytes(model: nn.Module, example: Any) -> tuple[bytes, list[str]]:
     """The model as checked ONNX bytes, and the names of its inputs."""
     onnx = onnx_module()
     tensors = _tensors(example)
     names = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript-based exporter warns it is deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, tensors, buffer, input_names=names, output_names=["output"],
-                          dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-                          dynamo=False)
-    data = buffer.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data))
+    try:
+        with warnings.catch_warnings():  # the TorchScript-based exporter warns it is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, tensors, buffer, input_names=names, output_names=["output"],
+                              dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                              dynamo=False)
+        data = buffer.getvalue()
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except Exception as exc:  # an op without an ONNX form, a model the checker refuses
+        raise ConfigError(f"--format onnx: the model does not export to a valid ONNX file "
+                          f"({_why(exc)}); use --format pt or --format torchscript") from exc
     return data, names
 
 

@@ -77,14 +77,30 @@ def rebuild(analysis: PrunableModel, saved: SavedTrial) -> nn.Module:
 
 
 def _load_weights(model: nn.Module, path: Path, trial: int) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # empty, truncated, garbage, or a pickle of objects (refused)
+        raise ConfigError(
+            f"--trial {trial}: {path} is not a readable weights file ({_why(exc)}); delete it "
+            "and pass --finetune-epochs E to fine-tune the trial from the dense model") from exc
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(
+            f"--trial {trial}: {path} holds {type(state).__name__}, not a state_dict of tensors; "
+            "delete it and pass --finetune-epochs E to fine-tune the trial from the dense model")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(
             f"--trial {trial}: {path} does not fit the model rebuilt from its plan "
-            f"({str(exc).strip().splitlines()[0]}); the task's model changed since the search"
+            f"({_why(exc)}); the task's model changed since the search"
         ) from exc
+
+
+def _why(exc: Exception) -> str:
+    """The exception's type and message as one line."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 class _Counted:

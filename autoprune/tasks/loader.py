@@ -19,7 +19,7 @@ from autoprune.errors import ConfigError
 from autoprune.tasks._train import TaskOptions
 from autoprune.tasks.base import Task
 
-__all__ = ["BUILTIN_TASKS", "REQUIRED", "load_task"]
+__all__ = ["BUILTIN_TASKS", "REQUIRED", "check_task_file", "load_task", "task_file_record"]
 
 BUILTIN_TASKS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 REQUIRED = ("name", "dense_model", "example_inputs", "splits", "evaluate")
@@ -98,7 +98,7 @@ def _from_file(spec: str, options: dict[str, Any]) -> Task:
     sys.modules[module_name] = module  # dataclasses and pickling look the module up here
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[module_name]
         raise ConfigError(
             f"--task {spec!r} raised {type(exc).__name__}: {_one_line(exc)} while importing; "
@@ -123,7 +123,7 @@ def _from_module(spec: str, options: dict[str, Any]) -> Task:
         raise ConfigError(f"--task {spec!r}: write package.module:attr, e.g. mypkg.tasks:task")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ConfigError(
             f"--task {spec!r}: importing {module_name} raised {type(exc).__name__}: "
             f"{_one_line(exc)}; install it or put it on PYTHONPATH"
@@ -159,7 +159,7 @@ def _call_factory(factory: Callable[..., object], where: str, options: dict[str,
     kwargs = {k: options[k] for k in accepted if options[k] is not None}
     try:
         return factory(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ConfigError(
             f"--task {where!r} raised {type(exc).__name__}: {_one_line(exc)} while building the "
             f"task; fix the factory"
@@ -181,5 +181,51 @@ def _missing(obj: object) -> list[str]:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"sys.exit({exc.code!r}) (a task must not exit the process)"
     text = " ".join(str(exc).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_file_spec(spec: str) -> bool:
+    return spec not in BUILTIN_TASKS and (spec.endswith(".py") or "/" in spec or "\\" in spec)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def task_file_record(spec: str) -> dict[str, str]:
+    """For a task given as a ``.py`` file: its absolute path and sha256, written to
+    config.yaml so that a later ``--resume`` / ``export`` / ``worker`` runs the same code."""
+    if not _is_file_spec(spec):
+        return {}
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        return {}  # load_task names the missing file
+    return {"file": str(path.resolve()), "sha256": _sha256(path)}
+
+
+def check_task_file(task: dict[str, Any], run_dir: object, trust: bool) -> None:
+    """The trust boundary of a run folder: it may execute only the task file it was started
+    with. Refuse (one line) a task file that moved or changed since, unless ``trust``."""
+    spec = str(task.get("spec") or "")
+    if trust or not _is_file_spec(spec):
+        return
+    recorded = task.get("sha256")
+    path = Path(spec).expanduser()
+    fix = (f"check the file, then pass --trust-task to run it (a run folder executes the task "
+           f"file named in {run_dir}/config.yaml)")
+    if not recorded:
+        raise ConfigError(f"{run_dir}/config.yaml names task file {spec!r} without its sha256 "
+                          f"(written by an older autoprune or edited); {fix}")
+    if not path.is_file():
+        raise ConfigError(f"task file {spec!r} of {run_dir} is missing here; {fix}")
+    if str(path.resolve()) != task.get("file"):
+        raise ConfigError(f"task file {spec!r} of {run_dir} resolves to {path.resolve()}, not "
+                          f"{task.get('file')} where the run was started; {fix}")
+    if _sha256(path) != recorded:
+        raise ConfigError(f"task file {spec!r} of {run_dir} changed since the run started "
+                          f"(sha256 differs); {fix}")
