@@ -145,7 +145,7 @@ def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
 
 
 # what --resume may be given beside it: everything else would change the run's meaning
-RESUME_FLAGS = {"resume", "trials", "progress", "verbose", "command", "trust_task"}
+RESUME_FLAGS = {"resume", "trials", "progress", "verbose", "command", "trust_task", "storage"}
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -156,6 +156,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if resume:
         _refuse_with_resume(args)
         inputs = _from_config(args.resume, not args.progress)
+        _storage_again(args.storage, inputs.search.storage)
         trials = RunSettings(trials=args.trials or inputs.trials).trials  # validates
         if trials < inputs.trials:
             raise ConfigError(f"--trials {trials} is below the run's {inputs.trials}; --resume "
@@ -183,6 +184,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"{result.run_dir}/trials.csv", file=sys.stderr)
         return 1
     return code
+
+
+def _storage_again(given: str | None, stored: str | None) -> None:
+    """``--storage URL`` beside ``--resume``: the run's own storage again, with the password
+    that config.yaml does not keep (else AUTOPRUNE_STORAGE_PASSWORD, PGPASSWORD, ~/.pgpass)."""
+    from autoprune.storage_url import mask_url, remember
+
+    if given is None:
+        return
+    if mask_url(given) != stored:
+        raise ConfigError(f"--storage {mask_url(given)!r} is not this run's storage "
+                          f"({stored!r}); give the run's own URL or drop --storage")
+    remember(given)
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:

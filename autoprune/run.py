@@ -37,6 +37,7 @@ from autoprune.results import RunDir
 from autoprune.settings import FinetuneSettings, SearchSettings
 from autoprune.space import SearchSpace
 from autoprune.stages import Stages, Timer
+from autoprune.storage_url import mask_url
 
 if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
@@ -136,7 +137,8 @@ def resolved_config(task: dict[str, Any], budget: Budget, trials: int,
         "trials": trials,
         "space": {"source": recipe.space.source, **recipe.space.to_dict()},
         "finetune": asdict(recipe.finetune),
-        "search": asdict(recipe.settings),
+        # a storage password is never at rest: config.yaml and the study hold the masked URL
+        "search": {**asdict(recipe.settings), "storage": mask_url(recipe.settings.storage)},
     }
 
 

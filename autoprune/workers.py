@@ -79,9 +79,10 @@ def spawn(run: RunDir, workers: int, per_gpu: int, device: str,
     threads = worker_threads(workers)
     torch.set_num_threads(threads)
     run.workers_dir.mkdir(exist_ok=True)
+    secret = _storage_secret(run)
     procs = []
     for i in range(1, workers):
-        env = dict(os.environ)
+        env = {**os.environ, **secret}
         if gpus:  # the parent keeps the first GPU; the child sees its own as cuda:0
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
         argv = [sys.executable, "-m", "autoprune.cli", "worker", "--run-dir", str(run.path),
@@ -91,6 +92,15 @@ def spawn(run: RunDir, workers: int, per_gpu: int, device: str,
                                           stdin=subprocess.DEVNULL))
     log.info("started %d worker processes (logs in %s)", len(procs), run.workers_dir)
     return procs
+
+
+def _storage_secret(run: RunDir) -> dict[str, str]:
+    """The storage password for the workers (config.yaml holds the URL masked), passed in
+    their environment, never on their command line."""
+    from autoprune.storage_url import resolve_password, secret_env
+
+    url = (run.read_config().get("search") or {}).get("storage")
+    return secret_env(resolve_password(str(url))) if url else {}
 
 
 def stop(procs: list[subprocess.Popen[bytes]], wait: bool = False) -> None:

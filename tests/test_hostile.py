@@ -356,3 +356,26 @@ def test_fuzz_damaged_run_files_never_trace(capsys, tiny_run, tmp_path_factory):
     seen: list[int] = []
     check()
     assert len(seen) >= 150 and seen.count(2) > 50  # the examples ran; most damage is named
+
+
+DAMAGEABLE = ["config.yaml", "baseline.json", "trials.csv", "front.json", "budget.json",
+              "plans/0.json", "models/trial_0.pt", "study.journal"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_export_and_resume_on_a_damaged_file(capsys, tiny_run, tmp_path, name):
+    """Garbage in one run file: `export` and `search --resume` end in exit 0 (the file is not
+    needed, or is rebuilt) or exit 2 with one line naming it; never a traceback."""
+    for argv in (["export", "{run}", "--trial", "0", "--quiet"],
+                 ["search", "--resume", "{run}", "--quiet"]):
+        run = tmp_path / argv[0]
+        shutil.copytree(tiny_run, run)
+        if not (run / name).exists():
+            pytest.skip(f"the tiny run has no {name}")
+        (run / name).write_bytes(b"\x00garbage {[<'\"\n\xff")
+        code, err = cli(capsys, *(a.format(run=run) for a in argv))
+        assert code in (0, 2) and len(err) <= 1, (argv, err)
+        assert not any("Traceback" in e or "internal error" in e for e in err), (argv, err)
+        if code == 2:
+            assert Path(name).name in err[0], err

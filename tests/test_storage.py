@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from autoprune.results import RunDir
+from autoprune.storage_url import mask_url
 
 SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
 
@@ -39,7 +40,7 @@ def test_two_workers_on_postgres(tmp_path, postgres_url):
     assert proc.returncode == 0, proc.stderr
     run = RunDir.open(tmp_path / "run")
     config = run.read_config()
-    assert config["search"]["storage"] == postgres_url
+    assert config["search"]["storage"] == mask_url(postgres_url)  # never a password
     assert not (tmp_path / "run" / "study.journal").exists()  # the study lives on the server
     study = optuna.load_study(study_name=config["study_name"], storage=postgres_url)
     records = run.read_trials()

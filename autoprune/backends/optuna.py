@@ -5,12 +5,16 @@ process; this module owns every optuna import and turns ``FrozenTrial`` objects 
 :class:`~autoprune.trial.TrialRecord`, so nothing downstream knows Optuna exists.
 
 Storage: a journal file in the run directory by default (safe for several local processes,
-readable by optuna-dashboard), or any Optuna storage URL (e.g. ``postgresql://``). Never
-``n_jobs > 1`` (threads reseed the sampler); parallel means processes on one storage.
+readable by optuna-dashboard; healed before it is opened, see :mod:`autoprune.backends.journal`),
+or any Optuna storage URL (e.g. ``postgresql://``; with a heartbeat, see
+:mod:`autoprune.backends.heartbeat`; its password is never written nor printed, see
+:mod:`autoprune.storage_url`). Never ``n_jobs > 1`` (threads reseed the sampler); parallel
+means processes on one storage.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -24,8 +28,12 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.backends.base import Asked, Slots
+from autoprune.backends.heartbeat import MAX_RETRY, Beat, RetryStale, heartbeat_settings
+from autoprune.backends.heartbeat import retry_attrs as _retry_attrs
+from autoprune.backends.journal import heal
 from autoprune.errors import ConfigError
 from autoprune.settings import SAMPLERS
+from autoprune.storage_url import mask_url, remember, resolve_password, scrub
 from autoprune.trial import Outcome, ParamSpec, TrialRecord
 from autoprune.trial import TrialState as State
 
@@ -34,6 +42,8 @@ __all__ = ["OptunaBackend", "make_sampler", "make_storage"]
 log = logging.getLogger(__name__)
 
 _RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
+_RDB = ("postgresql", "mysql", "sqlite")
+_HEARTBEAT_FAIL = "its worker stopped sending heartbeats (machine or process died)"
 _TO_STATE = {TrialState.RUNNING: State.RUNNING, TrialState.WAITING: State.RUNNING,
              TrialState.FAIL: State.FAIL, TrialState.PRUNED: State.SCREENED}
 
@@ -53,23 +63,42 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
+    """The study's storage: ``journal`` (healed first) when ``url`` is None, else ``url`` (a
+    masked password is filled in by :func:`~autoprune.storage_url.resolve_password`)."""
     if url is None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        journal.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            heal(journal)
+        except OSError as exc:
+            raise ConfigError(f"journal {str(journal)!r} cannot be checked ({exc.strerror or exc})"
+                              "; make its folder writable") from exc
         # absolute: Optuna's symlink lock stats its link to break a stale lock (a process killed
         # while writing); a relative target resolves beside the link, the stat fails, and every
         # other process spins on the dead lock forever instead of breaking it after 30 s
         return JournalStorage(JournalFileBackend(str(journal.absolute())))
+    return _open_url(url)
+
+
+def _open_url(url: str) -> optuna.storages.BaseStorage:
+    full = resolve_password(url)
+    remember(full)
     try:
-        if "://" in url and url.split("://")[0].split("+")[0] in ("postgresql", "mysql",
-                                                                  "sqlite"):
-            # many processes and machines: reconnect transparently after idle drops
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        return optuna.storages.get_storage(url)
-    except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise ConfigError(f"--storage {url!r} cannot be opened ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from exc
+        if "://" in full and full.split("://")[0].split("+")[0] in _RDB:
+            interval, grace = heartbeat_settings()
+            # many processes and machines: reconnect transparently after idle drops; a worker
+            # that dies leaves its trials RUNNING: the others fail and retry them after grace
+            return optuna.storages.RDBStorage(
+                full, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
+                grace_period=grace, heartbeat_stale_trial_callback=RetryStale(MAX_RETRY))
+        return optuna.storages.get_storage(full)
+    except ConfigError:
+        raise
+    except Exception as exc:  # bad URL, missing driver, unreachable server, wrong password
+        lines = str(exc).strip().splitlines() or [""]
+        raise ConfigError(f"--storage {mask_url(url)!r} cannot be opened ({type(exc).__name__}: "
+                          f"{scrub(lines[0], full)[:200]})") from None
 
 
 class OptunaBackend:
@@ -83,6 +112,8 @@ class OptunaBackend:
         self.study = optuna.create_study(
             storage=storage, study_name=study_name, load_if_exists=True,
             sampler=make_sampler(sampler, seed), directions=["maximize", "minimize"])
+        interval = getattr(storage, "heartbeat_interval", None)
+        self._beat = Beat(self.study, interval) if interval else None
         asked = len(self.study.get_trials(deepcopy=False))
         if asked:  # a resumed study: a fresh stream, or the sampler would repeat its first draws
             self.study.sampler = make_sampler(sampler, seed + asked)
@@ -105,23 +136,30 @@ class OptunaBackend:
     def recover(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """Fail trials a dead process left RUNNING; return (params, attrs) of all to retry."""
         trials = self.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials}
+        retried = _retried(trials)
         retry = []
         for t in trials:
             if t.state == TrialState.RUNNING:
                 self._fail_stored(t, "interrupted (process killed); retried")
-            elif not (t.state == TrialState.FAIL and t.user_attrs.get("retry")):
+            elif not (t.state == TrialState.FAIL and _to_retry(t)):
                 continue
             if t.number not in retried and t.params:
                 retry.append((dict(t.params), _retry_attrs(t)))
         return retry
 
     def reap(self) -> int:
-        """Fail and re-enqueue trials whose worker process on this host has died."""
+        """Fail and re-enqueue trials whose worker process on this host has died, and (RDB
+        storage) trials whose heartbeat stopped (a worker on another machine)."""
+        if self._beat is not None:
+            self._beat.fail_stale()
         host = socket.gethostname()
         reaped = 0
         for t in self.study.get_trials(deepcopy=False):
             worker = str(t.user_attrs.get("worker", ""))
+            if t.state == TrialState.RUNNING and not worker and self._unclaimed(t):
+                self._fail_stored(t, "its process died while asking for it; retried")
+                self.enqueue(dict(t.params), _retry_attrs(t))
+                reaped += 1
             if t.state != TrialState.RUNNING or not worker.startswith(f"{host}:"):
                 continue
             pid = int(worker.rsplit(":", 1)[1])
@@ -132,13 +170,24 @@ class OptunaBackend:
             reaped += 1
         return reaped
 
+    def _unclaimed(self, t: optuna.trial.FrozenTrial) -> bool:
+        """A RUNNING trial no process annotated within twice the grace period: its process
+        died between asking and its first heartbeat (RDB storage only)."""
+        grace = getattr(self.storage, "grace_period", None)
+        start = t.datetime_start
+        return bool(self._beat and grace and start) and \
+            (datetime.datetime.now() - start).total_seconds() > 2 * grace  # type: ignore[operator]
+
     def slots(self) -> Slots:
         """Finished trials that count toward the requested number (retried ones and screened
         candidates of a staged generation do not), running slots and queued trials."""
         done = running = waiting = 0
-        for t in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        retried = _retried(trials)
+        for t in trials:
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
-                done += not t.user_attrs.get("retry") and t.user_attrs.get("counts", True)
+                done += not _to_retry(t) and t.number not in retried and \
+                    t.user_attrs.get("counts", True)
             elif t.state == TrialState.RUNNING:
                 running += int(t.user_attrs.get("slots", 1))
             elif t.state == TrialState.WAITING:
@@ -159,6 +208,8 @@ class OptunaBackend:
 
         trial = self.study.ask({s.name: FloatDistribution(s.low, s.high, step=s.step)
                                 for s in specs})
+        if self._beat is not None:
+            self._beat.hold(trial._trial_id)
         return Asked(trial.number, dict(trial.params), dict(trial.user_attrs), trial)
 
     def annotate(self, asked: Asked, attrs: Mapping[str, Any]) -> None:
@@ -167,6 +218,16 @@ class OptunaBackend:
         asked.attrs.update(attrs)
 
     def tell(self, asked: Asked, outcome: Outcome) -> None:
+        try:
+            self._tell(asked, outcome)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile
+            log.warning("trial %d was failed by another process (no heartbeat for the grace "
+                        "period) and is retried; this result is dropped", asked.number)
+        finally:
+            if self._beat is not None:
+                self._beat.release(asked.handle._trial_id)
+
+    def _tell(self, asked: Asked, outcome: Outcome) -> None:
         trial = asked.handle
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, _plain(value))
@@ -183,9 +244,15 @@ class OptunaBackend:
             self.study.tell(trial, list(outcome.values))
 
     def interrupt(self, asked: Asked, reason: str) -> None:
-        asked.handle.set_user_attr("fail_reason", reason)
-        asked.handle.set_user_attr("retry", True)
-        self.study.tell(asked.handle, state=TrialState.FAIL)
+        try:
+            asked.handle.set_user_attr("fail_reason", reason)
+            asked.handle.set_user_attr("retry", True)
+            self.study.tell(asked.handle, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed (and retried) as stale by another process already
+        finally:
+            if self._beat is not None:
+                self._beat.release(asked.handle._trial_id)
 
     # -- records and jobs ---------------------------------------------------------------------
     def records(self) -> list[TrialRecord]:
@@ -196,14 +263,21 @@ class OptunaBackend:
         return [job(item) for item in items]
 
     def close(self) -> None:
-        """Nothing to release: the storage closes with the process."""
+        """Stop the heartbeat (the storage closes with the process)."""
+        if self._beat is not None:
+            self._beat.stop()
 
 
-def _retry_attrs(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"retry_of": t.number}
-    if t.user_attrs.get("baseline"):
-        attrs["baseline"] = t.user_attrs["baseline"]
-    return attrs
+def _retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the trials that were enqueued again (by autoprune or by the heartbeat)."""
+    return {int(t.user_attrs["retry_of"]) for t in trials if "retry_of" in t.user_attrs}
+
+
+def _to_retry(t: optuna.trial.FrozenTrial) -> bool:
+    """A failed trial to run again: interrupted, reaped, or failed by the heartbeat (a FAIL
+    that autoprune never told carries no ``state`` attribute)."""
+    return t.state == TrialState.FAIL and (bool(t.user_attrs.get("retry"))
+                                           or "state" not in t.user_attrs)
 
 
 def _trial_id(t: optuna.trial.FrozenTrial) -> int:
@@ -245,7 +319,7 @@ def to_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         state = State.INFEASIBLE
     kwargs = {k: attrs[k] for k in _RECORD_FIELDS if k in attrs}
     if state is State.FAIL and "fail_reason" not in kwargs:
-        kwargs["fail_reason"] = "failed"
+        kwargs["fail_reason"] = "failed" if "state" in attrs else _HEARTBEAT_FAIL
     return TrialRecord(trial=t.number, state=state, searched=dict(t.params), **kwargs)
 
 
@@ -256,10 +330,12 @@ def version() -> str:
 def shared_attrs(storage: str, study: str) -> dict[str, Any]:
     """The run-wide attributes a launching search stored on a shared study (for a worker on
     another machine)."""
+    remember(storage)  # a masked URL in the study's config gets its password from here
     try:
-        attrs = dict(optuna.load_study(study_name=study, storage=storage).user_attrs)
+        attrs = dict(optuna.load_study(study_name=study, storage=_open_url(storage)).user_attrs)
     except KeyError as exc:
-        raise ConfigError(f"--study {study!r} does not exist on --storage {storage!r}; the "
+        raise ConfigError(f"--study {study!r} does not exist on --storage "
+                          f"{mask_url(storage)!r}; the "
                           "launching `autoprune search` prints and records its study name "
                           "(config.yaml: study_name)") from exc
     if "autoprune_config" not in attrs:
