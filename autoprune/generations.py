@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprune.backends.base import Asked, SearchBackend
+from autoprune.problem import plan_key
 from autoprune.settings import SearchSettings
 from autoprune.stages import Prepared, StageName, Stages
-from autoprune.trial import LEVEL, ParamSpec, TrialState
+from autoprune.trial import LEVEL, ParamSpec, TrialRecord, TrialState
 
-__all__ = ["Schedule", "allot", "optimize", "top_per_level"]
+__all__ = ["DuplicatePlan", "Schedule", "allot", "duplicates", "optimize", "top_per_level"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
                 return
             k = min(schedule.generation, left)
             asked = _ask(backend, stages, specs, schedule, k)
+            copies = duplicates(backend.records(), asked)
         try:
-            preps = _run(backend, stages, asked, schedule, k)
+            preps = _run(backend, stages, asked, schedule, k, copies)
         except KeyboardInterrupt:
             for a in asked:
                 backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
@@ -149,10 +151,29 @@ def _ask(backend: SearchBackend, stages: Stages, specs: Sequence[ParamSpec],
     return asked
 
 
+def duplicates(records: Sequence[TrialRecord], asked: Sequence[Asked]) -> dict[int, int]:
+    """``{trial: earlier trial}`` for asked trials whose plan a finished trial (or an earlier
+    one of this generation) already evaluated: a sampler on a grid can propose a plan twice,
+    and the same plan is never trained twice. Retries of interrupted trials are not copies."""
+    seen = {plan_key(r.searched): r.trial for r in records
+            if r.searched and r.state in (TrialState.COMPLETE, TrialState.SCREENED)}
+    out = {}
+    for a in asked:
+        key = plan_key(a.params)
+        if key in seen and a.attrs.get("retry_of") is None:
+            out[a.number] = seen[key]
+        seen.setdefault(key, a.number)
+    return out
+
+
 def _run(backend: SearchBackend, stages: Stages, asked: list[Asked], schedule: Schedule,
-         k: int) -> list[Prepared]:
+         k: int, copies: dict[int, int]) -> list[Prepared]:
     """Proxy every candidate, short-tune the proxy's best, fully tune the best of those."""
     preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
+    for p in preps:
+        if p.number in copies and p.outcome is None:
+            stages.failed(p, DuplicatePlan(f"the plan of trial {copies[p.number]} again; not "
+                                           "evaluated twice"))
     alive = [p for p in preps if p.outcome is None]
     if not schedule.staged:
         _full(backend, stages, alive, "full+proxy")
@@ -168,6 +189,10 @@ def _run(backend: SearchBackend, stages: Stages, asked: list[Asked], schedule: S
         _full(backend, stages, alive, "full")
     _count(preps, k)
     return preps
+
+
+class DuplicatePlan(Exception):
+    """A proposed plan that an earlier trial already evaluated."""
 
 
 def _full(backend: SearchBackend, stages: Stages, alive: list[Prepared],

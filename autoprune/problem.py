@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from autoprune.trial import LEVEL, Outcome, ParamSpec, TrialRecord, TrialState
 if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
 
-__all__ = ["Problem", "perturb"]
+__all__ = ["Problem", "perturb", "plan_key"]
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,21 @@ class Problem:
         centres = [r.searched for r in done[:3]] or [p for p, _ in self.baseline_params()]
         rng = np.random.default_rng([self.settings.seed, len(records)])
         specs = self.specs()[:-1]
-        return [{**perturb(centres[i % len(centres)], specs, rng), LEVEL: level}
-                for i in range(n)]
+        seen = {plan_key(r.searched) for r in records if r.searched}
+        out: list[dict] = []
+        for i in range(n):
+            for _ in range(20):  # a neighbour on the grid may round back onto a known plan
+                params = {**perturb(centres[i % len(centres)], specs, rng), LEVEL: level}
+                if plan_key(params) not in seen:
+                    break
+            seen.add(plan_key(params))
+            out.append(params)
+        return out
+
+
+def plan_key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """Searched values as a hashable key (two trials with one key evaluate the same plan)."""
+    return tuple(sorted((k, round(float(v), 9)) for k, v in params.items()))
 
 
 def perturb(values: dict[str, float], specs: list[ParamSpec], rng: np.random.Generator,

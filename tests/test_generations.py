@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 import autoprune as ap
+from autoprune.backends.base import Asked
 from autoprune.errors import ConfigError
-from autoprune.generations import Schedule, allot, top_per_level
-from autoprune.problem import perturb
+from autoprune.generations import Schedule, allot, duplicates, top_per_level
+from autoprune.problem import perturb, plan_key
 from autoprune.settings import check_schedule
-from autoprune.trial import ParamSpec
+from autoprune.trial import ParamSpec, TrialRecord, TrialState
 
 
 @pytest.mark.parametrize("sizes,k", [([3, 5, 2], 4), ([1, 1, 1], 2), ([4], 9), ([0, 6], 3),
@@ -81,6 +82,19 @@ def test_perturb_stays_in_range_and_on_grid():
         assert abs(out["a"] / 0.05 - round(out["a"] / 0.05)) < 1e-6
 
 
+def test_duplicates_names_the_earlier_trial_of_the_same_plan():
+    plan = {"a": 0.1, "cost_level": 0.5}
+    records = [TrialRecord(0, TrialState.COMPLETE, searched=dict(plan)),
+               TrialRecord(1, TrialState.SCREENED, searched={"a": 0.2, "cost_level": 0.5}),
+               TrialRecord(2, TrialState.FAIL, searched={"a": 0.3, "cost_level": 0.5})]
+    asked = [Asked(3, {"a": 0.1 + 1e-12, "cost_level": 0.5}),   # trial 0's plan
+             Asked(4, {"a": 0.3, "cost_level": 0.5}),            # a failed plan: tried again
+             Asked(5, {"a": 0.3, "cost_level": 0.5}),            # ...but once per generation
+             Asked(6, {"a": 0.2, "cost_level": 0.5}, {"retry_of": 1}),  # a retry is no copy
+             Asked(7, {"a": 0.4, "cost_level": 0.5})]
+    assert duplicates(records, asked) == {3: 0, 5: 4}
+
+
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -140,6 +154,8 @@ def test_staged_search_fine_tunes_the_proxys_top_k_and_fronts_only_full(tmp_path
     levels = {round(r.searched["cost_level"], 6) for r in trials}
     assert len(levels) == 2 and max(levels) == pytest.approx(0.5)
     assert all(r.flops_ratio <= r.searched["cost_level"] + 1e-9 for r in trials)
+    evaluated = [plan_key(r.searched) for r in trials]
+    assert len(evaluated) == len(set(evaluated))  # no plan was trained twice
 
 
 @pytest.mark.usefixtures("one_thread")
