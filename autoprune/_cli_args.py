@@ -205,12 +205,16 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="digits (default) | fashion-mnist | cifar10 | imagefolder | PATH.py | "
                         "package.module:attr")
     p.add_argument("--data-dir", default=None, help="folder with the task's data")
+    p.add_argument("--num-workers", type=_number("--num-workers", int, low=0, high=256),
+                   default=0, help="loader processes decoding images (cifar10, imagefolder; "
+                   "default %(default)s: in this process)")
     add_setting(p, SearchSettings, _field(SearchSettings, "seed"))
 
 
 def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="list the prunable groups and dense costs (a dry run)")
-    p.add_argument("--model", help="a torchvision builder, e.g. resnet18 (weights=None)")
+    p.add_argument("--model", help="a torchvision builder, e.g. resnet18, or timm:<name> "
+                   "(untrained)")
     p.add_argument("--num-classes", type=_number("--num-classes", int, low=1, high=1_000_000),
                    default=1000, help="classes for --model")
     p.add_argument("--input", type=_shape, help="example input shape for --model, e.g. 1,3,224,224")
@@ -239,7 +243,8 @@ def _add_search(sub: Any) -> None:
                     "the Pareto front of validation accuracy vs cost.",
         epilog=BUDGET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_task_args(p)
-    p.add_argument("--model", help="torchvision builder for cifar10/imagefolder tasks")
+    p.add_argument("--model", help="cifar10/imagefolder: a torchvision builder (resnet18) or "
+                   "timm:<name> (pip install timm), built untrained; see --weights")
     p.add_argument("--weights", help="state_dict file of the dense model (your checkpoint)")
     _add_budget(p)
     add_setting(p, RunSettings, _field(RunSettings, "trials"))
@@ -258,8 +263,11 @@ def _add_export(sub: Any) -> None:
     p.add_argument("run_dir", help="a folder written by `autoprune search`")
     p.add_argument("--trial", type=_number("--trial", int, low=0, high=10**9), required=True,
                    help="the trial number (see the front)")
-    p.add_argument("--format", default="pt", help="pt (default; ap.load_pruned) | torchscript | "
-                   "onnx")
+    p.add_argument("--format", default="pt", choices=("pt", "pt2", "torchscript", "onnx"),
+                   help="pt (default; ap.load_pruned reads it) | pt2 (recommended for deployment: "
+                        "torch.export program, dynamic batch, torch alone loads it) | torchscript "
+                        "(legacy, deprecated upstream) | onnx (dynamo exporter when onnxscript is "
+                        "installed; plan and version in its metadata)")
     p.add_argument("--finetune-epochs", type=_number("--finetune-epochs", low=0, high=100_000),
                    default=0.0,
                    help="fine-tune further before export (default 0: the searched weights)")
@@ -310,8 +318,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    default=1,
                    help="processes sharing this worker's GPU; each is capped at 1/K of its "
                         "memory (default %(default)s)")
-    p = sub.add_parser("report", help="write report.html of a run and print its summary")
-    p.add_argument("run_dir", help="a folder written by `autoprune search`")
+    p = sub.add_parser("report", help="write report.html of a run and print its summary; "
+                       "with two or more runs, one page comparing their fronts")
+    p.add_argument("run_dir", nargs="+", help="a folder written by `autoprune search` (two or "
+                   "more: a comparison page)")
+    p.add_argument("--out", help="the comparison page's path (default: comparison.html beside "
+                   "the first run)")
     if suppress_defaults:
         for action in (a for p in [parser, *_subparsers(parser)] for a in p._actions):
             action.default = argparse.SUPPRESS

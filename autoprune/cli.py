@@ -29,13 +29,18 @@ log = logging.getLogger("autoprune")
 
 
 def _torchvision_model(name: str, num_classes: int) -> Any:
+    """``--model``: a torchvision classification builder or ``timm:<name>``, untrained."""
     import torchvision
 
+    if name.startswith("timm:"):
+        from autoprune.tasks.vision import build_model
+
+        return build_model(name, num_classes).eval()
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(close)}?" if close
-                else "see torchvision.models.list_models()")
+                else "see torchvision.models.list_models() or timm:<name>")
         raise ConfigError(f"--model {name!r} is not a torchvision classification builder; {hint}")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes).eval()
 
@@ -51,14 +56,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         from autoprune.tasks import load_task
 
-        task = load_task(args.task or "digits", data_dir=args.data_dir, seed=args.seed)
+        task = load_task(args.task or "digits", data_dir=args.data_dir, seed=args.seed,
+                         num_workers=args.num_workers)
         model, example = task.dense_model(), task.example_inputs()
     analysis = analyze(model, example, ignore=args.ignore)
     cm = analysis.cost_model
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    groups = sorted(analysis.groups, key=lambda g: order.get(g.name, len(order)))
     print(f"{'group':<40} {'channels':>8} {'MACs share':>10} {'params share':>12}")
-    for g in analysis.groups:
+    for g in groups:  # in the model's own layer order
         print(f"{g.name:<40} {g.channels:>8} {g.macs_share:>10.2%} {g.params_share:>12.2%}")
     print(f"\n{len(analysis.groups)} groups; head (not pruned): {analysis.head}")
+    print("a share is what pruning that group alone to nothing would remove; a layer between "
+          "two groups counts in both, so shares add up to more than 100 %")
     print(f"dense: {cm.dense_macs() / 1e6:.2f} MMACs ({2 * cm.dense_macs() / 1e6:.2f} MFLOPs) "
           f"per image, {cm.dense_params() / 1e6:.3f} M params")
     return 0
@@ -114,7 +124,8 @@ def _from_args(args: argparse.Namespace) -> RunInputs:
 
     spec = args.task or "digits"
     task_cfg = {"spec": spec, "data_dir": args.data_dir, "model": args.model,
-                "weights": args.weights, "seed": args.seed, **task_file_record(spec)}
+                "weights": args.weights, "seed": args.seed, "num_workers": args.num_workers,
+                **task_file_record(spec)}
     trials = RunSettings.trials if args.trials is None else args.trials
     run = settings_from_args(RunSettings, args, trials=trials)
     space = load_space(run.space)
@@ -136,8 +147,8 @@ def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
     _check_device(inputs.finetune.device)
     task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
                      model=task_cfg.get("model"), weights=task_cfg.get("weights"),
-                     seed=int(task_cfg.get("seed") or 0))
-    log.info("task %s: loading the dense model", task.name)
+                     seed=int(task_cfg.get("seed") or 0),
+                     num_workers=int(task_cfg.get("num_workers") or 0))
     target = Target(task.dense_model(), task.example_inputs(), task.evaluate,
                     task.splits().train, getattr(task, "finetune", None))
     recipe = Recipe(inputs.space, inputs.search, inputs.finetune)
@@ -162,6 +173,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError(f"--trials {trials} is below the run's {inputs.trials}; --resume "
                               "may only extend a run")
     else:
+        _check_out(args.out)
         inputs = _from_args(args)
         trials = inputs.trials
     recipe = Recipe(inputs.space, inputs.search, inputs.finetune)
@@ -184,6 +196,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"{result.run_dir}/trials.csv", file=sys.stderr)
         return 1
     return code
+
+
+def _check_out(out: str | None) -> None:
+    """An ``--out`` that holds a run is refused before anything is loaded (the exclusive claim
+    comes later, once the settings are known)."""
+    from autoprune.results import RunDir
+
+    if out and RunDir.holds_run(out):
+        raise ConfigError(f"{out!r} already holds a run; pass --resume {out} to continue it or "
+                          "choose another --out")
 
 
 def _storage_again(given: str | None, stored: str | None) -> None:
@@ -284,11 +306,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """One run: report.html and the terminal summary; several: one comparison page."""
+    from pathlib import Path
+
+    dirs = args.run_dir if isinstance(args.run_dir, list) else [args.run_dir]
+    if len(dirs) > 1:
+        from autoprune.report_compare import write_comparison
+
+        out = getattr(args, "out", None) or Path(dirs[0]).resolve().parent / "comparison.html"
+        print(f"comparison: {write_comparison(dirs, out)}")
+        return 0
     from autoprune.report import terminal_summary, write_report
 
-    report = write_report(args.run_dir)
-    print(terminal_summary(args.run_dir))
-    print(f"\nreport: {report}")
+    report = write_report(dirs[0])
+    print(f"report: {report}\n")
+    print(terminal_summary(dirs[0]))
     return 0
 
 

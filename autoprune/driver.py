@@ -77,33 +77,55 @@ def run_search(run: Run, trials: int, resume: bool, rebuildable: bool) -> Search
         backend.close()
 
 
-def _loop(run: Run, backend: SearchBackend, trials: int, rebuildable: bool) -> None:
-    ledger, s = run.ledger, run.settings
-    ledger.write(backend.records())
-    bar = _progress(trials, backend.slots().done, s.progress)
+class _Bar:
+    """The search's progress bar: full fine-tunes done of ``--trials``, with the generation,
+    the stage and candidate under way, and the best full-fidelity trial so far."""
 
-    def on_generation() -> None:
-        records = ledger.write(backend.records())
-        bar.update(max(0, backend.slots().done - bar.n))
+    def __init__(self, run: Run, backend: SearchBackend, trials: int) -> None:
+        self.ledger, self.backend = run.ledger, backend
+        self.bar = _progress(trials, backend.slots().done, run.settings.progress)
+        self.generations, self.best = 1, ""  # the generation under way, counted here
+
+    def generation(self) -> None:
+        self.generations += 1
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rewrite the books and show what is done (also while other workers' trials run)."""
+        records = self.ledger.write(self.backend.records())
+        self.bar.update(max(0, self.backend.slots().done - self.bar.n))
         best = max((r for r in records if r.is_full), key=lambda r: r.val_acc or 0.0,
                    default=None)
         if best is not None:
-            bar.set_postfix_str(f"best val {best.val_acc:.2%} at "
-                                f"{ledger.budget.cost_of(best) or 0.0:.1%}")
+            self.best = (f"best val {best.val_acc:.2%} at "
+                         f"{self.ledger.budget.cost_of(best) or 0.0:.1%} (trial {best.trial})")
+        self.bar.set_postfix_str(self.best)
 
+    def stage(self, name: str, done: int, total: int, trial: int) -> None:
+        now = f"gen {self.generations} · {name} {done}/{total} · trial {trial}"
+        self.bar.set_postfix_str(f"{now} · {self.best}" if self.best else now)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _loop(run: Run, backend: SearchBackend, trials: int, rebuildable: bool) -> None:
+    ledger, s = run.ledger, run.settings
+    ledger.write(backend.records())
+    bar = _Bar(run, backend, trials)
     remaining = trials - backend.slots().done
     procs = spawn(run.dir, s.workers, s.workers_per_gpu, run.ft.device, rebuildable) \
         if remaining > 0 else []
     lock = FileLock(str(run.dir.lock_path("ask")))
     try:
         while backend.slots().done < trials:
-            optimize(backend, run.stages, trials, on_generation, lock)
+            optimize(backend, run.stages, trials, bar, lock)
             if backend.slots().done >= trials:
                 break
             if not any(p.poll() is None for p in procs) and backend.slots().running == 0:
                 continue  # nothing left running: the next round reaps and runs the rest
             time.sleep(0.5)  # other workers' trials are still running
-            on_generation()
+            bar.refresh()
     except KeyboardInterrupt:
         stop(procs)
         ledger.write(backend.records())
@@ -124,6 +146,7 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
         ledger.remeasure(records, run.timer, run.stages.architecture, run.problem.analysis.model)
         records = ledger.write(backend.records())
     ledger.score_on_test(records, run.evaluate, run.stages.load)
+    ledger.publish(backend)  # test accuracy, final latencies onto the study (optuna-dashboard)
     records = ledger.write(backend.records(), final=True)
     return SearchResult(run.dir.path, records, ledger.front(records), run.baseline)
 

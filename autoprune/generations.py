@@ -21,10 +21,10 @@ import contextlib
 import math
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from autoprune.backends.base import Asked, SearchBackend
 from autoprune.problem import plan_key
@@ -32,7 +32,8 @@ from autoprune.settings import SearchSettings
 from autoprune.stages import Prepared, StageName, Stages
 from autoprune.trial import LEVEL, ParamSpec, TrialRecord, TrialState
 
-__all__ = ["DuplicatePlan", "Schedule", "allot", "duplicates", "optimize", "top_per_level"]
+__all__ = ["DuplicatePlan", "Progress", "Schedule", "allot", "duplicates", "optimize",
+           "top_per_level"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,31 @@ def top_per_level(levels: Sequence[float], scores: Sequence[float | None], k: in
     return sorted(kept)
 
 
+class Progress(Protocol):
+    """What the trial loop reports while it runs (the CLI's progress bar)."""
+
+    def generation(self) -> None:
+        """A generation was told: the books may be rewritten."""
+
+    def stage(self, name: str, done: int, total: int, trial: int) -> None:
+        """Candidate ``done`` of ``total`` of stage ``name`` (trial ``trial``) starts."""
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every step of a generation needs."""
+
+    backend: SearchBackend
+    stages: Stages
+    schedule: Schedule
+    progress: Progress | None = None
+
+
 def optimize(backend: SearchBackend, stages: Stages, total: int,
-             on_generation: Callable[[], None] | None = None,
+             progress: Progress | None = None,
              lock: AbstractContextManager[Any] | None = None) -> None:
     """Run generations until ``total`` trials count across every process on the study."""
-    schedule = Schedule.of(stages.problem.settings)
+    loop = _Loop(backend, stages, Schedule.of(stages.problem.settings), progress)
     guard = lock if lock is not None else contextlib.nullcontext()
     specs = stages.problem.specs()
     while True:
@@ -111,11 +132,11 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
             left = total - slots.done - slots.running
             if left <= 0:
                 return
-            k = min(schedule.generation, left)
-            asked = _ask(backend, stages, specs, schedule, k)
+            k = min(loop.schedule.generation, left)
+            asked = _ask(backend, stages, specs, loop.schedule, k)
             copies = duplicates(backend.records(), asked)
         try:
-            preps = _run(backend, stages, asked, schedule, k, copies)
+            preps = _run(loop, asked, k, copies)
         except KeyboardInterrupt:
             for a in asked:
                 backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
@@ -123,8 +144,8 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
         with guard:
             for a, prep in zip(asked, preps):
                 backend.tell(a, prep.outcome)  # type: ignore[arg-type]
-        if on_generation is not None:
-            on_generation()
+        if progress is not None:
+            progress.generation()
 
 
 def _ask(backend: SearchBackend, stages: Stages, specs: Sequence[ParamSpec],
@@ -166,9 +187,9 @@ def duplicates(records: Sequence[TrialRecord], asked: Sequence[Asked]) -> dict[i
     return out
 
 
-def _run(backend: SearchBackend, stages: Stages, asked: list[Asked], schedule: Schedule,
-         k: int, copies: dict[int, int]) -> list[Prepared]:
+def _run(loop: _Loop, asked: list[Asked], k: int, copies: dict[int, int]) -> list[Prepared]:
     """Proxy every candidate, short-tune the proxy's best, fully tune the best of those."""
+    stages, schedule = loop.stages, loop.schedule
     preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
     for p in preps:
         if p.number in copies and p.outcome is None:
@@ -176,17 +197,17 @@ def _run(backend: SearchBackend, stages: Stages, asked: list[Asked], schedule: S
                                            "evaluated twice"))
     alive = [p for p in preps if p.outcome is None]
     if not schedule.staged:
-        _full(backend, stages, alive, "full+proxy")
+        _full(loop, alive, "full+proxy")
     else:
-        alive = _stage(backend, stages, alive, "proxy", 0.0)
+        alive = _stage(loop, alive, "proxy", 0.0)
         _, n_short, _ = schedule.counts(k)
         if schedule.short_fidelity > 0:
             alive = _halve(stages, alive, n_short, "proxy_acc")
-            alive = _stage(backend, stages, alive, "short", schedule.short_fidelity)
+            alive = _stage(loop, alive, "short", schedule.short_fidelity)
             alive = _halve(stages, alive, k, "short_acc")
         else:
             alive = _halve(stages, alive, k, "proxy_acc")
-        _full(backend, stages, alive, "full")
+        _full(loop, alive, "full")
     _count(preps, k)
     return preps
 
@@ -195,22 +216,31 @@ class DuplicatePlan(Exception):
     """A proposed plan that an earlier trial already evaluated."""
 
 
-def _full(backend: SearchBackend, stages: Stages, alive: list[Prepared],
-          stage: StageName) -> None:
+def _full(loop: _Loop, alive: list[Prepared], stage: StageName) -> None:
     """Time the promoted candidates here, serially (never while candidates train), then give
     them the full fine-tune where the backend runs jobs."""
     for prep in alive:
-        stages.time(prep)
-    _stage(backend, stages, alive, stage, 1.0)
+        loop.stages.time(prep)
+    _stage(loop, alive, stage, 1.0)
 
 
-def _stage(backend: SearchBackend, stages: Stages, alive: list[Prepared], stage: StageName,
+def _stage(loop: _Loop, alive: list[Prepared], stage: StageName,
            fidelity: float) -> list[Prepared]:
-    """Run one stage over the live candidates; the ones that ended drop out."""
-    done = backend.map(stages.job, [(stage, p, fidelity) for p in alive])
+    """Run one stage over the live candidates; the ones that ended drop out. Where the backend
+    runs jobs in this process, they go one at a time so the progress shows each candidate."""
+    jobs = [(stage, p, fidelity) for p in alive]
+    if loop.backend.runs_jobs_here and loop.progress is not None:
+        done: list[Any] = []
+        for i, job in enumerate(jobs):
+            loop.progress.stage(stage, i + 1, len(jobs), job[1].number)
+            done += loop.backend.map(loop.stages.job, [job])
+    else:
+        if loop.progress is not None and jobs:
+            loop.progress.stage(stage, len(jobs), len(jobs), jobs[0][1].number)
+        done = loop.backend.map(loop.stages.job, jobs)
     for prep, result in zip(alive, done):
         if isinstance(result, BaseException):  # its process failed (a Ray worker died)
-            stages.failed(prep, result)
+            loop.stages.failed(prep, result)
         elif result is not prep:  # came back from another process
             prep.rec, prep.model, prep.outcome = result.rec, result.model, result.outcome
     return [p for p in alive if p.outcome is None]

@@ -4,6 +4,7 @@ of front members, latencies re-measured alone), the front built from them, and t
 The front is built on the resolved budget's axis (:meth:`~autoprune.budget.ResolvedBudget.cost_of`)
 from fully fine-tuned trials only; a trial whose re-measured latency is over a latency budget
 becomes ``INFEASIBLE``. Saved weights of dominated candidates are dropped as the run goes.
+:meth:`Ledger.publish` writes the end-of-run figures back to the study (optuna-dashboard).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from autoprune import pareto
+from autoprune.backends.base import SearchBackend
 from autoprune.budget import ResolvedBudget
 from autoprune.results import RunDir
 from autoprune.trial import TrialRecord, TrialState
@@ -107,3 +109,19 @@ class Ledger:
             if value is not None:
                 scores[r.trial] = value
         self.run.write_scores("test", scores)
+
+    def publish(self, backend: SearchBackend) -> None:
+        """Write the end-of-run figures back to the study: ``test_acc`` of the front members
+        and baselines, ``latency_final_ms`` of the re-timed front and of ``"dense"`` (see
+        :meth:`~autoprune.backends.base.SearchBackend.set_attrs`); after :meth:`score_on_test`."""
+        figures: dict[int | str, dict[str, float]] = {}
+        for number, value in self.run.read_scores("test").items():
+            figures.setdefault(number, {})["test_acc"] = value
+        for number, value in self.run.read_scores("latency").items():
+            figures.setdefault(number, {})["latency_final_ms"] = value
+        if self.run.has_baseline():
+            dense = (self.run.read_baseline().get("dense") or {}).get("latency_final_ms")
+            if dense is not None:
+                figures["dense"] = {"latency_final_ms": float(dense)}
+        for key, attrs in figures.items():
+            backend.set_attrs(key, attrs)

@@ -18,36 +18,54 @@ from typing import Any
 from autoprune import _svg
 from autoprune.report_data import (
     RunView,
+    baseline_family,
+    best_member,
     esc,
     front_records,
+    kept_of,
     load,
     ms,
     pct,
+    points,
     slug,
     state_counts,
+    summary_rows,
 )
-from autoprune.report_plots import AXES, LEGEND, progress, scatter
+from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
 from autoprune.trial import TrialRecord, TrialState
 
-__all__ = ["front_table", "terminal_summary", "write_report"]
+__all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
 
 
-def front_table(front: Sequence[TrialRecord], baseline: dict[str, Any]) -> str:
-    """The front as a fixed-width table, with the dense model as the first row."""
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f} pt"
+
+
+def front_table(front: Sequence[TrialRecord], baseline: dict[str, Any],
+                baselines: Sequence[TrialRecord] = ()) -> str:
+    """The front as a fixed-width table, the dense model first and the ``baselines`` that are
+    not on the front last; Δ columns: test accuracy against the dense model and the uniform
+    baseline, in percentage points."""
     dense = baseline.get("dense", {})
     dense_ms = dense.get("latency_final_ms") or dense.get("latency_ms")  # timed like the front
-    header = f"{'trial':>6} {'val acc':>8} {'test acc':>9} {'FLOPs':>7} {'params':>7} " \
-             f"{'latency ms':>11}  note"
+    dense_test = dense.get("test_acc")
+    uniform = next((r.test_acc for r in baselines if baseline_family(r.baseline) == "uniform"),
+                   None)
+    header = f"{'trial':>6} {'val acc':>8} {'test acc':>9} {'Δ dense':>10} {'Δ uniform':>10} " \
+             f"{'FLOPs':>7} {'params':>7} {'latency ms':>11}  note"
     lines = [header, "-" * len(header),
-             f"{'dense':>6} {pct(dense.get('val_acc')):>8} {pct(dense.get('test_acc')):>9} "
-             f"{'100%':>7} {'100%':>7} {ms(dense_ms):>11}"]
-    for r in front:
+             f"{'dense':>6} {pct(dense.get('val_acc')):>8} {pct(dense_test):>9} {'':>10} "
+             f"{_pts(points(dense_test, uniform)):>10} {'100%':>7} {'100%':>7} {ms(dense_ms):>11}"]
+    ids = {r.trial for r in front}
+    rest = [r for r in baselines if r.trial not in ids]
+    for r in [*front, *rest]:
+        note = _printable(r.baseline or "") + ("" if r.trial in ids else " (not on the front)")
         lines.append(
             f"{r.trial:>6} {pct(r.val_acc):>8} {pct(r.test_acc):>9} "
-            f"{pct(r.flops_ratio):>7} {pct(r.params_ratio):>7} {ms(r.latency_ms):>11}  "
-            f"{_printable(r.baseline or '')}")
+            f"{_pts(points(r.test_acc, dense_test)):>10} {_pts(points(r.test_acc, uniform)):>10} "
+            f"{pct(r.flops_ratio):>7} {pct(r.params_ratio):>7} {ms(r.latency_ms):>11}  {note}")
     return "\n".join(lines)
 
 
@@ -58,17 +76,54 @@ def _printable(text: str) -> str:
 
 
 def terminal_summary(run_dir: str) -> str:
+    """The run's budget, trial counts, front and baselines, ending with the export command of
+    the best front member (by validation accuracy)."""
     run = RunDir.open(run_dir)
-    records = run.read_trials()
-    front = front_records(run)
-    baseline = run.read_baseline() if run.baseline_path.is_file() else {}
-    budget = baseline.get("budget", {})
+    view = load(run)
     budget_text = ", ".join(f"latency <= {v:g} ms" if k == "latency_ms" else f"{k} <= {v:.0%}"
-                            for k, v in budget.items() if v is not None)
+                            for k, v in view.budget.items() if v is not None)
+    baselines = [r for r in view.records if r.baseline and r.state is TrialState.COMPLETE]
+    best = best_member(view)
+    tail = (f"\n\nnext: autoprune export {_printable(shlex.quote(str(run_dir)))} "
+            f"--trial {best.trial}" if best is not None else "")
     return (f"run: {_printable(str(run.path))}\nbudget: {budget_text or '-'}; "
-            f"trials: {state_counts(records) or 'none'}\n\n"
-            f"Pareto front (validation selects; test shown for front members):\n"
-            f"{front_table(front, baseline)}")
+            f"trials: {state_counts(view.records) or 'none'}\n\n"
+            f"Pareto front (validation selects; test shown for front members and baselines; "
+            f"Δ in test-accuracy points):\n"
+            f"{front_table(front_records(run), view.baseline, baselines)}{tail}")
+
+
+def summary_table(run: RunView) -> str:
+    """The decision table: dense, front members and baselines, their test accuracy and its Δ,
+    costs, final latency and the export command."""
+    head = ("<tr><th>model</th><th>kind</th><th>val acc</th><th>test acc</th>"
+            "<th>Δ vs dense</th><th>Δ vs uniform</th><th>FLOPs</th><th>params</th>"
+            "<th>latency ms (IQR)</th><th>vs dense</th><th>export</th></tr>")
+    rows = []
+    for row in summary_rows(run):
+        iqr = f" ({ms(row.latency_iqr)})" if row.latency_iqr is not None else ""
+        cmd = "" if row.trial is None else \
+            f"autoprune export {shlex.quote(run.name)} --trial {row.trial}"
+        export = f'<code class="export">{esc(cmd)}</code>' if cmd else ""
+        trial = "" if row.trial is None else f' data-trial="{row.trial}"'
+        cls = "dense-row" if row.trial is None else \
+            "front-row" if row.trial in run.front_ids else "baseline-row"
+        rows.append(
+            f'<tr class="{cls}"{trial}><td class="text">{esc(row.name)}</td>'
+            f'<td class="text">{esc(row.kind)}</td><td>{pct(row.val_acc)}</td>'
+            f"<td>{pct(row.test_acc)}</td>{_delta(row.vs_dense)}{_delta(row.vs_uniform)}"
+            f"<td>{pct(row.flops_ratio)}</td><td>{pct(row.params_ratio)}</td>"
+            f"<td>{ms(row.latency_ms)}{iqr}</td>"
+            f'<td class="text{" slower" if row.slower else ""}">'
+            f'{"slower than dense" if row.slower else ""}</td>'
+            f'<td class="text">{export}</td></tr>')
+    return (f'<div class="scroll"><table id="summary"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _delta(value: float | None) -> str:
+    cls = "" if value is None or abs(value) < 0.005 else " pos" if value > 0 else " neg"
+    return f'<td class="delta{cls}">{_pts(value)}</td>'
 
 
 # -- HTML report -------------------------------------------------------------------------------
@@ -78,9 +133,12 @@ def _natural(name: str) -> tuple[tuple[int, str], ...]:
 
 
 def _member(run: RunView, r: TrialRecord, groups: Sequence[str]) -> str:
-    ratios = (r.plan or {}).get("ratios") or {}
+    plan = r.plan or {}
+    ratios = plan.get("ratios") or {}
+    kept = [kept_of(run, g, ratios.get(g), plan) for g in groups]
+    notes = [None if k is None else f"{k[0]}/{k[1]} kept" for k in kept]
     bars = _svg.hbar_chart(groups, [ratios.get(g) for g in groups],
-                           f"channels removed per group, trial {r.trial}")
+                           f"channels removed per group, trial {r.trial}", notes)
     test = pct(r.test_acc) if r.test_acc is not None else "not evaluated"
     cmd = f"autoprune export {shlex.quote(run.name)} --trial {r.trial}"
     tag = f' <span class="tag">{esc(r.baseline)}</span>' if r.baseline else ""
@@ -94,11 +152,14 @@ def _member(run: RunView, r: TrialRecord, groups: Sequence[str]) -> str:
 def _front_section(run: RunView) -> str:
     if not run.front:
         return "<p>No front yet: no trial has finished its full fine-tune.</p>"
-    groups = sorted({g for r in run.front for g in ((r.plan or {}).get("ratios") or {})},
-                    key=_natural)
+    groups = sorted({g for r in run.front for g in ((r.plan or {}).get("ratios") or {})}
+                    | set(run.group_channels), key=_natural)
     cards = "".join(_member(run, r, groups) for r in run.front)
-    return (f"<p>Bars: share of each group's channels removed. Run the export command from the "
-            f"folder that contains <code>{esc(run.name)}/</code>.</p>"
+    widths = ("each bar ends with the channels kept of the dense model's" if run.group_channels
+              else "kept/total channels are not shown: this run's baseline.json does not "
+              "record the dense channel count of each group")
+    return (f"<p>Bars: share of each group's channels removed ({widths}). Run the export "
+            f"command from the folder that contains <code>{esc(run.name)}/</code>.</p>"
             f'<div class="cards">{cards}</div>')
 
 
@@ -137,8 +198,14 @@ def _trials_table(run: RunView) -> str:
     failed = [r for r in run.records if r.state in (TrialState.FAIL, TrialState.INFEASIBLE)]
     notes = "".join(f'<li class="failure">trial {r.trial} ({esc(r.state.lower())}): '
                     f"{esc(r.fail_reason or 'no reason recorded')}</li>" for r in failed)
-    return (f'<table class="sortable" id="trials"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>'
+    screened = sum(r.state is TrialState.SCREENED for r in run.records)
+    toggle = (f'<p><span class="toggle" role="button" tabindex="0" aria-pressed="true" '
+              f'data-for="trials" data-class="hide-screened">hide the {screened} screened '
+              f"trials (proxy or short fine-tune only)</span> · click a header to sort</p>"
+              if screened else "<p>Click a header to sort.</p>")
+    hide = " hide-screened" if screened else ""
+    return (f'{toggle}<div class="scroll"><table class="sortable{hide}" id="trials"><thead>'
+            f'<tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
             + (f'<h3>Trials that did not finish</h3><ul class="failures">{notes}</ul>'
                if failed else ""))
 
@@ -146,7 +213,7 @@ def _trials_table(run: RunView) -> str:
 def _kv(rows: Sequence[tuple[str, Any]], table_id: str) -> str:
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc('-' if v is None else v)}</td></tr>"
                    for k, v in rows)
-    return f'<table class="kv" id="{table_id}">{body}</table>'
+    return f'<div class="scroll"><table class="kv" id="{table_id}">{body}</table></div>'
 
 
 def _count(value: Any) -> str | None:
@@ -209,8 +276,8 @@ def _exports(models: Path) -> str:
     rows.sort(key=lambda r: (r[0], r[1]))  # each parent, then its quantized variants
     head = ("<tr><th>file</th><th>format</th><th>trial</th><th>test acc</th><th>FLOPs</th>"
             "<th>weights zero</th><th>bytes</th><th>latency ms</th><th>float parent</th></tr>")
-    return (f"<h2>Exported models</h2><table class=\"exports\">{head}"
-            f"{''.join(r[2] for r in rows)}</table>")
+    return (f'<h2>Exported models</h2><div class="scroll"><table class="exports">{head}'
+            f"{''.join(r[2] for r in rows)}</table></div>")
 
 
 def _metrics(check: FileCheck) -> dict[str, Any]:
@@ -223,19 +290,35 @@ def _metrics(check: FileCheck) -> dict[str, Any]:
     return m
 
 
+def _headline(run: RunView) -> str:
+    best = best_member(run)
+    pick = (f" The best validation accuracy on the front: trial {best.trial} "
+            f"({pct(best.val_acc)} val, {pct(best.test_acc)} test, {pct(best.flops_ratio)} of "
+            "the dense FLOPs)." if best is not None else "")
+    return (f"<p>Trials: {esc(state_counts(run.records) or 'none')}.{pick} Validation "
+            "accuracy selects the front; test accuracy is measured once, on front members and "
+            "baselines. Δ: test accuracy in percentage points.</p>")
+
+
 def _render(run: RunView, exports: str = "") -> str:
     plots = "".join(f"<figure>{scatter(run, key)}</figure>" for key in AXES)
     name = esc(run.name)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width,initial-scale=1"><title>autoprune report: {name}</title>'
             f"<style>{_svg.STYLE}</style></head><body><h1>autoprune report: {name}</h1>"
-            f'<div class="side"><div><h2>Run</h2>{_overview(run)}</div>'
-            f"<div><h2>Environment</h2>{_environment(run)}</div></div>"
+            f"<h2>Decision: front members, baselines and the dense model</h2>{_headline(run)}"
+            f"{summary_table(run)}"
             f"<h2>Pareto front: validation accuracy vs cost</h2>{LEGEND}"
             f'<div class="plots">{plots}</div><h2>Front members</h2>{_front_section(run)}'
+            f"<h2>Per-group ratios of the fully fine-tuned trials</h2>"
+            f'<div class="plots"><figure class="wide">{parallel(run)}<figcaption>one line per '
+            f"trial, coloured by validation accuracy (orange: lowest, blue: highest); front "
+            f"members drawn thicker</figcaption></figure></div>"
             f"<h2>Search progress</h2>{progress(run)}"
-            f"<h2>All trials</h2><p>Click a header to sort.</p>{_trials_table(run)}"
-            f"{exports}<script>{_svg.SCRIPT}</script></body></html>\n")
+            f"<h2>All trials</h2>{_trials_table(run)}{exports}"
+            f'<h2>Details</h2><div class="side"><div><h3>Run</h3>{_overview(run)}</div>'
+            f"<div><h3>Environment</h3>{_environment(run)}</div></div>"
+            f"<script>{_svg.SCRIPT}</script></body></html>\n")
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:

@@ -19,13 +19,14 @@ from typing import Any
 from autoprune._svg import esc
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
-from autoprune.plan import Budget
+from autoprune.plan import Budget, kept_channels
 from autoprune.results import RunDir
-from autoprune.run_files import FileCheck
-from autoprune.trial import TrialRecord
+from autoprune.run_files import FileCheck, check_scores
+from autoprune.trial import TrialRecord, TrialState
 
-__all__ = ["RunView", "budget_x", "cost_name", "esc", "front_records", "hypervolume_points",
-           "load", "ms", "pct", "slug", "state_counts", "within_budget"]
+__all__ = ["RunView", "SummaryRow", "baseline_family", "best_member", "budget_x", "cost_name",
+           "esc", "front_records", "hypervolume_points", "kept_of", "load", "ms", "pct",
+           "points", "slug", "state_counts", "summary_rows", "within_budget"]
 
 
 def pct(value: float | None) -> str:
@@ -70,6 +71,29 @@ class RunView:
     config: dict[str, Any]
     budget_file: dict[str, Any] | None = None
     budget_path: Path = Path("budget.json")
+    latency_iqr: dict[str, float] = dataclasses.field(default_factory=dict)  # "N" / "dense"
+
+    @property
+    def group_channels(self) -> dict[str, dict[str, int]]:
+        """Dense channels (and quantum) per group, when baseline.json records them."""
+        return dict(self.baseline.get("group_channels") or {})
+
+    @property
+    def dense_latency(self) -> float | None:
+        """The dense model's final latency (re-timed at the end of the run, like the front)."""
+        dense = self.dense
+        value = dense.get("latency_final_ms") or dense.get("latency_ms")
+        return None if value is None else float(value)
+
+    @property
+    def dense_iqr(self) -> float | None:
+        """The IQR of :attr:`dense_latency`: from the final re-timing when it recorded one,
+        else baseline.json's (only when that is the same timing)."""
+        if "dense" in self.latency_iqr:
+            return self.latency_iqr["dense"]
+        dense = self.dense
+        same = dense.get("latency_final_ms") is None
+        return dense.get("latency_iqr_ms") if same else None
 
     @property
     def dense(self) -> dict[str, Any]:
@@ -112,7 +136,94 @@ def load(run: RunDir) -> RunView:
     baseline = run.read_baseline() if run.baseline_path.is_file() else {}
     return RunView(run.path.resolve().name, tuple(sorted(records, key=lambda r: r.trial)),
                    tuple(front), baseline, run.read_config(), run.read_budget(),
-                   run.budget_path)
+                   run.budget_path, _latency_iqr(run))
+
+
+def _latency_iqr(run: RunDir) -> dict[str, float]:
+    """``{"<trial>" or "dense": IQR ms}`` from latency_remeasured.json's ``iqr:<key>`` entries
+    (written beside the medians when the final re-timing records its spread)."""
+    path = run.remeasured_path
+    if not path.is_file():
+        return {}
+    check = FileCheck(path)
+    data = check_scores(check, check.json())
+    return {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")}
+
+
+def baseline_family(name: str | None) -> str | None:
+    """``"uniform"`` or ``"global"`` for the enqueued baselines (``uniform-l2``, ...)."""
+    family = (name or "").split("-")[0]
+    return family if family in ("uniform", "global") else None
+
+
+def points(value: float | None, reference: float | None) -> float | None:
+    """``value - reference`` in percentage points (accuracies are fractions)."""
+    return None if value is None or reference is None else (value - reference) * 100.0
+
+
+def kept_of(run: RunView, group: str, ratio: float | None,
+            plan: dict[str, Any]) -> tuple[int, int] | None:
+    """(kept, dense) channels of ``group`` under a plan, when the run records its width."""
+    info = run.group_channels.get(group)
+    if not info:
+        return None
+    channels, quantum = int(info["channels"]), int(info.get("quantum") or 1)
+    round_to = plan.get("round_to")
+    return kept_channels(channels, float(ratio or 0.0), round_to, quantum), channels
+
+
+def best_member(run: RunView) -> TrialRecord | None:
+    """The front member with the best validation accuracy (validation selects), the cheaper of
+    equals."""
+    if not run.front:
+        return None
+    return max(run.front, key=lambda r: (float(r.val_acc or 0.0), -float(r.flops_ratio or 1.0)))
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of the decision table: the dense model, a front member or a baseline."""
+
+    name: str  # "dense" or "trial N"
+    kind: str  # "dense", "front", "front · uniform-l2", "uniform-l2", ...
+    trial: int | None
+    val_acc: float | None
+    test_acc: float | None
+    vs_dense: float | None  # points of test accuracy
+    vs_uniform: float | None
+    flops_ratio: float | None
+    params_ratio: float | None
+    latency_ms: float | None
+    latency_iqr: float | None
+    slower: bool  # final latency over the dense model's
+
+    @property
+    def export(self) -> str | None:
+        return None if self.trial is None else f"--trial {self.trial}"
+
+
+def summary_rows(run: RunView) -> list[SummaryRow]:
+    """Dense, then the front (cheapest first), then the baselines that are not on it; Δ columns
+    against the dense model's and the uniform baseline's test accuracy."""
+    dense_test = run.dense.get("test_acc")
+    baselines = [r for r in run.records if r.baseline and r.state is TrialState.COMPLETE]
+    uniform = next((r for r in baselines if baseline_family(r.baseline) == "uniform"), None)
+    uniform_test = uniform.test_acc if uniform is not None else None
+    dense_ms = run.dense_latency
+    rows = [SummaryRow("dense", "dense", None, run.dense.get("val_acc"), dense_test, 0.0
+                       if dense_test is not None else None, points(dense_test, uniform_test),
+                       1.0, 1.0, dense_ms, run.dense_iqr, False)]
+    front = sorted(run.front, key=lambda r: (float(r.flops_ratio or 1.0), r.trial))
+    extra = [r for r in baselines if r.trial not in run.front_ids]
+    for r in [*front, *extra]:
+        on_front = r.trial in run.front_ids
+        kind = " · ".join(k for k in ("front" if on_front else "", r.baseline or "") if k)
+        rows.append(SummaryRow(
+            f"trial {r.trial}", kind, r.trial, r.val_acc, r.test_acc,
+            points(r.test_acc, dense_test), points(r.test_acc, uniform_test), r.flops_ratio,
+            r.params_ratio, r.latency_ms, run.latency_iqr.get(str(r.trial)),
+            r.latency_ms is not None and dense_ms is not None and r.latency_ms > dense_ms))
+    return rows
 
 
 def budget_x(run: RunView, key: str) -> float | None:

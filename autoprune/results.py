@@ -53,11 +53,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` so that readers see the old file or the new one, never half of either.
 
     The temp file lives in the same folder (``os.replace`` is atomic only within a filesystem) and
-    is removed if anything fails; an existing file keeps its permission bits.
+    is removed if anything fails. A new file gets the mode ``open()`` would give it (``0o666``
+    less the umask: 0644 under the usual umask 022, so a shared cache or an exported model is
+    readable by others; never the 0600 of the temp file); an existing file keeps its bits.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -72,6 +74,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno and exc.filename is None:  # name the file
             exc.filename = str(target)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and
+    restored at once."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

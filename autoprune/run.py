@@ -187,6 +187,9 @@ class Run:
             "dense": {**cost.to_dict(), "val_acc": self.evaluate(dense, "val"),
                       "test_acc": self.evaluate(dense, "test")},
             "groups": len(analysis.groups),
+            # the dense widths, so the report can show kept/total channels per group
+            "group_channels": {g.name: {"channels": g.channels, "quantum": g.quantum}
+                               for g in analysis.groups},
             "budget": asdict(budget),
             "environment": environment(self.ft.device),
         }
@@ -275,6 +278,7 @@ def environment(device: str) -> dict[str, Any]:
     import autoprune
     from autoprune.backends.optuna import version as optuna_version
     from autoprune.engine import torch_pruning_version
+    from autoprune.latency import cpu_info, cpu_model
 
     env = {"autoprune": autoprune.__version__, "torch": torch.__version__,
            "torch_pruning": torch_pruning_version(), "optuna": optuna_version(),
@@ -284,5 +288,6 @@ def environment(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
     else:
-        env["device_name"] = platform.processor() or platform.machine()
+        env["device_name"] = cpu_model()
+    env.update(cpu_info())  # cpu_model, cpu_count: latencies compare only on the same CPU
     return env

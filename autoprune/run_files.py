@@ -179,6 +179,16 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
     if data.get("budget") is not None:
         check.budget(data["budget"], "budget")
     check.number(data.get("groups"), "groups", integer=True)
+    if data.get("group_channels") is not None:  # {group: {"channels": C, "quantum": q}}
+        widths = check.mapping(data["group_channels"], "group_channels")
+        for name, item in widths.items():
+            where = f"group_channels[{name!r}]"
+            entry = check.mapping(item, where)
+            if check.number(entry.get("channels"), f"{where}.channels", integer=True,
+                            required=True) < 1:
+                raise check.fail(f"{where}.channels is {entry['channels']}, not >= 1")
+            if (check.number(entry.get("quantum"), f"{where}.quantum", integer=True) or 1) < 1:
+                raise check.fail(f"{where}.quantum is {entry['quantum']}, not >= 1")
     if data.get("environment") is not None:
         env = check.mapping(data["environment"], "environment")
         for key, item in env.items():
@@ -208,9 +218,11 @@ def check_plan(check: FileCheck, value: Any, where: str = "the plan") -> dict[st
 
 
 def check_scores(check: FileCheck, value: Any) -> dict[str, Any]:
-    """test_scores.json / latency_remeasured.json: a number per trial (and ``"dense"``)."""
+    """test_scores.json / latency_remeasured.json: a number per trial (and ``"dense"``); the
+    latter's ``iqr:<trial>`` / ``iqr:dense`` entries (the spread of each timing) too."""
     data = check.mapping(value, "the file")
-    check.numbers(data, [k for k in data if k.isdigit() or k == "dense"], "the figure of ")
+    check.numbers(data, [k for k in data if k.isdigit() or k == "dense"
+                         or k.startswith("iqr:")], "the figure of ")
     return data
 
 

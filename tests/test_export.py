@@ -17,7 +17,8 @@ import torch
 import autoprune as ap
 from autoprune.deploy.archive import builder_reference
 from autoprune.deploy.export import export_trial
-from autoprune.deploy.formats import ONNX_TOLERANCE
+from autoprune.deploy.formats import ONNX_TOLERANCE, PT2_EXTRA
+from autoprune.deploy.onnx_file import PLAN_KEY, VERSION_KEY
 from autoprune.errors import ConfigError
 from autoprune.results import RunDir
 
@@ -100,6 +101,23 @@ def test_torchscript_loads_and_matches_pytorch(run, trial, reference, tmp_path):
     with torch.no_grad():
         assert (loaded(batch) - model(batch)).abs().max() <= 1e-5
     assert result.metrics["test_acc"] == _recorded(run, trial, "test_acc")
+    assert result.metrics["format_status"] == "legacy"
+
+
+def test_pt2_reloads_and_matches_at_two_batch_sizes(run, trial, reference, tmp_path):
+    result = export_trial(run, trial, "pt2", out=tmp_path, progress=False)
+    assert result.model_path == tmp_path / f"trial_{trial}.pt2"
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["format"] == "pt2" and metrics["format_status"] == "recommended"
+    assert metrics["max_abs_diff"] <= 1e-5 and len(set(metrics["check_batches"])) == 2
+    assert metrics["cpu_model"] and metrics["test_acc"] == _recorded(run, trial, "test_acc")
+    extra = {PT2_EXTRA: ""}
+    program = torch.export.load(result.model_path, extra_files=extra).module()
+    assert json.loads(extra[PT2_EXTRA])["plan"] == RunDir(run).read_plan(trial)
+    model, batch = reference
+    with torch.no_grad():
+        for x in (batch, batch[:1], batch[:7]):
+            assert (program(x) - model(x)).abs().max() <= 1e-5
 
 
 def test_onnx_matches_pytorch_within_tolerance(run, trial, reference, tmp_path):
@@ -111,6 +129,13 @@ def test_onnx_matches_pytorch_within_tolerance(run, trial, reference, tmp_path):
     result = export_trial(run, trial, "onnx", out=tmp_path / "model.onnx", progress=False)
     assert result.metrics_path == tmp_path / "model.metrics.json"
     assert result.metrics["max_abs_diff"] <= ONNX_TOLERANCE
+    assert result.metrics["onnx_exporter"] == \
+        ("dynamo" if importlib.util.find_spec("onnxscript") else "legacy")
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(result.model_path)).metadata_props}
+    assert ap.PruningPlan.from_json(meta[PLAN_KEY]).to_dict() == RunDir(run).read_plan(trial)
+    assert meta[VERSION_KEY] == ap.__version__
     model, batch = reference
     session = onnxruntime.InferenceSession(str(result.model_path),
                                            providers=["CPUExecutionProvider"])
@@ -149,7 +174,7 @@ def test_failed_trial_is_refused_with_its_state(run, trial, tmp_path):
 
 
 def test_bad_arguments_are_config_errors(run, trial, tmp_path):
-    with pytest.raises(ConfigError, match="pt, torchscript, onnx"):
+    with pytest.raises(ConfigError, match="pt, pt2, torchscript, onnx"):
         export_trial(run, trial, "tflite")
     with pytest.raises(ConfigError, match="--finetune-epochs"):
         export_trial(run, trial, finetune_epochs=-1)

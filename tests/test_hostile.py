@@ -1,8 +1,19 @@
-"""Hostile and unlucky input at the command line (issue 15's probe as tests): every outcome is
-exit 0, 1 or 2 with at most one stderr line and no traceback; nothing is lost or run twice.
+"""Hostile and unlucky input (issue 15's probe as tests): every outcome is exit 0, 1 or 2 with
+at most one stderr line and no traceback; nothing is lost, run twice, leaked or executed.
 
-The report's escaping, damaged journals, storage secrets and crafted archives have their own
-files: test_hostile_report.py, test_hostile_storage.py, test_hostile_archive.py.
+The probe's numbered items, and where each is tested (tests mirror the modules they check):
+1. damaged journals heal ............ test_hostile_storage.py (unit + a real resume, 3 damages)
+2. stored XSS ....................... test_hostile_report.py (payloads in every field, Chromium)
+3. passwords ........................ test_hostile_storage.py (a real PostgreSQL role)
+4. NaN models ....................... here (no completed trial: exit 1); test_hostile_archive.py
+                                      and test_export.py (NaN is an export mismatch)
+5. run folders execute code ......... here (task sha256, --trust-task, export/resume refuse)
+6. resume gaps ...................... here (skipped baselines, refused flags, failed start,
+                                      exclusive --out)
+7. one line, not tracebacks ......... here (bad flags, space files, full disk, damaged files,
+                                      hypothesis fuzz over flags and run files)
+8. load_pruned on crafted archives .. test_hostile_archive.py (no code run, no network)
+9. dead remote workers .............. test_hostile_storage.py (SIGKILL, heartbeat, retry)
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import shlex
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -423,3 +425,65 @@ def test_vision_errors(tmp_path: Path) -> None:
     task = imagefolder_task(tmp_path / "data", weights=wrong, image_size=32)
     with pytest.raises(ConfigError, match="does not fit"):
         task.dense_model()
+
+
+def _image_folder(root: Path, per_class: int = 6, size: int = 40) -> Path:
+    """A small ImageNet-style folder of generated PNGs (two classes told apart by colour)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 2)):
+        for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(colour, 25, (size, size, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_cache_dir_follows_autoprune_cache_then_xdg(monkeypatch, tmp_path: Path) -> None:
+    from autoprune.tasks._train import default_cache_dir
+
+    monkeypatch.delenv("AUTOPRUNE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "autoprune"
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("AUTOPRUNE_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "autoprune"
+
+
+@pytest.mark.slow
+def test_search_a_timm_model_on_an_image_folder(tmp_path: Path, monkeypatch) -> None:
+    """`autoprune search --model timm:resnet18 --task imagefolder`, then export the archive
+    and rebuild it with ap.load_pruned (timm's builder is trusted; nothing is downloaded)."""
+    timm = pytest.importorskip("timm", reason="timm missing: pip install 'autoprune[test]'")
+    import autoprune as ap
+    from autoprune.cli import main
+
+    data = _image_folder(tmp_path / "images")
+    weights = tmp_path / "dense.pt"
+    torch.save(timm.create_model("resnet18", num_classes=2).state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    # the README's command as printed there (images/ and dense.pt are the files made above)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- readme-test: timm -->", 1)[1].split("```", 2)[1]
+    command = shlex.split(block.removeprefix("bash").strip())
+    assert command[:2] == ["autoprune", "search"] and "timm:resnet18" in command
+    data.rename(tmp_path / "images")
+    weights.rename(tmp_path / "dense.pt")
+    small = ["--num-workers", "1", "--trials", "2", "--finetune-steps", "2", "--bn-batches",
+             "1", "--screen", "0", "--short-fidelity", "0", "--no-latency", "--quiet",
+             "--out", "run"]
+    assert main(command[1:] + small) == 0
+    front = json.loads((tmp_path / "run" / "front.json").read_text())
+    assert front and all(f["flops_ratio"] <= 0.505 for f in front)
+    trial = front[0]["trial"]
+    before = (tmp_path / "run" / "report.html").read_text()
+    assert main(["export", "run", "--trial", str(trial), "--quiet"]) == 0
+    after = (tmp_path / "run" / "report.html").read_text()  # export refreshed the report
+    assert f"trial_{trial}.pruned.pt" in after and f"trial_{trial}.pruned.pt" not in before
+    model = ap.load_pruned(tmp_path / "run" / "models" / f"trial_{trial}.pruned.pt")
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 2)

@@ -42,7 +42,10 @@ class Slots:
 
 @runtime_checkable
 class SearchBackend(Protocol):
-    """One study on one storage, shared by every process of a run."""
+    """One study on one storage, shared by every process of a run. ``runs_jobs_here``: whether
+    :meth:`map` runs its jobs in this process, one after another."""
+
+    runs_jobs_here: bool
 
     def enqueue(self, params: Mapping[str, float], attrs: Mapping[str, Any]) -> None:
         """Queue a trial with fixed parameter values (asked before any sampled one)."""
@@ -76,6 +79,10 @@ class SearchBackend(Protocol):
 
     def share(self, attrs: Mapping[str, Any]) -> None:
         """Store run-wide attributes (config, baseline) for workers on other machines."""
+
+    def set_attrs(self, trial: int | str, attrs: Mapping[str, Any]) -> None:
+        """Record figures measured after trial ``trial`` (or ``"dense"``) finished: test
+        accuracy, final latency (for optuna-dashboard and ``optuna.load_study``)."""
 
     def map(self, job: Callable[[T], R], items: Sequence[T]) -> list[R | BaseException]:
         """``[job(x) for x in items]``, wherever the backend runs stage jobs; where a job ran

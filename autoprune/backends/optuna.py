@@ -105,6 +105,8 @@ class OptunaBackend:
     """One study on one storage (maximise accuracy, minimise cost); several processes may
     share it. Stage jobs run in this process."""
 
+    runs_jobs_here = True
+
     def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, sampler: str,
                  seed: int) -> None:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures go to trials.csv
@@ -132,6 +134,19 @@ class OptunaBackend:
     def share(self, attrs: Mapping[str, Any]) -> None:
         for key, value in attrs.items():
             self.study.set_user_attr(key, value)
+
+    def set_attrs(self, trial: int | str, attrs: Mapping[str, Any]) -> None:
+        """Record figures measured after ``trial`` finished (``test_acc``,
+        ``latency_final_ms``; ``trial`` may be ``"dense"``). Optuna refuses attributes on a
+        finished trial (``UpdateFinishedTrialError``; a journal replay drops them too), so each
+        goes on the study: user attribute ``<name>`` maps trial numbers, as text, to values,
+        e.g. ``study.user_attrs["test_acc"]["7"]``."""
+        current = self.study.user_attrs
+        for key, value in attrs.items():
+            table = dict(current.get(key) or {}) if isinstance(current.get(key), dict) else {}
+            if table.get(str(trial)) != _plain(value):
+                table[str(trial)] = _plain(value)
+                self.study.set_user_attr(key, table)
 
     def recover(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """Fail trials a dead process left RUNNING; return (params, attrs) of all to retry."""

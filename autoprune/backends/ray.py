@@ -68,6 +68,8 @@ class RayOptions:
 class RayBackend(OptunaBackend):
     """The run's Optuna study, with stage jobs run as Ray tasks (see :class:`RayOptions`)."""
 
+    runs_jobs_here = False
+
     def __init__(self, storage: Any, study_name: str, sampler: str, seed: int,
                  options: RayOptions | None = None) -> None:
         self._ray = _import_ray()

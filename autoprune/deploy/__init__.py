@@ -2,7 +2,8 @@
 
 - :mod:`~autoprune.deploy.export`: ``export_trial``, one trial of a run as a checked file + metrics
   (``autoprune export``), rebuilt by :mod:`~autoprune.deploy.rebuild` and written by
-  :mod:`~autoprune.deploy.formats` (``pt`` / ``torchscript`` / ``onnx``).
+  :mod:`~autoprune.deploy.formats` (``pt`` default / ``pt2`` recommended / ``torchscript`` legacy /
+  ``onnx``, see :mod:`~autoprune.deploy.onnx_file`).
 - :mod:`~autoprune.deploy.archive`: ``save_pruned`` / ``load_pruned``, the portable ``pt`` archive.
 - :mod:`~autoprune.deploy.weights`: unstructured weight pruning and sparse checkpoints.
 - :mod:`~autoprune.deploy.quantize`: int8 / fp16 / bf16 programs (``quantize()`` itself is

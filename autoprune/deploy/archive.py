@@ -152,9 +152,11 @@ def _resolve(ref: str, builders: Mapping[str, Callable[..., nn.Module]] | None,
 
 def is_trusted(ref: str) -> bool:
     """Whether :func:`load_pruned` calls builder ``ref`` without ``builders=`` or ``trust=True``:
-    a torchvision model builder or one of autoprune's own."""
+    a torchvision model builder, ``timm:create_model`` (its kwargs pass the same download
+    checks: ``pretrained`` must be false) or one of autoprune's own."""
     module_name, _, attr = ref.partition(":")
     return ((module_name.startswith("torchvision.models") and attr in _torchvision_builders())
+            or ref == "timm:create_model"
             or (module_name == "autoprune.tasks.models" and attr in _OWN_BUILDERS))
 
 

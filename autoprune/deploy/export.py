@@ -5,8 +5,8 @@ candidate from the run alone: the task named in ``config.yaml`` gives the dense 
 plan prunes it, and the fine-tuned weights the search kept (``models/trial_<N>.pt``) are loaded
 (:mod:`autoprune.deploy.rebuild`). The model is scored on the test split and timed on the CPU
 *after* it is rebuilt, and every file is checked by loading it again before it is written
-(:mod:`autoprune.deploy.formats`: ``pt``, ``torchscript``, ``onnx``), so the metrics describe the
-file itself.
+(:mod:`autoprune.deploy.formats`: ``pt`` (default), ``pt2`` (recommended for deployment),
+``torchscript`` (legacy), ``onnx``), so the metrics describe the file itself.
 """
 
 from __future__ import annotations
@@ -135,7 +135,10 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     if sparse:
         metrics["weights"] = sparse
     inputs = Inputs.of(job.task, job.example)
-    check = write(fmt, model, job.model_path, inputs, job.archived)
+    check = write(fmt, model, job.model_path, inputs, job.archived, job.plan)
+    if fmt == "torchscript":
+        log.warning("--format torchscript is legacy (TorchScript is deprecated upstream); "
+                    "--format pt2 (torch.export) is recommended for deployment")
     metrics.update(check, format=fmt, file=job.model_path.name,
                    file_bytes=job.model_path.stat().st_size, finetune_epochs=finetune_epochs,
                    finetune_steps=steps)
@@ -150,6 +153,7 @@ def export_trial(run_dir: str | os.PathLike[str], trial: int, fmt: str = "pt",
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     log.info("trial %d: wrote %s (%d bytes) and %s", record.trial, job.model_path,
              metrics["file_bytes"], metrics_path.name)
+    _refresh_report(job.run)
     return ExportResult(job.model_path, metrics_path, metrics)
 
 
@@ -278,7 +282,7 @@ def _metrics(job: _Job, model: nn.Module) -> dict[str, Any]:
     otherwise compete with the timed model.
     """
     import autoprune
-    from autoprune.latency import measure
+    from autoprune.latency import cpu_model, measure
 
     run, record = job.run, job.record
     search = job.config.get("search") or {}
@@ -301,9 +305,21 @@ def _metrics(job: _Job, model: nn.Module) -> dict[str, Any]:
         "latency_device": "cpu",
         "latency_batch": cost.batch_size,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
         "search": {"val_acc": record.val_acc, "test_acc": record.test_acc,
                    "baseline": record.baseline},
         "plan": job.plan.to_dict(),
         "torch": torch.__version__,
         "autoprune": autoprune.__version__,
     }
+
+
+def _refresh_report(run: RunDir) -> None:
+    """Export changes what the report shows (its exports table): write it again. A report that
+    cannot be written does not undo a finished export."""
+    from autoprune.report import write_report
+
+    try:
+        write_report(run.path)
+    except (ConfigError, OSError) as exc:
+        log.warning("report.html not refreshed: %s", exc)

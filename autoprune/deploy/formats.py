@@ -1,19 +1,21 @@
 """The file formats of ``autoprune export``: each written only after it loads again and matches.
 
-- ``pt``: the portable archive of :func:`autoprune.save_pruned` (DESIGN decision 7), checked by
-  :func:`autoprune.load_pruned`.
-- ``torchscript``: ``torch.jit.trace`` in eval mode (deprecated upstream since torch 2.9, still
-  the file most C++/mobile runtimes take), checked by ``torch.jit.load``.
-- ``onnx``: the TorchScript-based exporter (``dynamo=False``), which needs only the ``onnx``
-  package; the dynamo exporter would also need ``onnxscript``. With ``onnxruntime`` installed the
-  file is run on a test batch and must match PyTorch within :data:`ONNX_TOLERANCE`.
+- ``pt`` (the default): the portable archive of :func:`autoprune.save_pruned` (DESIGN decision
+  7), checked by :func:`autoprune.load_pruned`; it needs autoprune and the dense model's builder.
+- ``pt2`` (recommended for deployment): a ``torch.export`` program with a dynamic batch
+  dimension, saved by ``torch.export.save``; torch alone runs it
+  (``torch.export.load(path).module()``). It is checked against the eager model at two batch
+  sizes, and carries the plan and the autoprune version as the extra file :data:`PT2_EXTRA`.
+- ``torchscript`` (legacy): ``torch.jit.trace`` in eval mode (deprecated upstream since torch
+  2.9, still the file some C++/mobile runtimes take), checked by ``torch.jit.load``.
+- ``onnx``: see :mod:`autoprune.deploy.onnx_file` (the dynamo exporter when ``onnxscript`` is
+  installed, else the legacy one; plan and version in ``metadata_props``; ONNX Runtime check).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
+import json
 import logging
 import warnings
 from collections.abc import Mapping
@@ -24,24 +26,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.errors import AutopruneError, BackendUnavailable, ConfigError, UnsupportedModelError
+from autoprune.deploy.onnx_file import (
+    ONNX_TOLERANCE,
+    PLAN_KEY,
+    VERSION_KEY,
+    onnx_bytes,
+    onnx_module,
+    run_onnx,
+)
+from autoprune.errors import AutopruneError, ConfigError, UnsupportedModelError
 from autoprune.plan import PruningPlan
 from autoprune.results import atomic_write_bytes
 
-__all__ = ["FORMATS", "ONNX_TOLERANCE", "RELOAD_TOLERANCE", "Archived", "Inputs", "onnx_module",
-           "write"]
+__all__ = ["FORMATS", "ONNX_TOLERANCE", "PT2_EXTRA", "RELOAD_TOLERANCE", "STATUS", "Archived",
+           "Inputs", "onnx_module", "write"]
 
 log = logging.getLogger(__name__)
 
 #: Export formats and the suffix of their default file name (``trial_<N><suffix>``); ``pt`` is not
 #: plain ``.pt`` because ``models/trial_<N>.pt`` already holds the search's state_dict.
-FORMATS: Mapping[str, str] = {"pt": ".pruned.pt", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
-#: Largest |ONNX Runtime - PyTorch| accepted on a test batch.
-ONNX_TOLERANCE = 1e-4
-#: A reloaded archive or TorchScript file runs the same kernels; it must match much tighter.
+FORMATS: Mapping[str, str] = {"pt": ".pruned.pt", "pt2": ".pt2", "torchscript": ".torchscript.pt",
+                              "onnx": ".onnx"}
+#: What each format is (``format_status`` in the export's metrics).
+STATUS: Mapping[str, str] = {"pt": "default", "pt2": "recommended", "torchscript": "legacy",
+                             "onnx": "interchange"}
+#: A reloaded archive, program or TorchScript file runs the same kernels: it must match tightly.
 RELOAD_TOLERANCE = 1e-5
+#: The extra file of a ``pt2`` program holding ``{"plan": ..., "autoprune": version}``; read it
+#: with ``torch.export.load(path, extra_files={PT2_EXTRA: ""})``.
+PT2_EXTRA = "autoprune.json"
 _CHECK_BATCH = 32
-_ONNX_HINT = 'pip install "autoprune[onnx]"'
 
 
 @dataclass(frozen=True)
@@ -70,34 +84,40 @@ class Archived:
     plan: PruningPlan
 
 
-def onnx_module() -> Any:
-    """The ``onnx`` package, or :class:`BackendUnavailable` naming the extra to install."""
-    try:
-        return importlib.import_module("onnx")
-    except ImportError as exc:
-        raise BackendUnavailable(f"--format onnx needs the 'onnx' package; install it with "
-                                 f"{_ONNX_HINT}") from exc
-
-
 def write(fmt: str, model: nn.Module, path: Path, inputs: Inputs,
-          archived: Archived | None = None) -> dict[str, Any]:
+          archived: Archived | None = None, plan: PruningPlan | None = None) -> dict[str, Any]:
     """Write ``path`` only after the file, loaded again, reproduces ``model`` on ``inputs.batch``.
 
-    ``archived`` is required for ``fmt == "pt"``; returns the check's metrics.
+    ``archived`` is required for ``fmt == "pt"``; ``plan`` (else ``archived.plan``) goes into
+    the ``pt2`` and ``onnx`` files' metadata. Returns the check's metrics.
     """
     with torch.no_grad():
         expected = model(*inputs.batch)
+    plan = plan if plan is not None else archived.plan if archived is not None else None
+    extra: dict[str, Any] = {}
     if fmt == "pt":
         if archived is None:
             raise ConfigError("--format pt: archived=None; pass Archived(builder_reference(task), "
                               "plan) to write the portable archive")
         diff, checked_with = _write_archive(model, path, inputs, expected, archived)
+    elif fmt == "pt2":
+        diff, checked_with, extra = _write_program(model, path, inputs, expected, plan)
     elif fmt == "torchscript":
         diff, checked_with = _write_torchscript(model, path, inputs, expected)
     else:
-        diff, checked_with = _write_onnx(model, path, inputs, expected)
+        diff, checked_with, extra = _write_onnx(model, path, inputs, expected, plan)
     return {"max_abs_diff": diff, "checked_with": checked_with,
-            "check_batch": len(inputs.batch[0])}
+            "check_batch": len(inputs.batch[0]), "format_status": STATUS.get(fmt), **extra}
+
+
+def _metadata(plan: PruningPlan | None) -> dict[str, str]:
+    """What ``pt2`` and ``onnx`` files carry: the plan (JSON) and the autoprune version."""
+    import autoprune
+
+    meta = {VERSION_KEY: str(autoprune.__version__)}
+    if plan is not None:
+        meta[PLAN_KEY] = plan.to_json()
+    return meta
 
 
 def _tensors(example: Any) -> tuple[torch.Tensor, ...]:
@@ -194,44 +214,54 @@ def _plain_name(name: str) -> bool:
     return name.isprintable() and '"' not in name and "\\" not in name
 
 
-def _onnx_bytes(model: nn.Module, example: Any) -> tuple[bytes, list[str]]:
-    """The model as checked ONNX bytes, and the names of its inputs."""
-    onnx = onnx_module()
-    tensors = _tensors(example)
-    names = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
-    buffer = io.BytesIO()
+def _write_program(model: nn.Module, path: Path, inputs: Inputs, expected: Any,
+                   plan: PruningPlan | None) -> tuple[float, str, dict[str, Any]]:
+    """``torch.export`` with a dynamic batch, saved, loaded again and compared with the eager
+    model on the example input and on the test batch (two batch sizes)."""
+    example = _tensors(inputs.example)
+    other = inputs.batch
+    if len(other[0]) == len(example[0]):  # a second, different batch size
+        other = tuple(torch.cat([t, t[:1]]) for t in other)
+    meta = _metadata(plan)
+    extra = json.dumps({"plan": json.loads(meta[PLAN_KEY]) if PLAN_KEY in meta else None,
+                        "autoprune": meta[VERSION_KEY]})
+    was_training = model.training
+    model.eval()
     try:
-        with warnings.catch_warnings():  # the TorchScript-based exporter warns it is deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, tensors, buffer, input_names=names, output_names=["output"],
-                              dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-                              dynamo=False)
-        data = buffer.getvalue()
-        onnx.checker.check_model(onnx.load_from_string(data))
-    except Exception as exc:  # an op without an ONNX form, a model the checker refuses
-        raise ConfigError(f"--format onnx: the model does not export to a valid ONNX file "
-                          f"({_why(exc)}); use --format pt or --format torchscript") from exc
-    return data, names
+        pair = tuple(t[:1].repeat(2, *[1] * (t.dim() - 1)) if t.dim() else t for t in example)
+        shapes = tuple({0: torch.export.Dim.AUTO} if t.dim() else None for t in pair)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.export.export(model, pair, dynamic_shapes=shapes)
+            torch.export.save(program, buffer, extra_files={PT2_EXTRA: extra})
+            reloaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
+        with torch.no_grad():
+            diffs = [_diff(reloaded(*x), model(*x)) for x in (example, other)]
+    except AutopruneError:
+        raise
+    except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
+        raise ConfigError(f"--format pt2: torch.export cannot capture, save or load the model "
+                          f"again with a dynamic batch ({_why(exc)}); use --format pt") from exc
+    finally:
+        model.train(was_training)
+    diff = max(diffs)
+    if not diff <= RELOAD_TOLERANCE:  # NaN never passes
+        raise _mismatch("pt2", diff, RELOAD_TOLERANCE)
+    atomic_write_bytes(path, buffer.getvalue())
+    return diff, "torch.export.load", {"check_batches": [len(example[0]), len(other[0])]}
 
 
-def _write_onnx(model: nn.Module, path: Path, inputs: Inputs,
-                expected: Any) -> tuple[float | None, str | None]:
-    data, names = _onnx_bytes(model, inputs.example)
-    if importlib.util.find_spec("onnxruntime") is None:
-        log.warning("onnxruntime is not installed: the ONNX file was not compared with PyTorch "
-                    "(%s)", _ONNX_HINT)
+def _write_onnx(model: nn.Module, path: Path, inputs: Inputs, expected: Any,
+                plan: PruningPlan | None) -> tuple[float | None, str | None, dict[str, Any]]:
+    data, names, info = onnx_bytes(model, _tensors(inputs.example), _metadata(plan))
+    ran = run_onnx(data, names, inputs.batch)
+    if ran is None:
         atomic_write_bytes(path, data)
-        return None, None
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()  # no spinning threads left behind in this process
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs.batch)})[0]
-    del session
-    diff = _diff(torch.from_numpy(got), expected)
+        return None, None, info
+    got, runtime = ran
+    diff = _diff(got, expected)
     if not diff <= ONNX_TOLERANCE:  # NaN never passes
         raise _mismatch("onnx", diff, ONNX_TOLERANCE)
     atomic_write_bytes(path, data)
-    return diff, f"onnxruntime {onnxruntime.__version__}"
+    return diff, runtime, info

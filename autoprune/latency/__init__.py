@@ -1,13 +1,16 @@
 """Measured cost: counted MACs/params and latency on the target device.
 
 :func:`measure` returns a :class:`Cost`; :class:`LatencyCache` reuses timings of models with the
-same architecture (:func:`shape_signature`). The analytic cost of plans (no model built) is the
-engine's :class:`~autoprune.engine.costmodel.CostModel`.
+same architecture (:func:`shape_signature`); :func:`cpu_info` names the CPU they ran on. The
+analytic cost of plans (no model built) is the engine's
+:class:`~autoprune.engine.costmodel.CostModel`.
 """
 
 from __future__ import annotations
 
 from autoprune.latency.cost import Cost, LatencyCache, LatencyKey, shape_signature
+from autoprune.latency.machine import cpu_info, cpu_model
 from autoprune.latency.timing import measure
 
-__all__ = ["Cost", "LatencyCache", "LatencyKey", "measure", "shape_signature"]
+__all__ = ["Cost", "LatencyCache", "LatencyKey", "cpu_info", "cpu_model", "measure",
+           "shape_signature"]

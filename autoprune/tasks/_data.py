@@ -60,12 +60,16 @@ def stratified_split(
 
 
 def loaders(
-    train: Dataset, val: Dataset, test: Dataset, batch_size: int, seed: int
+    train: Dataset, val: Dataset, test: Dataset, batch_size: int, seed: int,
+    num_workers: int = 0,
 ) -> Splits:
-    """Train shuffles with a seeded generator; val and test keep their order."""
+    """Train shuffles with a seeded generator; val and test keep their order. ``num_workers``
+    decode images in that many processes (image folders; 0: in this process)."""
     generator = torch.Generator().manual_seed(seed)
+    extra = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     return Splits(
-        train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator),
-        val=DataLoader(val, batch_size=max(batch_size, 256), shuffle=False),
-        test=DataLoader(test, batch_size=max(batch_size, 256), shuffle=False),
+        train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator,
+                         **extra),
+        val=DataLoader(val, batch_size=max(batch_size, 256), shuffle=False, **extra),
+        test=DataLoader(test, batch_size=max(batch_size, 256), shuffle=False, **extra),
     )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,9 +69,13 @@ class TrainConfig:
 
 
 def default_cache_dir() -> Path:
-    """``$AUTOPRUNE_CACHE`` if set, else ``~/.cache/autoprune``."""
+    """``$AUTOPRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/autoprune``, else
+    ``~/.cache/autoprune``."""
     env = os.environ.get("AUTOPRUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoprune"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "autoprune"
 
 
 def cache_file(
@@ -106,10 +110,12 @@ def load_or_train(
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                logger.info("dense model: loaded from the cache (%s)", path)
+                return state
             except Exception as exc:  # a truncated or foreign file: retrain over it
                 logger.warning("cached model %s is unreadable (%s); retraining", path, exc)
-        logger.info("training the dense model once (%d epochs on %s); cached as %s",
+        logger.info("dense model: training it once (%d epochs on %s), then cached as %s",
                     config.epochs, config.device, path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -171,14 +177,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _save_atomic(state: StateDict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Through the one atomic writer (mode 0644: a shared ``AUTOPRUNE_CACHE`` is readable by
+    every user of it)."""
+    from autoprune.results import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def recipe_of(config: TrainConfig, **extra: object) -> dict[str, object]:
@@ -214,15 +219,20 @@ class TaskOptions:
     ``seed`` fixes the splits, the shuffling and the dense training; ``epochs`` is how long the
     dense model trains when no ``weights`` file is given; ``batch_size`` is the loaders' (and
     that training's); the trained model is cached under ``cache_dir`` (None:
-    ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``).
+    ``$AUTOPRUNE_CACHE``, ``$XDG_CACHE_HOME/autoprune`` or ``~/.cache/autoprune``);
+    ``num_workers`` loader processes decode images (image folders, CIFAR-10).
     """
 
     seed: int = 0
     epochs: int | None = None
     batch_size: int | None = None
     cache_dir: str | Path | None = None
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= 256:
+            raise ConfigError(f"--num-workers {self.num_workers!r}: use 0 (load in this "
+                              "process) to 256")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -22,6 +22,7 @@ from autoprune.tasks.base import Task
 __all__ = ["BUILTIN_TASKS", "REQUIRED", "check_task_file", "load_task", "task_file_record"]
 
 BUILTIN_TASKS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
+IMAGE_TASKS = ("cifar10", "imagefolder")
 REQUIRED = ("name", "dense_model", "example_inputs", "splits", "evaluate")
 FILE_ENTRY_POINTS = ("task", "make_task", "get_task")
 
@@ -33,6 +34,7 @@ def load_task(
     model: str | None = None,
     weights: str | Path | None = None,
     seed: int = 0,
+    num_workers: int = 0,
 ) -> Task:
     """The task named by ``spec`` (see the module docstring), built with the given options.
 
@@ -40,8 +42,11 @@ def load_task(
     signature accepts them; a set option it cannot take is an error rather than silently ignored.
     """
     options = {"data_dir": data_dir, "model": model, "weights": weights, "seed": seed}
+    if num_workers and spec not in IMAGE_TASKS:
+        raise ConfigError(f"--num-workers {num_workers} is for the image tasks "
+                          f"({', '.join(IMAGE_TASKS)}), whose loaders decode files; drop it")
     if spec in BUILTIN_TASKS:
-        return _builtin(spec, options)
+        return _builtin(spec, {**options, "num_workers": num_workers})
     if spec.endswith(".py") or "/" in spec or "\\" in spec:
         return _from_file(spec, options)
     if ":" in spec:
@@ -80,7 +85,7 @@ def _builtin(name: str, options: dict[str, Any]) -> Task:
 
     build = vision.cifar10_task if name == "cifar10" else vision.imagefolder_task
     return build(data_dir, model=model or "resnet18", weights=weights,
-                 options=TaskOptions(seed=seed))
+                 options=TaskOptions(seed=seed, num_workers=options["num_workers"]))
 
 
 def _from_file(spec: str, options: dict[str, Any]) -> Task:

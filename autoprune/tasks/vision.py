@@ -47,8 +47,28 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+TIMM = "timm:"
+
+
+def _timm() -> object:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("--model timm:NAME needs timm: pip install timm") from None
+    return timm
+
+
 def check_model_name(name: str) -> None:
-    """ConfigError naming a few close builder names when ``name`` is not one."""
+    """ConfigError naming a few close builder names when ``name`` is not one: a torchvision
+    classification builder, or ``timm:<name>`` for any timm model."""
+    if name.startswith(TIMM):
+        timm, bare = _timm(), name.removeprefix(TIMM)
+        if not timm.is_model(bare):  # type: ignore[attr-defined]
+            names = timm.list_models()  # type: ignore[attr-defined]
+            close = difflib.get_close_matches(bare, names, n=4, cutoff=0.5) or names[:4]
+            raise ConfigError(f"--model {name!r} is not a timm model; did you mean "
+                              f"{', '.join(TIMM + c for c in close)}? (see timm.list_models())")
+        return
     names = classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=4, cutoff=0.5) or names[:4]
@@ -59,9 +79,23 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
-    """An untrained torchvision model (``weights=None``) with a ``num_classes`` head."""
+    """An untrained torchvision (or ``timm:<name>``) model with a ``num_classes`` head; nothing
+    is downloaded (``weights=None`` / ``pretrained=False``)."""
     check_model_name(name)
+    if name.startswith(TIMM):
+        return _timm().create_model(  # type: ignore[attr-defined,no-any-return]
+            name.removeprefix(TIMM), pretrained=False, num_classes=num_classes)
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _with_builder(task: ClassificationTask, model: str, num_classes: int) -> ClassificationTask:
+    """A timm model's importable builder, for ``export --format pt`` / ``ap.load_pruned``."""
+    if model.startswith(TIMM):
+        task.builder = "timm:create_model"  # type: ignore[attr-defined]
+        task.builder_kwargs = {  # type: ignore[attr-defined]
+            "model_name": model.removeprefix(TIMM), "num_classes": num_classes,
+            "pretrained": False}
+    return task
 
 
 @dataclass(frozen=True)
@@ -80,9 +114,10 @@ def _task(
 ) -> ClassificationTask:
     factory = functools.partial(build_model, build.model, num_classes)
     options = build.options
-    splits = loaders(*datasets, build.batch_size, options.seed)
+    splits = loaders(*datasets, build.batch_size, options.seed, options.num_workers)
     if build.weights is not None:
-        return ClassificationTask(name, factory, splits, num_classes, weights=build.weights)
+        return _with_builder(ClassificationTask(name, factory, splits, num_classes,
+                                                weights=build.weights), build.model, num_classes)
     logger.info("no weights given for %s: the dense model will be trained here on first use "
                 "(pass --weights PATH to use your own)", name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,7 +129,8 @@ def _task(
         recipe={"model": build.model, **build.data},
         cache_dir=options.cache_dir,
     )
-    return ClassificationTask(name, factory, splits, num_classes, training=training)
+    return _with_builder(ClassificationTask(name, factory, splits, num_classes,
+                                            training=training), build.model, num_classes)
 
 
 def _carve(train_aug: Dataset, train_plain: Dataset, targets: list[int], val: float | int,
@@ -132,7 +168,7 @@ def cifar10_task(data_dir: str | Path, model: str = "resnet18", weights: str | P
     train, val = _carve(train_aug, train_plain, train_aug.targets, CIFAR10_VAL_SIZE, options.seed)
     build = _Build(model, weights, options, options.batch_size_or(128),
                    {"data": str(root.resolve())})
-    return _task(f"cifar10-{model}", (train, val, test), 10, build)
+    return _task(f"cifar10-{model.replace(':', '-')}", (train, val, test), 10, build)
 
 
 def imagefolder_task(data_dir: str | Path, model: str = "resnet18",
@@ -176,4 +212,5 @@ def imagefolder_task(data_dir: str | Path, model: str = "resnet18",
     train, val = _carve(train_aug, train_plain, train_aug.targets, VAL_FRACTION, options.seed)
     build = _Build(model, weights, options, options.batch_size_or(64),
                    {"data": str(root.resolve()), "image_size": image_size})
-    return _task(f"imagefolder-{model}", (train, val, test), len(train_aug.classes), build)
+    return _task(f"imagefolder-{model.replace(':', '-')}", (train, val, test),
+                 len(train_aug.classes), build)
