@@ -43,7 +43,7 @@ LEGEND = ('<p class="legend"><span class="sw sw-trial"></span>completed trial'
           " · hover a point for details</p>")
 
 
-_TRIALS = _svg.Scale("trial", integer=True)
+_FULL = _svg.Scale("full fine-tunes done (--trials counts these)", integer=True)
 
 
 def _percent(value: float) -> str:
@@ -211,17 +211,22 @@ def _best_within_budget(run: RunView) -> list[float | None]:
 
 
 def progress(run: RunView) -> str:
-    """Best accuracy within budget, and the front's hypervolume on its own cost axis, by trial."""
-    trials = [float(r.trial) for r in run.records]
+    """Best accuracy within budget, and the front's hypervolume on its own cost axis, against
+    the full fine-tunes done (what ``--trials`` counts; screened trials cost little)."""
+    full = [i for i, r in enumerate(run.records) if r.is_full]
+    if not full:
+        return "<p>No fully fine-tuned trial yet.</p>"
+    done = [float(k + 1) for k in range(len(full))]
     points = hypervolume_points(run)
-    volumes = hypervolume_progress(points, ("max", "min"), (0.0, 1.0)) if points else []
+    volumes = hypervolume_progress(points, ("max", "min"), (0.0, 1.0))
+    bests = _best_within_budget(run)
     dense_acc = run.dense.get("val_acc")
     ref = (float(dense_acc), "dense") if dense_acc is not None else None
     cost = cost_name(run)
-    acc = _svg.line_chart(trials, _best_within_budget(run), _TRIALS,
+    acc = _svg.line_chart(done, [bests[i] for i in full], _FULL,
                           _svg.Scale("best val acc within budget", _percent,
                                      decimals=_svg.percent), ref)
-    hv = _svg.line_chart(trials, [v if v > 0 else None for v in volumes], _TRIALS,
+    hv = _svg.line_chart(done, [volumes[i] if volumes[i] > 0 else None for i in full], _FULL,
                          _svg.Scale(f"hypervolume (acc × {cost} saved)", lambda v: f"{v:.3f}",
                                     decimals=_svg.fixed))
     return (f'<div class="plots"><figure>{acc}<figcaption>best validation accuracy among '

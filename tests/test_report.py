@@ -228,7 +228,9 @@ def test_hypervolume_uses_the_axis_the_front_was_built_on(tmp_path: Path, budget
     name, shown = hypervolume_chart(raw)
     assert name == cost and f"validation accuracy vs {cost} ratio" in raw
     progress = hypervolume_progress(hypervolume_points(view), ("max", "min"), (0.0, 1.0))
-    assert shown == [(r.trial, f"{v:.3f}") for r, v in zip(AXIS_RECORDS, progress) if v > 0]
+    # x: full fine-tunes done (what --trials counts), one point per fully fine-tuned trial
+    full = [v for r, v in zip(AXIS_RECORDS, progress) if r.is_full]
+    assert shown == [(k + 1, f"{v:.3f}") for k, v in enumerate(full) if v > 0]
     assert shown[-1][1] == f"{volumes[cost]:.3f}"
     assert "trial 3 (on the front)" not in raw  # the partial fine-tune is drawn, not on the front
     assert 'data-trial="3" cx' in raw and 'data-trial="2" cx' not in raw

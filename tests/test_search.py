@@ -334,7 +334,7 @@ def test_fit_budget_rejects_bad_fractions():
 
 @pytest.mark.slow
 def test_latency_budget_front_is_remeasured_within_budget(tmp_path):
-    proc = cli("search", "--budget-latency", "0.8", "--latency-batch", "128", "--trials", "6",
+    proc = cli("search", "--budget-latency", "0.9", "--latency-batch", "128", "--trials", "6",
                "--out", "run", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = RunDir.open(tmp_path / "run")
@@ -343,8 +343,11 @@ def test_latency_budget_front_is_remeasured_within_budget(tmp_path):
     assert dense["latency_cv"] is not None and dense["batch_size"] == 128
     remeasured = json.loads((tmp_path / "run" / "latency_remeasured.json").read_text())
     assert remeasured["dense"] == dense["latency_final_ms"]  # dense timed again, alone
-    limit = 0.8 * dense["latency_final_ms"]
+    limit = 0.9 * dense["latency_final_ms"]
     front = run.read_front()
+    # at batch 128 eager latency falls far slower than FLOPs (80 % of the FLOPs ~ 95 % of the
+    # time here): 0.9 leaves room for the lower cost levels; no front would make this vacuous
+    assert front
     for f in front:  # every front member was timed again at the end, and fits
         assert str(f["trial"]) in remeasured
         assert f["latency_ms"] == pytest.approx(remeasured[str(f["trial"])])
