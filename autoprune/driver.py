@@ -141,6 +141,7 @@ def _loop(run: Run, backend: SearchBackend, trials: int, rebuildable: bool) -> N
 def finish(run: Run, backend: SearchBackend) -> SearchResult:
     """Re-time the front alone, score it (and the baselines) on test, write the results."""
     ledger = run.ledger
+    backend.drop_queued("queued, not run: the search had reached --trials")
     records = ledger.write(backend.records())
     if run.settings.latency:
         ledger.remeasure(records, run.timer, run.stages.architecture, run.problem.analysis.model)

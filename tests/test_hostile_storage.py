@@ -329,3 +329,16 @@ def test_a_killed_remote_worker_is_failed_and_retried_within_the_grace_period(
     records = RunDir.open(tmp_path / "run").read_trials()
     assert all("heartbeat" in (r.fail_reason or "") for r in records if r.trial in
                {t.number for t in dead})
+
+
+def test_a_finished_run_drops_its_queued_trials(tmp_path):
+    """A retry still queued when the run reached its count (a dead worker's trial the others no
+    longer needed) is failed, not left WAITING forever in a finished study."""
+    from autoprune.backends.optuna import OptunaBackend, make_storage
+
+    backend = OptunaBackend(make_storage(None, tmp_path / "study.journal"), "s", "tpe", 0)
+    backend.enqueue({"a": 0.1}, {"retry_of": 3})
+    assert backend.drop_queued("queued, not run") == 1
+    (record,) = backend.records()
+    assert record.state == "FAIL" and record.fail_reason == "queued, not run"
+    assert backend.drop_queued("again") == 0  # nothing is queued any more

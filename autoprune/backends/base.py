@@ -62,6 +62,9 @@ class SearchBackend(Protocol):
     def interrupt(self, asked: Asked, reason: str) -> None:
         """Fail a trial that was cut short; resume retries it."""
 
+    def drop_queued(self, reason: str) -> int:
+        """Fail the trials still queued once the run is complete; how many."""
+
     def records(self) -> list[TrialRecord]:
         """Every trial of the study, oldest first."""
 

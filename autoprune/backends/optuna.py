@@ -269,6 +269,22 @@ class OptunaBackend:
             if self._beat is not None:
                 self._beat.release(asked.handle._trial_id)
 
+    def drop_queued(self, reason: str) -> int:
+        """Fail the trials still queued (WAITING) once the run is complete, e.g. the retry of a
+        dead worker's trial that the others no longer needed (a finished study then shows no
+        trial as running). A queued trial another process takes meanwhile stays its."""
+        dropped = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = _trial_id(t)
+            try:
+                for key, value in (("fail_reason", reason), ("retry", True)):
+                    self.storage.set_trial_user_attr(trial_id, key, value)
+                if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    dropped += 1
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # taken and finished by another process first
+        return dropped
+
     # -- records and jobs ---------------------------------------------------------------------
     def records(self) -> list[TrialRecord]:
         return [to_record(t) for t in self.study.get_trials(deepcopy=False)]
