@@ -4,7 +4,6 @@ damaged files, each refused with one line that names the file and its fix."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from test_report import _chromium
 
 from autoprune import _svg
 from autoprune.cli import main
@@ -174,13 +174,6 @@ def test_payloads_in_every_run_file_field_stay_text(real_run: Path, tmp_path: Pa
 
 # -- headless browser --------------------------------------------------------------------------
 
-def _chromium() -> str:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    if os.environ.get("CI"):
-        pytest.fail("chromium not installed but CI is set; .ci/run installs it (apt-get)")
-    pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
 
 
 def _dom(binary: str, profile: Path, page: Path) -> str:

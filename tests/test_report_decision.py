@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_report import _browse, _chromium, _console_errors
 
 from autoprune._svg import fixed, nice_ticks, percent, tick_labels
 from autoprune.errors import ConfigError
@@ -225,24 +224,10 @@ MEASURE = """<script>
 </script></body>"""
 
 
-def _chromium() -> str:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    if os.environ.get("CI"):
-        pytest.fail("chromium not installed but CI is set; .ci/run installs it (apt-get)")
-    pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
 
 
-def _browse(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]
-    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
-def _console_errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
 def test_report_at_900px_in_headless_chromium(tmp_path: Path):
