@@ -30,6 +30,8 @@ _LAZY = {
     "apply_plan": "autoprune.engine",
     "fit_budget": "autoprune.engine",
     "prunable_groups": "autoprune.engine",
+    "register_layer": "autoprune.engine.custom",
+    "unregister_layer": "autoprune.engine.custom",
     "search": "autoprune.driver",
     "Session": "autoprune.session",
     "PruneHook": "autoprune.hooks",
@@ -87,11 +89,13 @@ __all__ = [
     "prunable_groups",
     "prune_weights",
     "quantize",
+    "register_layer",
     "save_pruned",
     "save_sparse",
     "search",
     "sparse_size",
     "sparsity_schedule",
+    "unregister_layer",
 ]
 
 if TYPE_CHECKING:
@@ -115,6 +119,7 @@ if TYPE_CHECKING:
         fit_budget,
         prunable_groups,
     )
+    from autoprune.engine.custom import register_layer, unregister_layer
     from autoprune.hooks import PruneHook
     from autoprune.latency import Cost, measure
     from autoprune.session import Session

@@ -63,10 +63,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     cm = analysis.cost_model
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     groups = sorted(analysis.groups, key=lambda g: order.get(g.name, len(order)))
-    print(f"{'group':<40} {'channels':>8} {'MACs share':>10} {'params share':>12}")
+    print(f"{'group':<40} {'kind':<8} {'channels':>8} {'MACs share':>10} {'params share':>12}")
     for g in groups:  # in the model's own layer order
-        print(f"{g.name:<40} {g.channels:>8} {g.macs_share:>10.2%} {g.params_share:>12.2%}")
-    print(f"\n{len(analysis.groups)} groups; head (not pruned): {analysis.head}")
+        print(f"{g.name:<40} {g.kind:<8} {g.channels:>8} {g.macs_share:>10.2%} "
+              f"{g.params_share:>12.2%}")
+    print(f"\n{len(analysis.groups)} groups (kind heads: the channels are attention heads); "
+          f"head (not pruned): {analysis.head}")
+    if analysis.frozen:
+        print(f"\n{len(analysis.frozen)} groups left at full width:")
+        for f in analysis.frozen:
+            print(f"  {f.name:<38} {f.reason}")
     print("a share is what pruning that group alone to nothing would remove; a layer between "
           "two groups counts in both, so shares add up to more than 100 %")
     print(f"dense: {cm.dense_macs() / 1e6:.2f} MMACs ({2 * cm.dense_macs() / 1e6:.2f} MFLOPs) "

@@ -300,6 +300,18 @@ def _headline(run: RunView) -> str:
             "baselines. Δ: test accuracy in percentage points.</p>")
 
 
+def _frozen_section(run: RunView) -> str:
+    """The groups autoprune left at full width, and why (none: nothing is shown)."""
+    if not run.frozen:
+        return ""
+    rows = "".join(f"<tr><td><code>{esc(f.get('name', ''))}</code></td>"
+                   f"<td>{esc(f.get('reason', ''))}</td></tr>" for f in run.frozen)
+    return (f"<h2>Groups left at full width ({len(run.frozen)})</h2><p>Not searched: pruning "
+            "them was unsafe or could not be costed exactly, or they are an embedding width "
+            f'(see <code>autoprune inspect</code>).</p><div class="scroll"><table>'
+            f"<tr><th>group</th><th>why</th></tr>{rows}</table></div>")
+
+
 def _render(run: RunView, exports: str = "") -> str:
     plots = "".join(f"<figure>{scatter(run, key)}</figure>" for key in AXES)
     name = esc(run.name)
@@ -310,6 +322,7 @@ def _render(run: RunView, exports: str = "") -> str:
             f"{summary_table(run)}"
             f"<h2>Pareto front: validation accuracy vs cost</h2>{LEGEND}"
             f'<div class="plots">{plots}</div><h2>Front members</h2>{_front_section(run)}'
+            f"{_frozen_section(run)}"
             f"<h2>Per-group ratios of the fully fine-tuned trials</h2>"
             f'<div class="plots"><figure class="wide">{parallel(run)}<figcaption>one line per '
             f"trial, coloured by validation accuracy (orange: lowest, blue: highest); front "

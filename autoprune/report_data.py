@@ -79,6 +79,11 @@ class RunView:
         return dict(self.baseline.get("group_channels") or {})
 
     @property
+    def frozen(self) -> list[dict[str, str]]:
+        """Groups left at full width and why, when baseline.json records them."""
+        return [dict(f) for f in self.baseline.get("frozen") or []]
+
+    @property
     def dense_latency(self) -> float | None:
         """The dense model's final latency (re-timed at the end of the run, like the front)."""
         dense = self.dense

@@ -190,6 +190,8 @@ class Run:
             # the dense widths, so the report can show kept/total channels per group
             "group_channels": {g.name: {"channels": g.channels, "quantum": g.quantum}
                                for g in analysis.groups},
+            # groups left at full width, and why (the probe's verdicts, attention, embedding)
+            "frozen": [{"name": f.name, "reason": f.reason} for f in analysis.frozen],
             "budget": asdict(budget),
             "environment": environment(self.ft.device),
         }

@@ -189,6 +189,11 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
                 raise check.fail(f"{where}.channels is {entry['channels']}, not >= 1")
             if (check.number(entry.get("quantum"), f"{where}.quantum", integer=True) or 1) < 1:
                 raise check.fail(f"{where}.quantum is {entry['quantum']}, not >= 1")
+    if data.get("frozen") is not None:  # [{"name": group, "reason": why}]
+        if not isinstance(data["frozen"], list):
+            raise check.fail(f"frozen is {_kind(data['frozen'])}, not a list")
+        for i, item in enumerate(data["frozen"]):
+            check.words(check.mapping(item, f"frozen[{i}]"), ("name", "reason"), f"frozen[{i}].")
     if data.get("environment") is not None:
         env = check.mapping(data["environment"], "environment")
         for key, item in env.items():

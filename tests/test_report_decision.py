@@ -167,6 +167,21 @@ def test_damaged_group_widths_are_refused(tmp_path: Path):
         write_report(run.path)
 
 
+def test_frozen_groups_are_listed_with_their_reason_escaped(tmp_path: Path):
+    run = fabricated_run(tmp_path / "run")
+    data = json.loads(run.baseline_path.read_text())
+    assert "Groups left at full width" not in write_report(run.path).read_text(encoding="utf-8")
+    data["frozen"] = [{"name": "blocks.0.attn", "reason": "attention <heads> stay"}]
+    run.baseline_path.write_text(json.dumps(data))
+    raw = write_report(run.path).read_text(encoding="utf-8")
+    assert "Groups left at full width (1)" in raw
+    assert "<code>blocks.0.attn</code></td><td>attention &lt;heads&gt; stay</td>" in raw
+    data["frozen"] = [{"name": 3, "reason": "x"}]
+    run.baseline_path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"baseline\.json is damaged.*frozen\[0\]\.name"):
+        write_report(run.path)
+
+
 def test_terminal_summary_shows_baselines_and_the_next_step(tmp_path: Path):
     run = fabricated_run(tmp_path / "run")
     text = terminal_summary(str(run.path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,12 +19,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.engine.groups import Group, collect_groups, describe_groups
+from autoprune.engine.attention import find_attention
+from autoprune.engine.count import count_macs_params, count_matmul_macs
+from autoprune.engine.groups import (
+    CoupledGroup,
+    FrozenGroup,
+    Group,
+    collect_groups,
+    describe_groups,
+    head_groups,
+)
 from autoprune.engine.inputs import counter_batch
+from autoprune.engine.probe import TOLERANCE, probe_groups
 from autoprune.engine.prune import Ranking, group_scores, prune_groups
 from autoprune.engine.terms import build_cost_model
-from autoprune.engine.trace import check_supported, resolve_ignore, trace
-from autoprune.errors import ConfigError
+from autoprune.engine.trace import Trace, check_supported, resolve_ignore, trace
+from autoprune.errors import AutopruneError, ConfigError, UnsupportedModelError
 from autoprune.plan import FitRequest, PruningPlan, fit_plan, kept_channels
 
 __all__ = ["PrunableModel", "analyze", "apply_plan", "fit_budget", "prunable_groups"]
@@ -33,37 +44,81 @@ class PrunableModel:
     """One traced analysis of a dense model: its groups, cost model, and how to prune it.
 
     Build it once (:func:`analyze`) and reuse it for every candidate of a search: costs of plans
-    are analytic, and :meth:`apply` prunes a fresh deep copy each time.
+    are analytic, and :meth:`apply` prunes a fresh deep copy each time. Groups that cannot be
+    pruned safely (torch-pruning cannot group them, the pruned copy fails, the counters disagree
+    with the cost model, or the embedding width an attention block reads) stay at full width:
+    :attr:`frozen` lists them with the reason, and the rest is searched.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignore: Sequence[str] | None = None,
-                 ignore_head: bool = True) -> None:
+                 ignore_head: bool = True, trace_timeout: float = 60.0,
+                 known_frozen: Sequence[tuple[str, str]] | None = None) -> None:
         check_supported(model)
+        if not trace_timeout > 0:
+            raise ConfigError(f"trace_timeout={trace_timeout!r} must be a positive number of "
+                              "seconds (default 60)")
         self.model = model
         self.example_inputs = example_inputs
         self.ignore = tuple(ignore or ())
         self.ignore_head = ignore_head
+        self.trace_timeout = float(trace_timeout)
+        deadline = time.monotonic() + self.trace_timeout
         traced = copy.deepcopy(model).eval()
         traced.requires_grad_(True)
-        dg, calls, roots_called = trace(traced, example_inputs)
+        modules = dict(traced.named_modules())
+        layouts, fixed = find_attention(traced)
+        attention = [modules[n] for n in [*(lay.name for lay in layouts), *fixed]]
+        tr = trace(traced, example_inputs, attention=attention)
+        if time.monotonic() > deadline:
+            raise UnsupportedModelError(
+                f"tracing {type(model).__name__} took longer than trace_timeout="
+                f"{self.trace_timeout:g} s; raise it or move the slow block to `ignore=`")
         names = {m: n for n, m in traced.named_modules()}
         ignored = resolve_ignore(traced, ignore)
         self.head: str | None = None
-        if ignore_head and roots_called:
-            self.head = names.get(roots_called[-1])
+        if ignore_head and tr.roots_called:
+            self.head = names.get(tr.roots_called[-1])
             ignored.add(self.head or "")
-        ignored_modules = [m for n, m in traced.named_modules() if n in ignored]
-        ignored_modules = [s for m in ignored_modules for s in m.modules()]
-        self._dg = dg
-        self._coupled = collect_groups(dg, names, ignored_modules, model)
-        self.cost_model = build_cost_model(dg, self._coupled, calls, counter_batch(example_inputs))
-        self.groups: list[Group] = describe_groups(self._coupled, self.cost_model)
+        ignored_modules = [s for n, m in traced.named_modules() if n in ignored
+                           for s in m.modules()]
+        projections = [modules[p] for lay in layouts
+                       for p in (*(q.name for q in lay.inputs), lay.output)]
+        channel, frozen = collect_groups(tr.graph, names, ignored_modules, model,
+                                         not_roots=projections, deadline=deadline)
+        heads, frozen_heads = head_groups(
+            tr.graph, [lay for lay in layouts if lay.name not in ignored], traced)
+        channel, embedding = _embedding_groups(channel, tr, [*projections, *attention])
+        order = {n: i for i, n in enumerate(modules)}
+        groups = sorted([*channel, *heads], key=lambda g: order.get(g.name, 0))
+        frozen += frozen_heads + embedding
+        frozen += [FrozenGroup(n, f"attention heads stay: {why}") for n, why in fixed.items()]
+        self._dg, self._trace = tr.graph, tr
+        batch = counter_batch(example_inputs)
+        cost_model = build_cost_model(tr.graph, groups, tr, batch)
+        unmodelled = _unmodelled_matmuls(model, example_inputs, cost_model)
+        if known_frozen is None:
+            check_matmuls = unmodelled > 0 or any(g.heads is not None for g in groups)
+            probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls)
+        else:
+            probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
+        gone = {f.name for f in probed}
+        groups = [g for g in groups if g.name not in gone]
+        cost_model = build_cost_model(tr.graph, groups, tr, batch, constant_matmuls=unmodelled)
+        self.frozen: list[FrozenGroup] = frozen + probed
+        if not groups:
+            raise UnsupportedModelError(_nothing_left(model, self.frozen))
+        self._coupled: list[CoupledGroup] = groups
+        self.cost_model = cost_model
+        self.groups: list[Group] = describe_groups(groups, cost_model)
         self._by_name = {g.name: g for g in self.groups}
 
     def __reduce__(self) -> tuple[Any, ...]:
         # the traced graph holds autograd nodes, which do not pickle: ship the inputs and
-        # trace again on unpickling (a Ray worker gets the same groups and cost model)
-        return (type(self), (self.model, self.example_inputs, self.ignore, self.ignore_head))
+        # trace again on unpickling (a Ray worker gets the same groups and cost model; the
+        # probe's verdicts travel along instead of being probed again)
+        known = tuple((f.name, f.reason) for f in self.frozen)
+        return (type(self), (self.model, self.example_inputs, self.ignore, self.ignore_head,
+                             self.trace_timeout, known))
 
     def check_plan(self, plan: PruningPlan) -> None:
         """Raise :class:`ConfigError` naming the closest groups if ``plan`` names an unknown one."""
@@ -109,13 +164,76 @@ class PrunableModel:
         kept = self.kept(plan)
         ranking = Ranking(plan.importance, taylor_batch, loss_fn)
         pruned = self.model if inplace else copy.deepcopy(self.model)
-        return prune_groups(pruned, self.example_inputs, list(zip(self._coupled, kept)), ranking)
+        try:
+            pruned = prune_groups(pruned, self.example_inputs, list(zip(self._coupled, kept)),
+                                  ranking)
+        except AutopruneError:
+            raise
+        except Exception as exc:  # torch-pruning's raw errors end as the named error
+            raise UnsupportedModelError(
+                f"pruning {type(self.model).__name__} to the plan failed: {type(exc).__name__}: "
+                f"{exc}") from exc
+        self._check_counted(pruned, kept)
+        return pruned
+
+    def _check_counted(self, pruned: nn.Module, kept: Sequence[int]) -> None:
+        """Never silently off budget: the pruned model's counted costs must be the analytic ones."""
+        macs, params = count_macs_params(pruned, self.example_inputs)
+        want_macs, want_params = self.cost_model.counter_macs(kept), self.cost_model.params(kept)
+        for what, got, want in (("MACs", macs, want_macs), ("params", params, want_params)):
+            if abs(got - want) > TOLERANCE * max(want, 1.0):
+                raise UnsupportedModelError(
+                    f"the pruned {type(self.model).__name__} has {got:.6g} counted {what}, the "
+                    f"cost model says {want:.6g}: its budget would be wrong. Please report this "
+                    "model; `ignore=` the groups involved to go on.")
+
+
+def _embedding_groups(groups: Sequence[CoupledGroup], tr: Trace, attention: Sequence[nn.Module],
+                      ) -> tuple[list[CoupledGroup], list[FrozenGroup]]:
+    """Split off the channel groups that reach into attention: the embedding width (frozen)."""
+    inside = {id(s) for m in attention for s in m.modules()}
+    node_ids = {id(n) for m, n in tr.graph.module2node.items() if id(m) in inside}
+    keep, frozen = [], []
+    for g in groups:
+        if any(node in node_ids for node, _ in g.members):
+            frozen.append(FrozenGroup(g.name, "embedding width: these channels feed attention "
+                                              "(heads and MLP widths are searched instead)"))
+        else:
+            keep.append(g)
+    return keep, frozen
+
+
+def _unmodelled_matmuls(model: nn.Module, example_inputs: Any, cost_model: Any) -> float:
+    """Matmul MACs per image ``FlopCounterMode`` sees outside any layer call the cost model
+    knows (functional projections, attention it does not recognise): kept as a constant, which
+    the probe checks no searched group changes."""
+    try:
+        counted = count_matmul_macs(model, example_inputs)
+    except Exception:  # a model FlopCounterMode cannot run under: nothing to add
+        return 0.0
+    extra = counted - cost_model.matmul_macs(cost_model.group_channels)
+    return extra if extra > TOLERANCE * max(counted, 1.0) else 0.0
+
+
+def _nothing_left(model: nn.Module, frozen: Sequence[FrozenGroup]) -> str:
+    shown = "; ".join(f"{f.name}: {f.reason}" for f in frozen[:4])
+    more = f" (and {len(frozen) - 4} more)" if len(frozen) > 4 else ""
+    return (f"{type(model).__name__} has no group autoprune can prune safely"
+            + (f": {shown}{more}" if frozen else " (no conv/linear channels outside the head)")
+            + ". See `autoprune inspect`; layers that need a custom pruner can be registered "
+              "with ap.register_layer.")
 
 
 def analyze(model: nn.Module, example_inputs: Any, ignore: Sequence[str] | None = None,
-            ignore_head: bool = True) -> PrunableModel:
-    """Trace ``model`` once: its groups, analytic cost model, and a pruner for plans."""
-    return PrunableModel(model, example_inputs, ignore=ignore, ignore_head=ignore_head)
+            ignore_head: bool = True, trace_timeout: float = 60.0) -> PrunableModel:
+    """Trace ``model`` once: its groups, analytic cost model, and a pruner for plans.
+
+    Groups that cannot be pruned safely are left at full width and listed in ``.frozen``;
+    tracing and grouping past ``trace_timeout`` seconds raise
+    :class:`~autoprune.errors.UnsupportedModelError`.
+    """
+    return PrunableModel(model, example_inputs, ignore=ignore, ignore_head=ignore_head,
+                         trace_timeout=trace_timeout)
 
 
 def prunable_groups(model: nn.Module, example_inputs: Any, ignore: Sequence[str] | None = None,

@@ -15,7 +15,9 @@ import numpy as np
 
 from autoprune.errors import ConfigError
 
-__all__ = ["CostModel"]
+__all__ = ["ATTENTION", "ELEMENTWISE", "LAYER", "CostModel"]
+
+ELEMENTWISE, LAYER, ATTENTION = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,19 @@ class CostModel:
     loses ``sum_g removal[d, g] * removed_g`` channels when group ``g`` removes ``removed_g`` of its
     root channels. Each term is ``coef * size[d1] * size[d2]`` where index ``-1`` stands for the
     constant 1, so conv/linear (bilinear), norms/activations (linear) and constants all fit.
+
+    A MAC term may carry a fourth column, its *kind*: :data:`ELEMENTWISE` (norms, activations,
+    pools: torch-pruning's counter counts them, ``FlopCounterMode`` does not), :data:`LAYER`
+    (conv/linear: both count them; the default for 3-column terms) or :data:`ATTENTION` (matmuls
+    outside layer calls: attention's tokens² products, functional projections; only
+    ``FlopCounterMode`` sees them).
+    :meth:`macs` is the sum of all three: what a budget limits.
     """
 
     group_channels: np.ndarray  # (G,) dense root channels per group
     dense: np.ndarray  # (D,) dense size of each dim
     removal: np.ndarray  # (D, G) channels removed from dim d per root channel of group g
-    mac_terms: np.ndarray  # (T, 3): coef, d1, d2
+    mac_terms: np.ndarray  # (T, 3) or (T, 4): coef, d1, d2[, kind]
     param_terms: np.ndarray  # (P, 3): coef, d1, d2
     batch: int = 1
 
@@ -54,9 +63,27 @@ class CostModel:
         d2 = terms[:, 2].astype(np.int64)
         return float(np.sum(terms[:, 0] * sizes[d1] * sizes[d2]))
 
+    def _kinds(self, kinds: tuple[int, ...]) -> np.ndarray:
+        terms = self.mac_terms
+        if terms.size == 0:
+            return terms
+        kind = terms[:, 3] if terms.shape[1] > 3 else np.full(len(terms), LAYER)
+        return terms[np.isin(kind, kinds)]
+
     def macs(self, kept: Sequence[int] | np.ndarray) -> float:
-        """MACs per image (torch-pruning's convention) with ``kept`` root channels per group."""
+        """MACs per image with ``kept`` root channels per group: layers, elementwise ops (as
+        torch-pruning's counter counts them) and attention's matmuls."""
         return self._evaluate(self.mac_terms, self.sizes(kept)) / self.batch
+
+    def counter_macs(self, kept: Sequence[int] | np.ndarray) -> float:
+        """What torch-pruning's counter sees per image (layers and elementwise ops, no attention
+        matmuls): the oracle :func:`autoprune.engine.count.count_macs_params` checks."""
+        return self._evaluate(self._kinds((ELEMENTWISE, LAYER)), self.sizes(kept)) / self.batch
+
+    def matmul_macs(self, kept: Sequence[int] | np.ndarray) -> float:
+        """Matmul MACs per image (layers and attention, no elementwise ops): what
+        ``torch.utils.flop_counter.FlopCounterMode`` counts, halved."""
+        return self._evaluate(self._kinds((LAYER, ATTENTION)), self.sizes(kept)) / self.batch
 
     def params(self, kept: Sequence[int] | np.ndarray) -> float:
         return self._evaluate(self.param_terms, self.sizes(kept))

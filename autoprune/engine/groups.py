@@ -8,17 +8,22 @@ much); :class:`Group` is the public, plain-data face of it, named by the root la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.engine.attention import HeadLayout
 from autoprune.engine.costmodel import CostModel
 from autoprune.engine.trace import ROOT_TYPES, UNSUPPORTED, check_supported
+from autoprune.errors import UnsupportedModelError
 
-__all__ = ["CoupledGroup", "Group", "collect_groups", "describe_groups", "removal_of"]
+__all__ = ["CoupledGroup", "FrozenGroup", "Group", "collect_groups", "describe_groups",
+           "fixed_index_mappings", "head_groups", "removal_of"]
 
 # (id of a dependency-graph node, "out" | "in") -> channels removed there per root channel
 MemberKey = tuple[int, str]
@@ -38,6 +43,7 @@ class Group:
     params_share: float
     channel_groups: int = 1
     layers: tuple[str, ...] = ()
+    kind: str = "channels"  # or "heads": the attention heads of one block
 
     @property
     def quantum(self) -> int:
@@ -46,16 +52,30 @@ class Group:
 
 
 @dataclass(frozen=True)
-class CoupledGroup:
-    """One torch-pruning group of the traced model, as the engine uses it."""
+class FrozenGroup:
+    """A group autoprune leaves at full width, and why (one line)."""
 
-    name: str  # named_modules() name of the root layer
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CoupledGroup:
+    """One group of the traced model, as the engine uses it: a torch-pruning channel group, or
+    the heads of one attention block (``heads`` set; ``channels`` counts its units)."""
+
+    name: str  # named_modules() name of the root layer (the attention module for heads)
     root: nn.Module
-    handler: Callable[..., Any]  # the root's pruning function (out or in channels)
+    handler: Callable[..., Any] | None  # the root's pruning function (None for heads)
     channels: int
     channel_groups: int
     members: dict[MemberKey, float]
     layers: tuple[str, ...]  # root-type layers whose output channels the group prunes
+    heads: HeadLayout | None = field(default=None, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "channels" if self.heads is None else "heads"
 
 
 def _channel_groups(dg: tp.DependencyGraph, group: Any) -> int:
@@ -98,13 +118,140 @@ def _coupled(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str],
                         members=members, layers=layers)
 
 
+class _Deadline(Exception):
+    """Raised inside torch-pruning when grouping runs past the trace time limit."""
+
+
+@dataclass
+class _Guard:
+    """Wraps an index mapping: an exploding index set or the deadline stops grouping there."""
+
+    mapping: Callable[[Any], Any]
+    limit: int
+    deadline: float
+
+    def __call__(self, idxs: Any) -> Any:
+        if time.monotonic() > self.deadline:
+            raise _Deadline
+        out = self.mapping(idxs)
+        if len(out) > self.limit:
+            raise IndexError(f"index mapping {type(self.mapping).__name__} expands "
+                             f"{len(idxs)} channels to {len(out)}")
+        return out
+
+
+def _index_limit(model: nn.Module) -> int:
+    widths = [max(getattr(m, a, 0) or 0 for a in ("in_channels", "out_channels", "in_features",
+                                                   "out_features")) for m in model.modules()]
+    return 4 * max([4096, *widths])
+
+
+@contextmanager
+def fixed_index_mappings() -> Iterator[None]:
+    """Keep torch-pruning from recomputing every index mapping on every ``get_pruning_group``
+    (``build_dependency`` computed them; they only change once channels are removed). The
+    recomputation dominates grouping on token-reshaping models (0.8 s per group on Swin-T)."""
+    imap = tp.dependency.index_mapping
+    saved = imap.update_index_mapping
+    imap.update_index_mapping = lambda graph: None
+    try:
+        yield
+    finally:
+        imap.update_index_mapping = saved
+
+
+@contextmanager
+def _guarded(dg: tp.DependencyGraph, limit: int, deadline: float) -> Iterator[None]:
+    """Guard every index mapping (with the mappings fixed: recomputing would unguard them)."""
+    wrapped: list[tuple[Any, int, Any]] = []
+    for node in dg.module2node.values():
+        for dep in node.dependencies:
+            for i, mapping in enumerate(dep.index_mapping):
+                if mapping is not None:
+                    wrapped.append((dep, i, mapping))
+                    dep.index_mapping[i] = _Guard(mapping, limit, deadline)
+    try:
+        with fixed_index_mappings():
+            yield
+    finally:
+        for dep, i, mapping in wrapped:
+            dep.index_mapping[i] = mapping
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
+
+
 def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
-                   ignored_modules: list[nn.Module], model: nn.Module) -> list[CoupledGroup]:
-    """Every group of more than one channel rooted at a conv/linear layer not ignored."""
-    found = (_coupled(dg, group, names, model)
-             for group in dg.get_all_groups(ignored_layers=ignored_modules,
-                                            root_module_types=ROOT_TYPES))
-    return [g for g in found if g is not None]
+                   ignored_modules: Collection[nn.Module], model: nn.Module,
+                   not_roots: Collection[nn.Module] = (), deadline: float = float("inf"),
+                   ) -> tuple[list[CoupledGroup], list[FrozenGroup]]:
+    """Every group of more than one channel rooted at a conv/linear layer not ignored, and the
+    roots whose grouping failed (frozen, with the reason).
+
+    torch-pruning's ``get_all_groups`` with three changes: a root whose grouping raises or whose
+    index mapping explodes is frozen instead of ending the analysis; index mappings are computed
+    once (torch-pruning recomputes them for every group); grouping past ``deadline``
+    (``time.monotonic()``) raises :class:`UnsupportedModelError`.
+    """
+    ignored = {id(m) for m in [*ignored_modules, *dg.IGNORED_LAYERS_IN_TRACING]}
+    skip = ignored | {id(m) for m in not_roots}
+    visited: set[int] = set()
+    groups: list[CoupledGroup] = []
+    frozen: list[FrozenGroup] = []
+    with _guarded(dg, _index_limit(model), deadline):
+        for m in list(dg.module2node):
+            if not isinstance(m, ROOT_TYPES) or id(m) in skip or id(m) in visited:
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(m, pruner.prune_out_channels,
+                                             list(range(pruner.get_out_channels(m))))
+            except _Deadline:
+                raise UnsupportedModelError(
+                    f"grouping the channels of {type(model).__name__} ran past the trace time "
+                    f"limit at layer {names.get(m, '?')!r}; raise trace_timeout or move that "
+                    "block to `ignore=`") from None
+            except Exception as exc:  # torch-pruning's own errors: freeze this root, go on
+                visited.add(id(m))
+                frozen.append(FrozenGroup(names.get(m, "?"),
+                                          f"torch-pruning cannot group it ({_first_line(exc)})"))
+                continue
+            prunable = True
+            for dep, _ in group:
+                if dg.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(id(dep.target.module))
+                    if id(dep.target.module) in ignored:
+                        prunable = False
+            if prunable:
+                coupled = _coupled(dg, group, names, model)
+                if coupled is not None:
+                    groups.append(coupled)
+    return groups, frozen
+
+
+def head_groups(dg: tp.DependencyGraph, layouts: Sequence[HeadLayout], model: nn.Module,
+                ) -> tuple[list[CoupledGroup], list[FrozenGroup]]:
+    """One group per attention block whose projections the traced graph holds."""
+    modules = dict(model.named_modules())
+    groups, frozen = [], []
+    for layout in layouts:
+        projs = [(modules[p.name], "out", p.slices * p.heads_per_unit * layout.head_dim)
+                 for p in layout.inputs]
+        projs.append((modules[layout.output], "in", layout.heads_per_unit * layout.head_dim))
+        nodes = [dg.module2node.get(m) for m, _, _ in projs]
+        if any(n is None for n in nodes):
+            frozen.append(FrozenGroup(layout.name, "its projections are not called as layers"))
+            continue
+        members = {(id(n), d): float(per) for n, (_, d, per) in zip(nodes, projs)}
+        groups.append(CoupledGroup(
+            name=layout.name, root=modules[layout.name], handler=None, channels=layout.units,
+            channel_groups=1, members=members, layers=tuple(p.name for p in layout.inputs),
+            heads=layout))
+    return groups, frozen
 
 
 def removal_of(groups: Sequence[CoupledGroup], node: Any,
@@ -132,6 +279,6 @@ def describe_groups(groups: Sequence[CoupledGroup], cm: CostModel) -> list[Group
             name=group.name, channels=group.channels,
             macs_share=(macs0 - cm.macs(kept)) / macs0 if macs0 else 0.0,
             params_share=(params0 - cm.params(kept)) / params0 if params0 else 0.0,
-            channel_groups=group.channel_groups, layers=group.layers,
+            channel_groups=group.channel_groups, layers=group.layers, kind=group.kind,
         ))
     return described

@@ -1,8 +1,10 @@
 """Pruning: channel importance, removing the least important channels, replaying a history.
 
 The importance criteria are torch-pruning's; channels of every group are ranked on the dense
-weights first, then all groups are pruned. The pruned model carries its pruning history
-(``.autoprune_history``) so that an archive can rebuild its architecture by replay.
+weights first, then all groups are pruned. Attention heads are ranked by the L2 norm of their
+projection weights (:mod:`~autoprune.engine.attention`) whatever the criterion. The pruned model
+carries its pruning history (``.autoprune_history``) so that an archive can rebuild its
+architecture by replay: torch-pruning's steps, and head steps named ``heads:<attention module>``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.engine.groups import CoupledGroup
+from autoprune.engine.attention import HeadLayout, find_attention, head_scores, prune_heads
+from autoprune.engine.custom import custom_magnitude
+from autoprune.engine.groups import CoupledGroup, fixed_index_mappings
 from autoprune.engine.inputs import call_model
 from autoprune.engine.trace import trace
 from autoprune.errors import ConfigError, UnsupportedModelError
@@ -31,8 +35,10 @@ _IMPORTANCE: dict[str, Callable[[], Any]] = {
     "random": lambda: tp.importance.RandomImportance(),
 }
 
-# one history step: (module name, pruned output channels?, channel indices)
+# one history step: (module name, pruned output channels?, channel indices); for attention heads
+# ("heads:<attention module>", True, head unit indices)
 HistoryStep = tuple[str, bool, list[int]]
+HEADS = "heads:"
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,14 @@ def group_scores(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup],
     importance = _IMPORTANCE[criterion]()
     scores = []
     for group in groups:
+        if group.heads is not None:
+            scores.append(head_scores(dg.model, group.heads).numpy())
+            continue
         full = dg.get_pruning_group(group.root, group.handler, list(range(group.channels)))
         with torch.no_grad():
             imp = importance(full)
+        if imp is None:  # only layers torch-pruning's importance does not know (custom layers)
+            imp = custom_magnitude(full)
         if imp is None:
             imp = torch.ones(group.channels)
         imp = imp.detach().float().cpu()
@@ -77,6 +88,10 @@ def _pick(importance: Any, full: Any, group: CoupledGroup, remove: int) -> list[
     if imp is None:  # e.g. bn criterion on a group without BatchNorm: fall back to L2
         with torch.no_grad():
             imp = tp.importance.GroupMagnitudeImportance(p=2)(full)
+    if imp is None:  # only layers torch-pruning's importance does not know (custom layers)
+        imp = custom_magnitude(full)
+    if imp is None:
+        imp = torch.ones(group.channels)
     imp = imp.detach().float().cpu()
     ch_groups = group.channel_groups
     if ch_groups > 1:
@@ -102,22 +117,34 @@ def _verify(model: nn.Module, example_inputs: Any) -> None:
 
 
 def _prune_traced(model: nn.Module, dg: tp.DependencyGraph,
-                  targets: Sequence[tuple[CoupledGroup, int]], importance: Any) -> None:
-    """Rank every group on the dense weights first, then prune them all."""
+                  targets: Sequence[tuple[CoupledGroup, int]], importance: Any,
+                  ) -> list[HistoryStep]:
+    """Rank every group on the dense weights first, then prune them all; the head steps."""
     name_to_module = dict(model.named_modules())
-    work = []
-    for group, keep in targets:
-        remove = group.channels - keep
-        if remove <= 0:
-            continue
-        root = name_to_module[group.name]
-        pruner = dg.get_pruner_of_module(root)
-        handler = group.handler.__func__.__get__(pruner)  # type: ignore[attr-defined]
-        full = dg.get_pruning_group(root, handler, list(range(group.channels)))
-        work.append((root, _pick(importance, full, group, remove)))
+    work: list[tuple[nn.Module, list[int]]] = []
+    heads: list[tuple[HeadLayout, list[int]]] = []
+    with fixed_index_mappings():  # ranking removes nothing: the mappings stay valid
+        for group, keep in targets:
+            remove = group.channels - keep
+            if remove <= 0:
+                continue
+            if group.heads is not None:
+                order = torch.argsort(head_scores(model, group.heads))[:remove]
+                heads.append((group.heads, sorted(int(i) for i in order)))
+                continue
+            root = name_to_module[group.name]
+            pruner = dg.get_pruner_of_module(root)
+            handler = group.handler.__func__.__get__(pruner)  # type: ignore[union-attr]
+            full = dg.get_pruning_group(root, handler, list(range(group.channels)))
+            work.append((root, _pick(importance, full, group, remove)))
     for root, idxs in work:
         pruner = dg.get_pruner_of_module(root)
         dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
+    steps: list[HistoryStep] = []
+    for layout, units in heads:
+        prune_heads(model, layout, units)
+        steps.append((HEADS + layout.name, True, units))
+    return steps
 
 
 def prune_groups(model: nn.Module, example_inputs: Any,
@@ -131,18 +158,19 @@ def prune_groups(model: nn.Module, example_inputs: Any,
     model.eval()
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(True)
-    dg, _, _ = trace(model, example_inputs)
+    dg = trace(model, example_inputs).graph
     if ranking.taylor_batch is not None and ranking.criterion == "taylor":
         inputs, labels = ranking.taylor_batch
         model.zero_grad()
         loss_fn = ranking.loss_fn or nn.functional.cross_entropy
         loss_fn(call_model(model, inputs), labels).backward()
-    _prune_traced(model, dg, targets, _IMPORTANCE[ranking.criterion]())
+    head_steps = _prune_traced(model, dg, targets, _IMPORTANCE[ranking.criterion]())
     model.zero_grad(set_to_none=True)
     for p, flag in zip(model.parameters(), grad_flags):
         p.requires_grad_(flag)
     model.train(was_training)
     history = [(n, bool(o), [int(i) for i in idx]) for n, o, idx in dg.pruning_history()]
+    history += head_steps
     model.__dict__["autoprune_history"] = [*model.__dict__.get("autoprune_history", []),
                                            *history]
     _verify(model, example_inputs)
@@ -151,10 +179,26 @@ def prune_groups(model: nn.Module, example_inputs: Any,
 
 def replay_history(model: nn.Module, example_inputs: Any,
                    history: Sequence[HistoryStep]) -> nn.Module:
-    """Prune ``model`` in place by replaying a recorded pruning history (for loading archives)."""
+    """Prune ``model`` in place by replaying a recorded pruning history (for loading archives):
+    each run of torch-pruning steps on a fresh trace, head steps on the attention they name."""
     was = model.training
     model.eval()
-    dg, _, _ = trace(model, example_inputs)
-    dg.load_pruning_history([(n, bool(o), list(i)) for n, o, i in history])
+    i = 0
+    while i < len(history):
+        if str(history[i][0]).startswith(HEADS):
+            name = str(history[i][0])[len(HEADS):]
+            layouts = {lay.name: lay for lay in find_attention(model)[0]}
+            if name not in layouts:
+                raise UnsupportedModelError(f"history prunes the heads of {name!r}, which this "
+                                            "model has no prunable attention at")
+            prune_heads(model, layouts[name], [int(u) for u in history[i][2]])
+            i += 1
+            continue
+        j = i
+        while j < len(history) and not str(history[j][0]).startswith(HEADS):
+            j += 1
+        dg = trace(model, example_inputs).graph
+        dg.load_pruning_history([(n, bool(o), list(idx)) for n, o, idx in history[i:j]])
+        i = j
     model.train(was)
     return model

@@ -2,7 +2,8 @@
 
 Every counted layer call becomes MAC terms and every parameter tensor a param term: a product of
 at most two channel *dims* (a layer's input or output channels, or the channels of an elementwise
-op), each of which shrinks linearly with the channels its coupled groups remove.
+op), each of which shrinks linearly with the channels its coupled groups remove. Attention adds
+its tokens² matmuls (``2 x batch x tokens² x heads x head_dim``), which are no layer call.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import numpy as np
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.engine.costmodel import CostModel
+from autoprune.engine.costmodel import ATTENTION, ELEMENTWISE, LAYER, CostModel
+from autoprune.engine.custom import channel_params, linked_dims
 from autoprune.engine.groups import CoupledGroup, removal_of
-from autoprune.engine.trace import LayerCall
+from autoprune.engine.trace import LayerCall, Trace
 
 __all__ = ["build_cost_model"]
 
-Term = tuple[float, int, int]  # coef, dim 1, dim 2 (-1: the constant 1)
+Term = tuple[float, int, int, int]  # coef, dim 1, dim 2 (-1: the constant 1), kind
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -70,10 +72,19 @@ class _Builder:
         self.table = _DimTable(len(groups))
         self.node_of_grad = {n.grad_fn: n for n in dg.module2node.values()
                              if n.grad_fn is not None}
+        # layers inside a registered custom layer: no graph node of their own
+        self.links = linked_dims(dg.model)
+        self.inside = {id(m) for m in dg.IGNORED_LAYERS_IN_TRACING}
 
     def module_dim(self, m: nn.Module, direction: str, dense: float) -> int:
         node = self.dg.module2node.get(m)
-        removal = removal_of(self.groups, node, (direction,)) if node is not None else {}
+        link = self.links.get((id(m), direction))
+        if node is None and link is not None:  # follows the custom layer it sits in
+            parent, per = link
+            found = removal_of(self.groups, self.dg.module2node.get(parent), ("out", "in"))
+            removal = {g: s * per for g, s in found.items()}
+        else:
+            removal = removal_of(self.groups, node, (direction,)) if node is not None else {}
         return self.table.dim((id(m), direction), dense, removal)
 
     def conv_terms(self, m: nn.modules.conv._ConvNd, per: float, bias_per: float) -> list[Term]:
@@ -81,16 +92,16 @@ class _Builder:
         k = float(np.prod(m.kernel_size))
         i = self.module_dim(m, "in", m.in_channels)
         o = self.module_dim(m, "out", m.out_channels)
-        bias = [(bias_per, o, -1)] if m.bias is not None else []
+        bias = [(bias_per, o, -1, ELEMENTWISE)] if m.bias is not None else []
         if depthwise(m):  # groups follow the channels; torch-pruning prunes it via "out"
-            return [(k * per, o, -1), *bias]
-        return [(k * per / m.groups, i, o), *bias]
+            return [(k * per, o, -1, LAYER), *bias]
+        return [(k * per / m.groups, i, o, LAYER), *bias]
 
     def linear_terms(self, m: nn.Linear, per: float, bias_per: float) -> list[Term]:
         i = self.module_dim(m, "in", m.in_features)
         o = self.module_dim(m, "out", m.out_features)
-        bias = [(bias_per, o, -1)] if m.bias is not None else []
-        return [(per, i, o), *bias]
+        bias = [(bias_per, o, -1, ELEMENTWISE)] if m.bias is not None else []
+        return [(per, i, o, LAYER), *bias]
 
     def call_terms(self, call: LayerCall) -> list[Term]:
         m = call.module
@@ -101,23 +112,40 @@ class _Builder:
             return self.conv_terms(m, positions, positions)
         if isinstance(m, nn.Linear):
             return self.linear_terms(m, numel_in / m.in_features, 1.0)
+        if isinstance(m, nn.MultiheadAttention):  # heads and width stay: constants
+            return _mha_terms(m, call)
         if isinstance(m, NORMS):
             channels = _norm_channels(m)
             affine = getattr(m, "affine", getattr(m, "elementwise_affine", False))
             d = self.module_dim(m, "out", channels)
-            return [((2.0 if affine else 1.0) * numel_in / channels, d, -1)]
+            return [((2.0 if affine else 1.0) * numel_in / channels, d, -1, ELEMENTWISE)]
         # activations, pools, upsample: linear in the channels of the tensor they touch
         numel = numel_out if type(m) in (nn.Upsample,) or "relu" in type(m).__name__.lower() \
             or isinstance(m, (nn.GELU, nn.ELU, nn.PReLU)) else numel_in
-        node = self.node_of_grad.get(call.grad_fn) or self.dg.module2node.get(m)
+        node = None if id(m) in self.inside else \
+            self.node_of_grad.get(call.grad_fn) or self.dg.module2node.get(m)
         removal = removal_of(self.groups, node, ("out", "in")) if node is not None else {}
         if not removal:
-            return [(numel, -1, -1)]
+            return [(numel, -1, -1, ELEMENTWISE)]
         total = sum(self.groups[g].channels * s for g, s in removal.items())
         shape = call.out_shape
         channels = total if total in shape[1:] else (shape[1] if len(shape) > 1 else 1)
         d = self.table.dim((id(node), "elementwise"), channels, removal)
-        return [(numel / channels, d, -1)]
+        return [(numel / channels, d, -1, ELEMENTWISE)]
+
+    def attention_terms(self, attention_inputs: dict[nn.Module, tuple[int, ...]]) -> list[Term]:
+        """``2 x batch x tokens² x heads x head_dim`` per head group (self-attention)."""
+        terms: list[Term] = []
+        for g, group in enumerate(self.groups):
+            shape = attention_inputs.get(group.root)
+            if group.heads is None or shape is None or len(shape) < 3:
+                continue
+            batch, tokens = float(np.prod(shape[:-2])), float(shape[-2])
+            layout = group.heads
+            d = self.table.dim((id(group.root), "heads"), layout.heads * layout.head_dim,
+                               {g: float(layout.heads_per_unit * layout.head_dim)})
+            terms.append((2.0 * batch * tokens * tokens, d, -1, ATTENTION))
+        return terms
 
     def param_terms(self) -> list[Term]:
         terms: list[Term] = []
@@ -129,6 +157,12 @@ class _Builder:
             if not direct:
                 continue
             seen.update(id(p) for p in direct)
+            per_channel = {id(p): dim for p, dim in channel_params(m)}  # registered layers
+            for p in direct:
+                if id(p) in per_channel:
+                    size = p.shape[per_channel[id(p)]]
+                    terms.append((p.numel() / size, self.module_dim(m, "out", size), -1, LAYER))
+            direct = [p for p in direct if id(p) not in per_channel]
             if isinstance(m, nn.modules.conv._ConvNd):
                 terms.extend(self.conv_terms(m, 1.0, 1.0))
             elif isinstance(m, nn.Linear):
@@ -137,8 +171,8 @@ class _Builder:
                 channels = _norm_channels(m) if isinstance(m, NORMS) else m.num_parameters
                 d = self.module_dim(m, "out", channels)
                 for p in direct:
-                    terms.append((p.numel() / channels, d, -1) if p.numel() >= channels
-                                 else (float(p.numel()), -1, -1))
+                    terms.append((p.numel() / channels, d, -1, LAYER) if p.numel() >= channels
+                                 else (float(p.numel()), -1, -1, LAYER))
             else:
                 terms.extend(self.unwrapped_term(p, param_nodes) for p in direct)
         return terms
@@ -147,23 +181,44 @@ class _Builder:
         node = param_nodes.get(id(p))
         removal = removal_of(self.groups, node, ("out", "in")) if node is not None else {}
         if not removal:
-            return (float(p.numel()), -1, -1)
+            return (float(p.numel()), -1, -1, LAYER)
         size = float(p.shape[node.pruning_dim]) if node.pruning_dim is not None else p.numel()
         d = self.table.dim((id(p), "param"), size, removal)
-        return (p.numel() / size, d, -1)
+        return (p.numel() / size, d, -1, LAYER)
 
 
-def build_cost_model(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup],
-                     calls: Sequence[LayerCall], batch: int) -> CostModel:
-    """The cost model of the traced model ``dg`` over ``groups``; MACs divided by ``batch``."""
+def _mha_terms(m: nn.MultiheadAttention, call: LayerCall) -> list[Term]:
+    """An ``nn.MultiheadAttention`` call as constants (its width and heads are never pruned):
+    projections as :func:`~autoprune.engine.count.count_macs_params` counts them, and the
+    attention matmuls."""
+    shape = call.in_shape
+    if len(shape) != 3:
+        return []
+    seq, batch = (shape[1], shape[0]) if m.batch_first else (shape[0], shape[1])
+    e = float(m.embed_dim)
+    proj = 4 * seq * e * e * batch
+    bias = (3 * seq * e if m.in_proj_bias is not None else 0.0) + \
+        (seq * e if m.out_proj.bias is not None else 0.0)
+    return [(proj, -1, -1, LAYER), (bias * batch, -1, -1, ELEMENTWISE),
+            (2.0 * batch * seq * seq * e, -1, -1, ATTENTION)]
+
+
+def build_cost_model(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup], traced: Trace,
+                     batch: int, constant_matmuls: float = 0.0) -> CostModel:
+    """The cost model of the traced model ``dg`` over ``groups``; MACs divided by ``batch``.
+    ``constant_matmuls`` (MACs per image) are matmuls outside layer calls that no group
+    changes."""
     builder = _Builder(dg, groups)
-    macs = [term for call in calls for term in builder.call_terms(call)]
+    macs = [term for call in traced.calls for term in builder.call_terms(call)]
+    macs += builder.attention_terms(traced.attention_inputs)
+    if constant_matmuls:
+        macs.append((constant_matmuls * batch, -1, -1, ATTENTION))
     params = builder.param_terms()
     dense, removal = builder.table.arrays()
     return CostModel(
         group_channels=np.asarray([g.channels for g in groups], dtype=float),
         dense=dense, removal=removal,
-        mac_terms=np.asarray(macs, dtype=float).reshape(-1, 3),
-        param_terms=np.asarray(params, dtype=float).reshape(-1, 3),
+        mac_terms=np.asarray(macs, dtype=float).reshape(-1, 4),
+        param_terms=np.asarray(params, dtype=float).reshape(-1, 4)[:, :3],
         batch=batch,
     )

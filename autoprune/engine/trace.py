@@ -19,14 +19,16 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
+from autoprune.engine.count import attention_types, count_conv_subclasses
+from autoprune.engine.custom import registered_pruners
 from autoprune.engine.inputs import as_args
 from autoprune.errors import ConfigError, UnsupportedModelError
 
-__all__ = ["ROOT_TYPES", "UNSUPPORTED", "LayerCall", "check_supported", "count_macs_params",
+__all__ = ["ROOT_TYPES", "UNSUPPORTED", "LayerCall", "Trace", "check_supported",
            "resolve_ignore", "torch_pruning_version", "trace"]
 
 ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase)
+UNSUPPORTED: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 
 
 def torch_pruning_version() -> str:
@@ -40,19 +42,14 @@ def torch_pruning_version() -> str:
         return str(tp.__version__)
 
 
-def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, float]:
-    """torch-pruning's counter: MACs per image and parameters of ``model`` as it is."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    return float(macs), float(params)
-
-
 def check_supported(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, UNSUPPORTED):
             raise UnsupportedModelError(
-                f"layer {name!r} ({type(module).__name__}) is not supported yet: attention heads "
-                "and recurrent layers need head/hidden-size pruning, which autoprune does not "
-                "search yet; autoprune prunes convolution and linear channels (CNNs, MLPs)."
+                f"layer {name!r} ({type(module).__name__}) is not supported yet: recurrent "
+                "layers need hidden-size pruning, which autoprune does not search; it prunes "
+                "convolution and linear channels and attention heads. Move the recurrent "
+                "block out of the model you analyse."
             )
 
 
@@ -67,11 +64,30 @@ class LayerCall:
 
 
 @dataclass
+class Trace:
+    """What one tracing forward saw: torch-pruning's graph, the counted layer calls, the conv/
+    linear layers in call order, and the input shape of each attention module asked for."""
+
+    graph: tp.DependencyGraph
+    calls: list[LayerCall]
+    roots_called: list[nn.Module]
+    attention_inputs: dict[nn.Module, tuple[int, ...]]
+
+
+def _counted(module: nn.Module) -> bool:
+    """Layers :func:`~autoprune.engine.count.count_macs_params` counts by their own call."""
+    kind = type(module)
+    return kind in MODULES_MAPPING and (kind is nn.MultiheadAttention
+                                        or kind not in attention_types())
+
+
+@dataclass
 class _Recorder:
     """Forward hooks that record the calls of the one tracing forward only."""
 
     calls: list[LayerCall]
     roots_called: list[nn.Module]
+    attention_inputs: dict[nn.Module, tuple[int, ...]]
     active: bool = False
     done: bool = False
 
@@ -86,27 +102,38 @@ class _Recorder:
             return
         first = inputs[0] if isinstance(inputs, tuple) and inputs else None
         out = output[0] if isinstance(output, (tuple, list)) else output
-        if type(module) in MODULES_MAPPING and isinstance(out, torch.Tensor):
+        if _counted(module) and isinstance(out, torch.Tensor):
             in_shape = tuple(first.shape) if isinstance(first, torch.Tensor) else ()
             self.calls.append(LayerCall(module, in_shape, tuple(out.shape), out.grad_fn))
         if isinstance(module, ROOT_TYPES):
             self.roots_called.append(module)
 
+    def attention(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if not self.active or module in self.attention_inputs:
+            return
+        first = next((t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)), None)
+        if first is not None:
+            self.attention_inputs[module] = tuple(first.shape)
 
-def trace(model: nn.Module, example_inputs: Any
-          ) -> tuple[tp.DependencyGraph, list[LayerCall], list[nn.Module]]:
-    """Build the dependency graph while recording every counted layer call (same forward)."""
-    rec = _Recorder([], [])
+
+def trace(model: nn.Module, example_inputs: Any,
+          attention: Sequence[nn.Module] = ()) -> Trace:
+    """Build the dependency graph while recording every counted layer call (same forward), and
+    the input shape of each module in ``attention``."""
+    count_conv_subclasses(model)
+    rec = _Recorder([], [], {})
     handles = [m.register_forward_hook(rec.hook) for m in model.modules()]
+    handles += [m.register_forward_pre_hook(rec.attention, with_kwargs=True) for m in attention]
     handles.append(model.register_forward_pre_hook(rec.start))
     handles.append(model.register_forward_hook(rec.stop))
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=as_args(example_inputs), verbose=False
+                model, example_inputs=as_args(example_inputs), verbose=False,
+                customized_pruners=registered_pruners(model) or None,
             )
-    except UnsupportedModelError:
+    except (UnsupportedModelError, ConfigError):  # ConfigError: a misregistered custom layer
         raise
     except Exception as exc:  # torch-pruning raises bare errors on untraceable ops
         raise UnsupportedModelError(
@@ -118,7 +145,7 @@ def trace(model: nn.Module, example_inputs: Any
     finally:
         for h in handles:
             h.remove()
-    return dg, rec.calls, rec.roots_called
+    return Trace(dg, rec.calls, rec.roots_called, rec.attention_inputs)
 
 
 def _culprit(exc: BaseException, model: nn.Module) -> str:
