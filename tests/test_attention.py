@@ -154,3 +154,14 @@ def test_head_history_replays_onto_a_fresh_model():
 def test_trace_timeout_is_checked():
     with pytest.raises(ConfigError, match="trace_timeout"):
         ap.analyze(torch.nn.Linear(4, 4), torch.randn(1, 4), trace_timeout=0)
+
+
+def test_the_vit_space_caps_heads_and_mlp_widths():
+    from autoprune.space import load_space
+
+    build, size = TIMM_VITS["vit_tiny_patch16_224"]
+    a = ap.analyze(build().eval(), torch.randn(1, 3, size, size))
+    names = [g.name for g in a.groups]
+    caps = dict(zip(names, load_space("vit").resolve(names).caps()))
+    assert caps["blocks.0.attn"] == pytest.approx(0.5)
+    assert caps["blocks.0.mlp.fc1"] == pytest.approx(0.75)

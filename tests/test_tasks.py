@@ -280,6 +280,27 @@ def test_fashion_mnist_real_data_subset(tmp_path: Path) -> None:
     assert task.cache_path.is_file()
 
 
+@pytest.mark.skipif(
+    not Path(DEFAULT_DATA_DIR).is_dir(),
+    reason=f"Fashion-MNIST not installed at {DEFAULT_DATA_DIR} "
+    "(apt-get install -y dataset-fashion-mnist)",
+)
+def test_fashion_mnist_vit_trains_and_exposes_heads_and_mlp_widths(tmp_path: Path) -> None:
+    import autoprune as ap
+
+    task = FashionMNISTTask(subset=400, model="vit", options=TaskOptions(epochs=1,
+                                                                         cache_dir=tmp_path))
+    model, x = task.dense_model(), task.example_inputs()
+    assert 0.0 <= task.evaluate(model, "val") <= 1.0
+    a = ap.analyze(model.eval(), x)
+    assert 34e6 < a.cost_model.dense_macs() < 37e6  # the issue's ~35 MMACs ViT
+    kinds = {g.name: g.kind for g in a.groups}
+    assert kinds["blocks.0.attn"] == "heads" and kinds["blocks.0.mlp.fc1"] == "channels"
+    plan = ap.fit_budget(model, x, 1.0, flops=0.3, analysis=a)
+    assert abs(a.macs(plan) / a.cost_model.dense_macs() - 0.3) <= 0.003
+    assert a.apply(plan)(x).shape == (1, 10)
+
+
 # ---------------------------------------------------------------------------------- load_task
 
 USER_TASK = '''

@@ -98,7 +98,8 @@ class PrunableModel:
         unmodelled = _unmodelled_matmuls(model, example_inputs, cost_model)
         if known_frozen is None:
             check_matmuls = unmodelled > 0 or any(g.heads is not None for g in groups)
-            probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls)
+            probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls,
+                                  deadline=time.monotonic() + self.trace_timeout)
         else:
             probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
         gone = {f.name for f in probed}
@@ -212,7 +213,7 @@ def _unmodelled_matmuls(model: nn.Module, example_inputs: Any, cost_model: Any) 
     except Exception:  # a model FlopCounterMode cannot run under: nothing to add
         return 0.0
     extra = counted - cost_model.matmul_macs(cost_model.group_channels)
-    return extra if extra > TOLERANCE * max(counted, 1.0) else 0.0
+    return extra if extra > 1e-6 * max(counted, 1.0) else 0.0  # float noise is no matmul
 
 
 def _nothing_left(model: nn.Module, frozen: Sequence[FrozenGroup]) -> str:

@@ -12,6 +12,7 @@ probed again. A clean model costs one probe.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from autoprune.engine.count import count_macs_params, count_matmul_macs
 from autoprune.engine.groups import CoupledGroup, FrozenGroup
 from autoprune.engine.inputs import call_model
 from autoprune.engine.prune import Ranking, prune_groups
+from autoprune.errors import UnsupportedModelError
 
 __all__ = ["TOLERANCE", "probe_groups", "probe_kept"]
 
@@ -66,6 +68,7 @@ class _Prober:
     cost_model: CostModel
     dense_shapes: Any
     dense_matmul: float | None
+    deadline: float = float("inf")
 
     def kept(self, subset: Sequence[int]) -> np.ndarray:
         kept = self.cost_model.group_channels.copy()
@@ -76,6 +79,11 @@ class _Prober:
 
     def check(self, subset: Sequence[int]) -> str | None:
         """Why pruning ``subset`` (group indices) together is unsafe, or None."""
+        if time.monotonic() > self.deadline:
+            raise UnsupportedModelError(
+                f"checking which of {type(self.model).__name__}'s {len(self.groups)} groups "
+                "prune safely took longer than trace_timeout; raise it (ap.analyze(..., "
+                "trace_timeout=...)) or `ignore=` the blocks `autoprune inspect` cannot group")
         kept = self.kept(subset)
         targets = [(self.groups[i], int(kept[i])) for i in subset
                    if kept[i] < self.groups[i].channels]
@@ -119,18 +127,21 @@ class _Prober:
 
 
 def probe_groups(model: nn.Module, example_inputs: Any, groups: Sequence[CoupledGroup],
-                 cost_model: CostModel, check_matmuls: bool = False) -> list[FrozenGroup]:
+                 cost_model: CostModel, check_matmuls: bool = False,
+                 deadline: float = float("inf")) -> list[FrozenGroup]:
     """The groups that cannot be pruned safely (with the reason); the others passed together.
 
     ``check_matmuls`` also compares the matmuls ``FlopCounterMode`` sees removed with the
     analytic ones (attention heads, or matmuls outside layer calls that must stay constant).
+    Probing past ``deadline`` (``time.monotonic()``) raises :class:`UnsupportedModelError`.
     """
     was = model.training
     with torch.no_grad():
         dense_shapes = _output_shapes(call_model(model.eval(), example_inputs))
     model.train(was)
     dense_matmul = count_matmul_macs(model, example_inputs) if check_matmuls else None
-    prober = _Prober(model, example_inputs, groups, cost_model, dense_shapes, dense_matmul)
+    prober = _Prober(model, example_inputs, groups, cost_model, dense_shapes, dense_matmul,
+                     deadline)
     frozen: dict[int, str] = {}
     rest = list(range(len(groups)))
     while rest:

@@ -21,7 +21,7 @@ from autoprune.errors import ConfigError
 from autoprune.tasks._data import ArrayDataset, loaders, stratified_split
 from autoprune.tasks._train import TaskOptions, TrainConfig, TrainingSpec
 from autoprune.tasks.base import ClassificationTask
-from autoprune.tasks.models import cifar_resnet, lenet5, vgg_small
+from autoprune.tasks.models import cifar_resnet, lenet5, vgg_small, vit_small
 
 __all__ = ["CODE_VERSION", "DEFAULT_DATA_DIR", "FILES", "FashionMNISTTask", "read_idx"]
 
@@ -42,11 +42,13 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet": functools.partial(cifar_resnet, depth=8, widths=(16, 32, 64), in_channels=1),
     "vgg": functools.partial(vgg_small, widths=(16, 32, 64, 64, 128, 128), in_channels=1),
     "lenet": functools.partial(lenet5, in_channels=1),
+    "vit": functools.partial(vit_small, img_size=28, in_channels=1),
 }
 RECIPES: dict[str, dict[str, Any]] = {
     "resnet": {"optimizer": "sgd", "lr": 0.1},
     "vgg": {"optimizer": "sgd", "lr": 0.05},
     "lenet": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
+    "vit": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
 }
 DEFAULT_EPOCHS = 6
 DEFAULT_BATCH_SIZE = 128
@@ -101,7 +103,8 @@ def find_files(data_dir: str | Path) -> dict[str, Path]:
 
 
 class FashionMNISTTask(ClassificationTask):
-    """A small CNN (``model``: resnet | vgg | lenet) on Fashion-MNIST, trained once and cached.
+    """A small CNN or ViT (``model``: resnet | vgg | lenet | vit) on Fashion-MNIST, trained once
+    and cached.
 
     ``subset`` keeps a seeded stratified sample of that many training images (10 % of them for
     validation) and a sixth as many test images: for quick runs and tests. ``weights`` loads a

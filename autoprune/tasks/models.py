@@ -1,4 +1,5 @@
-"""Small CNNs for the built-in tasks, named like torchvision so search spaces read the same.
+"""Small CNNs and a small ViT for the built-in tasks, named like torchvision and timm so search
+spaces read the same.
 
 They take 8x8 (digits) and 28x28 (Fashion-MNIST) inputs: global average pooling makes the head
 independent of the input size, and :func:`vgg_small` stops downsampling at 1x1.
@@ -12,7 +13,8 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 
-__all__ = ["BasicBlock", "CifarResNet", "LeNet5", "VGGSmall", "cifar_resnet", "lenet5", "vgg_small"]
+__all__ = ["BasicBlock", "CifarResNet", "LeNet5", "VGGSmall", "ViT", "cifar_resnet", "lenet5",
+           "vgg_small", "vit_small"]
 
 
 class BasicBlock(nn.Module):
@@ -159,6 +161,66 @@ def lenet5(in_channels: int = 1, num_classes: int = 10) -> LeNet5:
     """LeNet-5 for 28x28 (or 32x32) images; too small a net for 8x8 digits."""
     _check_io(in_channels, num_classes)
     return LeNet5(in_channels, num_classes)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` (timm's layout: the engine prunes heads)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention and an MLP, each with a residual."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small vision transformer: patch embedding, blocks, mean-pooled tokens, a linear head."""
+
+    def __init__(self, img_size: int, patch: int, dim: int, depth: int, num_heads: int,
+                 hidden: int, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        if img_size % patch:
+            raise ConfigError(f"patch={patch} does not divide img_size={img_size}")
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, (img_size // patch) ** 2, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def vit_small(img_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> ViT:
+    """Patch 4, width 128, 5 blocks of 4 heads, MLP 256: about 35 MMACs on 28x28 images."""
+    _check_io(in_channels, num_classes)
+    return ViT(img_size, 4, 128, 5, 4, 256, in_channels, num_classes)
 
 
 def _check_io(in_channels: int, num_classes: int) -> None:
