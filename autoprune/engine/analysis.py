@@ -95,7 +95,8 @@ class PrunableModel:
         self._dg, self._trace = tr.graph, tr
         batch = counter_batch(example_inputs)
         cost_model = build_cost_model(tr.graph, groups, tr, batch)
-        unmodelled = _unmodelled_matmuls(model, example_inputs, cost_model)
+        counted = _counted_matmuls(model, example_inputs)
+        unmodelled = _unmodelled(counted, cost_model)
         if known_frozen is None:
             check_matmuls = unmodelled > 0 or any(g.heads is not None for g in groups)
             probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls,
@@ -104,7 +105,10 @@ class PrunableModel:
             probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
         gone = {f.name for f in probed}
         groups = [g for g in groups if g.name not in gone]
-        cost_model = build_cost_model(tr.graph, groups, tr, batch, constant_matmuls=unmodelled)
+        cost_model = build_cost_model(tr.graph, groups, tr, batch)
+        if counted is not None:  # frozen head groups' attention is now unmodelled too
+            cost_model = build_cost_model(tr.graph, groups, tr, batch,
+                                          constant_matmuls=_unmodelled(counted, cost_model))
         self.frozen: list[FrozenGroup] = frozen + probed
         if not groups:
             raise UnsupportedModelError(_nothing_left(model, self.frozen))
@@ -204,13 +208,19 @@ def _embedding_groups(groups: Sequence[CoupledGroup], tr: Trace, attention: Sequ
     return keep, frozen
 
 
-def _unmodelled_matmuls(model: nn.Module, example_inputs: Any, cost_model: Any) -> float:
-    """Matmul MACs per image ``FlopCounterMode`` sees outside any layer call the cost model
-    knows (functional projections, attention it does not recognise): kept as a constant, which
-    the probe checks no searched group changes."""
+def _counted_matmuls(model: nn.Module, example_inputs: Any) -> float | None:
+    """``FlopCounterMode``'s matmul MACs per image of the dense model (None if it cannot run)."""
     try:
-        counted = count_matmul_macs(model, example_inputs)
+        return count_matmul_macs(model, example_inputs)
     except Exception:  # a model FlopCounterMode cannot run under: nothing to add
+        return None
+
+
+def _unmodelled(counted: float | None, cost_model: Any) -> float:
+    """Matmul MACs per image seen outside any layer call the cost model knows (functional
+    projections, attention it does not recognise or froze): kept as a constant, which the probe
+    checks no searched group changes."""
+    if counted is None:
         return 0.0
     extra = counted - cost_model.matmul_macs(cost_model.group_channels)
     return extra if extra > 1e-6 * max(counted, 1.0) else 0.0  # float noise is no matmul
