@@ -83,6 +83,9 @@ class PrunableModel:
                            for s in m.modules()]
         projections = [modules[p] for lay in layouts
                        for p in (*(q.name for q in lay.inputs), lay.output)]
+        # inside attention whose heads stay, no layer is a root either: torch-pruning maps its
+        # qkv channels through the head reshapes wrongly (or searches without end)
+        projections += [s for n in fixed for s in modules[n].modules() if s is not modules[n]]
         channel, frozen = collect_groups(tr.graph, names, ignored_modules, model,
                                          not_roots=projections, deadline=deadline)
         heads, frozen_heads = head_groups(
@@ -100,7 +103,7 @@ class PrunableModel:
         if known_frozen is None:
             check_matmuls = unmodelled > 0 or any(g.heads is not None for g in groups)
             probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls,
-                                  deadline=time.monotonic() + self.trace_timeout)
+                                  deadline=time.monotonic() + 4 * self.trace_timeout)
         else:
             probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
         gone = {f.name for f in probed}
@@ -240,8 +243,8 @@ def analyze(model: nn.Module, example_inputs: Any, ignore: Sequence[str] | None 
     """Trace ``model`` once: its groups, analytic cost model, and a pruner for plans.
 
     Groups that cannot be pruned safely are left at full width and listed in ``.frozen``;
-    tracing and grouping past ``trace_timeout`` seconds raise
-    :class:`~autoprune.errors.UnsupportedModelError`.
+    tracing and grouping past ``trace_timeout`` seconds (probing the groups past four times
+    that) raise :class:`~autoprune.errors.UnsupportedModelError`.
     """
     return PrunableModel(model, example_inputs, ignore=ignore, ignore_head=ignore_head,
                          trace_timeout=trace_timeout)

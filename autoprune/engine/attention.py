@@ -88,8 +88,10 @@ def _is_linear(m: object) -> bool:
 
 def _fused(name: str, m: nn.Module) -> HeadLayout | str | None:
     qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", 0)
-    if not (_is_linear(qkv) and _is_linear(proj) and isinstance(heads, int) and heads > 1):
+    if not (isinstance(qkv, nn.Module) and isinstance(heads, int) and heads > 1):
         return None
+    if not (_is_linear(qkv) and _is_linear(proj)):
+        return f"its qkv/proj are {type(qkv).__name__}/{type(proj).__name__}, not linear layers"
     assert isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)
     inner = proj.in_features
     if qkv.out_features != 3 * inner or inner % heads:

@@ -122,17 +122,33 @@ class _Deadline(Exception):
     """Raised inside torch-pruning when grouping runs past the trace time limit."""
 
 
+class _RootTimeout(Exception):
+    """Raised inside torch-pruning when one root's group takes longer than ``ROOT_SECONDS``."""
+
+
+ROOT_SECONDS = 10.0  # one root's grouping; a healthy group takes well under a second
+
+
+@dataclass
+class _Clock:
+    deadline: float
+    root_deadline: float = float("inf")
+
+
 @dataclass
 class _Guard:
     """Wraps an index mapping: an exploding index set or the deadline stops grouping there."""
 
     mapping: Callable[[Any], Any]
     limit: int
-    deadline: float
+    clock: _Clock
 
     def __call__(self, idxs: Any) -> Any:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.clock.deadline:
             raise _Deadline
+        if now > self.clock.root_deadline:
+            raise _RootTimeout
         out = self.mapping(idxs)
         if len(out) > self.limit:
             raise IndexError(f"index mapping {type(self.mapping).__name__} expands "
@@ -161,7 +177,7 @@ def fixed_index_mappings() -> Iterator[None]:
 
 
 @contextmanager
-def _guarded(dg: tp.DependencyGraph, limit: int, deadline: float) -> Iterator[None]:
+def _guarded(dg: tp.DependencyGraph, limit: int, clock: _Clock) -> Iterator[None]:
     """Guard every index mapping (with the mappings fixed: recomputing would unguard them)."""
     wrapped: list[tuple[Any, int, Any]] = []
     for node in dg.module2node.values():
@@ -169,7 +185,7 @@ def _guarded(dg: tp.DependencyGraph, limit: int, deadline: float) -> Iterator[No
             for i, mapping in enumerate(dep.index_mapping):
                 if mapping is not None:
                     wrapped.append((dep, i, mapping))
-                    dep.index_mapping[i] = _Guard(mapping, limit, deadline)
+                    dep.index_mapping[i] = _Guard(mapping, limit, clock)
     try:
         with fixed_index_mappings():
             yield
@@ -190,8 +206,9 @@ def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
     """Every group of more than one channel rooted at a conv/linear layer not ignored, and the
     roots whose grouping failed (frozen, with the reason).
 
-    torch-pruning's ``get_all_groups`` with three changes: a root whose grouping raises or whose
-    index mapping explodes is frozen instead of ending the analysis; index mappings are computed
+    torch-pruning's ``get_all_groups`` with three changes: a root whose grouping raises, whose
+    index mapping explodes or that takes over ``ROOT_SECONDS`` is frozen instead of ending the
+    analysis; index mappings are computed
     once (torch-pruning recomputes them for every group); grouping past ``deadline``
     (``time.monotonic()``) raises :class:`UnsupportedModelError`.
     """
@@ -200,16 +217,23 @@ def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
     visited: set[int] = set()
     groups: list[CoupledGroup] = []
     frozen: list[FrozenGroup] = []
-    with _guarded(dg, _index_limit(model), deadline):
+    clock = _Clock(deadline)
+    with _guarded(dg, _index_limit(model), clock):
         for m in list(dg.module2node):
             if not isinstance(m, ROOT_TYPES) or id(m) in skip or id(m) in visited:
                 continue
             pruner = dg.get_pruner_of_module(m)
             if pruner is None or pruner.get_out_channels(m) is None:
                 continue
+            clock.root_deadline = time.monotonic() + ROOT_SECONDS
             try:
                 group = dg.get_pruning_group(m, pruner.prune_out_channels,
                                              list(range(pruner.get_out_channels(m))))
+            except _RootTimeout:
+                visited.add(id(m))
+                frozen.append(FrozenGroup(names.get(m, "?"), "torch-pruning's grouping took "
+                                          f"over {ROOT_SECONDS:g} s here (a runaway search)"))
+                continue
             except _Deadline:
                 raise UnsupportedModelError(
                     f"grouping the channels of {type(model).__name__} ran past the trace time "

@@ -82,7 +82,7 @@ class _Prober:
         if time.monotonic() > self.deadline:
             raise UnsupportedModelError(
                 f"checking which of {type(self.model).__name__}'s {len(self.groups)} groups "
-                "prune safely took longer than trace_timeout; raise it (ap.analyze(..., "
+                "prune safely took longer than 4 x trace_timeout; raise it (ap.analyze(..., "
                 "trace_timeout=...)) or `ignore=` the blocks `autoprune inspect` cannot group")
         kept = self.kept(subset)
         targets = [(self.groups[i], int(kept[i])) for i in subset
