@@ -536,9 +536,12 @@ def markdown(data: dict[str, Any]) -> str:
         f"timm {env.get('timm', '')} · torch-pruning {env.get('torch_pruning', '')}", "",
         "Commands (in order; a later one resumes or refreshes arms): "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(data.get("commands", []))), "",
-        "The tp arm counts with `tp.utils.count_ops_and_params`; the ap arm with "
-        "`autoprune.engine.count_macs_params` (the same counter, attention hooks corrected). "
-        "Within 1 %: |counted / dense - 0.5| <= 0.005.", "",
+        "The tp arm counts with `tp.utils.count_ops_and_params`; within 1 %: "
+        "|counted / dense - 0.5| <= 0.005. The ap arm's achieved ratio is its cost model's "
+        "(attention's tokens² matmuls included), and it is on budget only when two counters "
+        "agree with that model within 0.5 % on the pruned copy: "
+        "`autoprune.engine.count_macs_params` (torch-pruning's counter, attention hooks "
+        "corrected) and `FlopCounterMode` (matmuls); analytic/counted is the first.", "",
         "| | count | models |", "|---|---|---|",
         f"| torch-pruning alone prunes and runs | {c['tp']['pruned-and-runs']} | |",
         f"| … of which within 1 % of 0.5 | {tp_in} | |",
