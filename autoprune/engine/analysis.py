@@ -30,7 +30,7 @@ from autoprune.engine.groups import (
     head_groups,
 )
 from autoprune.engine.inputs import counter_batch
-from autoprune.engine.probe import TOLERANCE, probe_groups
+from autoprune.engine.probe import TOLERANCE, ProbeLimits, probe_groups
 from autoprune.engine.prune import Ranking, group_scores, prune_groups
 from autoprune.engine.terms import build_cost_model
 from autoprune.engine.trace import Trace, check_supported, resolve_ignore, trace
@@ -62,48 +62,16 @@ class PrunableModel:
         self.ignore = tuple(ignore or ())
         self.ignore_head = ignore_head
         self.trace_timeout = float(trace_timeout)
-        deadline = time.monotonic() + self.trace_timeout
-        traced = copy.deepcopy(model).eval()
-        traced.requires_grad_(True)
-        modules = dict(traced.named_modules())
-        layouts, fixed = find_attention(traced)
-        attention = [modules[n] for n in [*(lay.name for lay in layouts), *fixed]]
-        tr = trace(traced, example_inputs, attention=attention)
-        if time.monotonic() > deadline:
-            raise UnsupportedModelError(
-                f"tracing {type(model).__name__} took longer than trace_timeout="
-                f"{self.trace_timeout:g} s; raise it or move the slow block to `ignore=`")
-        names = {m: n for n, m in traced.named_modules()}
-        ignored = resolve_ignore(traced, ignore)
-        self.head: str | None = None
-        if ignore_head and tr.roots_called:
-            self.head = names.get(tr.roots_called[-1])
-            ignored.add(self.head or "")
-        ignored_modules = [s for n, m in traced.named_modules() if n in ignored
-                           for s in m.modules()]
-        projections = [modules[p] for lay in layouts
-                       for p in (*(q.name for q in lay.inputs), lay.output)]
-        # inside attention whose heads stay, no layer is a root either: torch-pruning maps its
-        # qkv channels through the head reshapes wrongly (or searches without end)
-        projections += [s for n in fixed for s in modules[n].modules() if s is not modules[n]]
-        channel, frozen = collect_groups(tr.graph, names, ignored_modules, model,
-                                         not_roots=projections, deadline=deadline)
-        heads, frozen_heads = head_groups(
-            tr.graph, [lay for lay in layouts if lay.name not in ignored], traced)
-        channel, embedding = _embedding_groups(channel, tr, [*projections, *attention])
-        order = {n: i for i, n in enumerate(modules)}
-        groups = sorted([*channel, *heads], key=lambda g: order.get(g.name, 0))
-        frozen += frozen_heads + embedding
-        frozen += [FrozenGroup(n, f"attention heads stay: {why}") for n, why in fixed.items()]
+        tr, groups, frozen = self._candidates(time.monotonic() + self.trace_timeout)
         self._dg, self._trace = tr.graph, tr
         batch = counter_batch(example_inputs)
         cost_model = build_cost_model(tr.graph, groups, tr, batch)
         counted = _counted_matmuls(model, example_inputs)
-        unmodelled = _unmodelled(counted, cost_model)
         if known_frozen is None:
-            check_matmuls = unmodelled > 0 or any(g.heads is not None for g in groups)
-            probed = probe_groups(model, example_inputs, groups, cost_model, check_matmuls,
-                                  deadline=time.monotonic() + 4 * self.trace_timeout)
+            check_matmuls = _unmodelled(counted, cost_model) > 0 or any(
+                g.heads is not None for g in groups)
+            probed = probe_groups(model, example_inputs, groups, cost_model, ProbeLimits(
+                check_matmuls, time.monotonic() + 4 * self.trace_timeout))
         else:
             probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
         gone = {f.name for f in probed}
@@ -119,6 +87,44 @@ class PrunableModel:
         self.cost_model = cost_model
         self.groups: list[Group] = describe_groups(groups, cost_model)
         self._by_name = {g.name: g for g in self.groups}
+
+    def _candidates(self, deadline: float
+                    ) -> tuple[Trace, list[CoupledGroup], list[FrozenGroup]]:
+        """Trace a copy: the candidate groups (channels and heads, in model order), and the
+        groups frozen before any probe (ungroupable roots, embedding width, fixed heads)."""
+        traced = copy.deepcopy(self.model).eval()
+        traced.requires_grad_(True)
+        modules = dict(traced.named_modules())
+        layouts, fixed = find_attention(traced)
+        attention = [modules[n] for n in [*(lay.name for lay in layouts), *fixed]]
+        tr = trace(traced, self.example_inputs, attention=attention)
+        if time.monotonic() > deadline:
+            raise UnsupportedModelError(
+                f"tracing {type(self.model).__name__} took longer than trace_timeout="
+                f"{self.trace_timeout:g} s; raise it or move the slow block to `ignore=`")
+        names = {m: n for n, m in traced.named_modules()}
+        ignored = resolve_ignore(traced, self.ignore)
+        self.head: str | None = None
+        if self.ignore_head and tr.roots_called:
+            self.head = names.get(tr.roots_called[-1])
+            ignored.add(self.head or "")
+        ignored_modules = [s for n, m in traced.named_modules() if n in ignored
+                           for s in m.modules()]
+        projections = [modules[p] for lay in layouts
+                       for p in (*(q.name for q in lay.inputs), lay.output)]
+        # inside attention whose heads stay, no layer is a root either: torch-pruning maps its
+        # qkv channels through the head reshapes wrongly (or searches without end)
+        projections += [s for n in fixed for s in modules[n].modules() if s is not modules[n]]
+        channel, frozen = collect_groups(tr.graph, names, ignored_modules,
+                                         not_roots=projections, deadline=deadline)
+        heads, frozen_heads = head_groups(
+            tr.graph, [lay for lay in layouts if lay.name not in ignored], traced)
+        channel, embedding = _embedding_groups(channel, tr, [*projections, *attention])
+        order = {n: i for i, n in enumerate(modules)}
+        groups = sorted([*channel, *heads], key=lambda g: order.get(g.name, 0))
+        frozen += frozen_heads + embedding
+        frozen += [FrozenGroup(n, f"attention heads stay: {why}") for n, why in fixed.items()]
+        return tr, groups, frozen
 
     def __reduce__(self) -> tuple[Any, ...]:
         # the traced graph holds autograd nodes, which do not pickle: ship the inputs and

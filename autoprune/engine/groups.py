@@ -200,7 +200,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
-                   ignored_modules: Collection[nn.Module], model: nn.Module,
+                   ignored_modules: Collection[nn.Module],
                    not_roots: Collection[nn.Module] = (), deadline: float = float("inf"),
                    ) -> tuple[list[CoupledGroup], list[FrozenGroup]]:
     """Every group of more than one channel rooted at a conv/linear layer not ignored, and the
@@ -212,6 +212,7 @@ def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
     once (torch-pruning recomputes them for every group); grouping past ``deadline``
     (``time.monotonic()``) raises :class:`UnsupportedModelError`.
     """
+    model = dg.model
     ignored = {id(m) for m in [*ignored_modules, *dg.IGNORED_LAYERS_IN_TRACING]}
     skip = ignored | {id(m) for m in not_roots}
     visited: set[int] = set()

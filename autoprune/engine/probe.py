@@ -28,7 +28,7 @@ from autoprune.engine.inputs import call_model
 from autoprune.engine.prune import Ranking, prune_groups
 from autoprune.errors import UnsupportedModelError
 
-__all__ = ["TOLERANCE", "probe_groups", "probe_kept"]
+__all__ = ["TOLERANCE", "ProbeLimits", "probe_groups", "probe_kept"]
 
 TOLERANCE = 0.005  # relative: counted vs analytic
 
@@ -126,15 +126,21 @@ class _Prober:
         return [(i, f"fails only together with other groups: {reason}") for i in subset]
 
 
-def probe_groups(model: nn.Module, example_inputs: Any, groups: Sequence[CoupledGroup],
-                 cost_model: CostModel, check_matmuls: bool = False,
-                 deadline: float = float("inf")) -> list[FrozenGroup]:
-    """The groups that cannot be pruned safely (with the reason); the others passed together.
-
-    ``check_matmuls`` also compares the matmuls ``FlopCounterMode`` sees removed with the
+@dataclass(frozen=True)
+class ProbeLimits:
+    """``check_matmuls``: also compare the matmuls ``FlopCounterMode`` sees removed with the
     analytic ones (attention heads, or matmuls outside layer calls that must stay constant).
-    Probing past ``deadline`` (``time.monotonic()``) raises :class:`UnsupportedModelError`.
-    """
+    Probing past ``deadline`` (``time.monotonic()``) raises :class:`UnsupportedModelError`."""
+
+    check_matmuls: bool = False
+    deadline: float = float("inf")
+
+
+def probe_groups(model: nn.Module, example_inputs: Any, groups: Sequence[CoupledGroup],
+                 cost_model: CostModel, limits: ProbeLimits = ProbeLimits(),
+                 ) -> list[FrozenGroup]:
+    """The groups that cannot be pruned safely (with the reason); the others passed together."""
+    check_matmuls, deadline = limits.check_matmuls, limits.deadline
     was = model.training
     with torch.no_grad():
         dense_shapes = _output_shapes(call_model(model.eval(), example_inputs))

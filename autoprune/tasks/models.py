@@ -7,14 +7,16 @@ independent of the input size, and :func:`vgg_small` stops downsampling at 1x1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import ConfigError
 
-__all__ = ["BasicBlock", "CifarResNet", "LeNet5", "VGGSmall", "ViT", "cifar_resnet", "lenet5",
-           "vgg_small", "vit_small"]
+__all__ = ["BasicBlock", "CifarResNet", "LeNet5", "VGGSmall", "ViT", "ViTShape", "cifar_resnet",
+           "lenet5", "vgg_small", "vit_small"]
 
 
 class BasicBlock(nn.Module):
@@ -197,18 +199,31 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@dataclass(frozen=True)
+class ViTShape:
+    """A ViT's sizes: image and patch side, width, blocks, heads per block, MLP hidden width."""
+
+    img_size: int = 28
+    patch: int = 4
+    dim: int = 128
+    depth: int = 5
+    num_heads: int = 4
+    hidden: int = 256
+
+
 class ViT(nn.Module):
     """A small vision transformer: patch embedding, blocks, mean-pooled tokens, a linear head."""
 
-    def __init__(self, img_size: int, patch: int, dim: int, depth: int, num_heads: int,
-                 hidden: int, in_channels: int, num_classes: int) -> None:
+    def __init__(self, shape: ViTShape, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        if img_size % patch:
-            raise ConfigError(f"patch={patch} does not divide img_size={img_size}")
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.pos_embed = nn.Parameter(torch.zeros(1, (img_size // patch) ** 2, dim))
+        if shape.img_size % shape.patch:
+            raise ConfigError(f"patch={shape.patch} does not divide img_size={shape.img_size}")
+        dim = shape.dim
+        self.patch_embed = nn.Conv2d(in_channels, dim, shape.patch, stride=shape.patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, (shape.img_size // shape.patch) ** 2, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, hidden) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, shape.num_heads, shape.hidden)
+                                      for _ in range(shape.depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -220,7 +235,7 @@ class ViT(nn.Module):
 def vit_small(img_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> ViT:
     """Patch 4, width 128, 5 blocks of 4 heads, MLP 256: about 35 MMACs on 28x28 images."""
     _check_io(in_channels, num_classes)
-    return ViT(img_size, 4, 128, 5, 4, 256, in_channels, num_classes)
+    return ViT(ViTShape(img_size=img_size), in_channels, num_classes)
 
 
 def _check_io(in_channels: int, num_classes: int) -> None:
