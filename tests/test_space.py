@@ -18,7 +18,7 @@ import autoprune
 from autoprune.engine import analyze
 from autoprune.errors import ConfigError
 from autoprune.space import Param, ResolvedSpace, SearchSpace, builtin_spaces, load_space
-from autoprune.tasks.models import cifar_resnet, vgg_small
+from autoprune.tasks.models import cifar_resnet, vgg_small, vit_small
 
 RGB = (1, 3, 64, 64)
 GREY = (1, 1, 28, 28)
@@ -32,6 +32,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mobilenet_v2": (lambda: tvm.mobilenet_v2(weights=None, num_classes=10), RGB),
     "vgg11_bn": (lambda: tvm.vgg11_bn(weights=None, num_classes=10), RGB),
     "vgg_small": (lambda: vgg_small(), GREY),
+    "vit_small": (lambda: vit_small(), GREY),
 }
 
 # Every shipped space file and the models of its family it must resolve against.
@@ -42,6 +43,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "resnet": ("resnet18", "resnet50", "cifar_resnet20"),
     "mobilenet": ("mobilenet_v2",),
     "plain": ("vgg11_bn", "vgg_small"),
+    "vit": ("vit_small",),
 }
 
 
