@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.engine.adapters import adapt_attention
 from autoprune.engine.attention import find_attention
 from autoprune.engine.count import count_macs_params, count_matmul_macs
 from autoprune.engine.groups import (
@@ -57,7 +58,9 @@ class PrunableModel:
         if not trace_timeout > 0:
             raise ConfigError(f"trace_timeout={trace_timeout!r} must be a positive number of "
                               "seconds (default 60)")
-        self.model = model
+        self._source = model
+        # nn.MultiheadAttention / torchvision Swin: an equivalent copy whose heads can go
+        self.model = adapt_attention(model)
         self.example_inputs = example_inputs
         self.ignore = tuple(ignore or ())
         self.ignore_head = ignore_head
@@ -66,11 +69,11 @@ class PrunableModel:
         self._dg, self._trace = tr.graph, tr
         batch = counter_batch(example_inputs)
         cost_model = build_cost_model(tr.graph, groups, tr, batch)
-        counted = _counted_matmuls(model, example_inputs)
+        counted = _counted_matmuls(self.model, example_inputs)
         if known_frozen is None:
             check_matmuls = _unmodelled(counted, cost_model) > 0 or any(
                 g.heads is not None for g in groups)
-            probed = probe_groups(model, example_inputs, groups, cost_model, ProbeLimits(
+            probed = probe_groups(self.model, example_inputs, groups, cost_model, ProbeLimits(
                 check_matmuls, time.monotonic() + 4 * self.trace_timeout))
         else:
             probed = [FrozenGroup(n, r) for n, r in known_frozen if n in {g.name for g in groups}]
@@ -177,7 +180,10 @@ class PrunableModel:
         """
         kept = self.kept(plan)
         ranking = Ranking(plan.importance, taylor_batch, loss_fn)
-        pruned = self.model if inplace else copy.deepcopy(self.model)
+        if inplace:  # the caller's own model, its attention adapted like the analysed copy
+            pruned = adapt_attention(self._source, inplace=True)
+        else:
+            pruned = copy.deepcopy(self.model)
         try:
             pruned = prune_groups(pruned, self.example_inputs, list(zip(self._coupled, kept)),
                                   ranking)

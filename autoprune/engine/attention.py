@@ -16,13 +16,15 @@ attention) removes its rows and columns everywhere, so the pruned block still ru
 - ``query``/``key``/``value`` with ``attention_head_size`` whose parent has ``output.dense``
   (Hugging Face BERT-style).
 
-Attention whose head count cannot change is reported with the reason instead
-(``nn.MultiheadAttention``; torchvision's functional Swin attention). Whatever is recognised here
-is still verified by the engine's probe: a layout whose pruned copy fails or miscounts is frozen.
+``nn.MultiheadAttention`` and torchvision's Swin attention are first swapped for equivalents
+whose heads can go (:mod:`autoprune.engine.adapters`); attention whose head count still cannot
+change is reported with the reason. Whatever is recognised here is still verified by the
+engine's probe: a layout whose pruned copy fails or miscounts is frozen.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,16 +32,24 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["HeadLayout", "find_attention", "head_scores", "prune_heads"]
+__all__ = ["HeadLayout", "find_attention", "head_scores", "per_head_params", "prune_heads"]
 
 
 @dataclass(frozen=True)
 class Projection:
-    """A linear layer whose output rows are ``slices`` blocks of ``heads x head_dim`` rows."""
+    """A linear layer whose output rows are ``slices`` blocks of ``heads x rows`` rows (``rows``
+    0: the layout's ``head_dim``; TinyViT interleaves ``2 x key_dim + val_dim`` rows per head,
+    Swin V2's bias MLP has one)."""
 
     name: str
     slices: int = 1
     heads_per_unit: int = 1
+    rows: int = 0
+
+
+def token_grid(shape: tuple[int, ...]) -> tuple[float, float]:
+    """(batch, tokens) of a ``(..., tokens, channels)`` attention input."""
+    return float(math.prod(shape[:-2])), float(shape[-2])
 
 
 @dataclass(frozen=True)
@@ -53,14 +63,26 @@ class HeadLayout:
     head_dim: int
     heads_per_unit: int  # query heads per unit
     set_heads: Callable[[nn.Module, int], None]  # (attention module, kept units) -> None
+    qk_dim: int = 0  # query/key width per head (0: head_dim, the value width)
+    # (batch, tokens) of self-attention from the module's input shape
+    tokens: Callable[[tuple[int, ...]], tuple[float, float]] = token_grid
 
     @property
     def heads(self) -> int:
         return self.units * self.heads_per_unit
 
+    @property
+    def matmul_width(self) -> int:
+        """Per query head, ``q @ k^T`` and ``attn @ v`` cost ``tokens² x`` this many MACs."""
+        return (self.qk_dim or self.head_dim) + self.head_dim
+
+    def rows_per_unit(self, proj: Projection) -> int:
+        """Output rows of ``proj`` per unit, in each of its slices."""
+        return proj.heads_per_unit * (proj.rows or self.head_dim)
+
     def input_rows(self, proj: Projection, units: list[int], layer: nn.Linear) -> list[int]:
         width = layer.out_features // proj.slices
-        per = proj.heads_per_unit * self.head_dim
+        per = self.rows_per_unit(proj)
         return [s * width + u * per + j for s in range(proj.slices) for u in units
                 for j in range(per)]
 
@@ -86,6 +108,36 @@ def _is_linear(m: object) -> bool:
     return isinstance(m, nn.Linear)
 
 
+def _tokens(m: nn.Module) -> Callable[[tuple[int, ...]], tuple[float, float]]:
+    """The module's own (batch, tokens) reading (windowed or sequence-first attention)."""
+    own = getattr(m, "attention_tokens", None)
+    return own if callable(own) else token_grid
+
+
+def _interleaved(name: str, m: nn.Module) -> HeadLayout | str | None:
+    """TinyViT/EfficientFormer: per head, qkv rows are ``key_dim, key_dim, val_dim``."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    heads, kd, vd = (getattr(m, a, 0) for a in ("num_heads", "key_dim", "val_dim"))
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)
+            and all(isinstance(v, int) and v > 0 for v in (heads, kd, vd)) and heads > 1):
+        return None
+    if qkv.out_features != heads * (2 * kd + vd) or proj.in_features != heads * vd:
+        return (f"its qkv ({qkv.out_features}) / proj ({proj.in_features}) do not split into "
+                f"{heads} heads of key_dim {kd} and val_dim {vd}")
+    return HeadLayout(name, (Projection(f"{name}.qkv", rows=2 * kd + vd),), f"{name}.proj",
+                      heads, vd, 1, _set_attrs(num_heads=1, out_dim=vd, val_attn_dim=vd,
+                                               key_attn_dim=kd), qk_dim=kd, tokens=_tokens(m))
+
+
+def _bias_mlp(name: str, m: nn.Module, heads: int) -> tuple[Projection, ...]:
+    """Swin V2's continuous position-bias MLP, whose last layer has one output per head."""
+    mlp = getattr(m, "cpb_mlp", None)
+    last = mlp[-1] if isinstance(mlp, nn.Sequential) and len(mlp) else None
+    if isinstance(last, nn.Linear) and last.out_features == heads:
+        return (Projection(f"{name}.cpb_mlp.{len(mlp) - 1}", rows=1),)
+    return ()
+
+
 def _fused(name: str, m: nn.Module) -> HeadLayout | str | None:
     qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", 0)
     if not (isinstance(qkv, nn.Module) and isinstance(heads, int) and heads > 1):
@@ -100,8 +152,9 @@ def _fused(name: str, m: nn.Module) -> HeadLayout | str | None:
     if not (norm is None or isinstance(norm, nn.Identity)) or gate is not None:
         return "a norm or gate over all heads sits between attention and proj"
     hd = inner // heads
-    return HeadLayout(name, (Projection(f"{name}.qkv", 3),), f"{name}.proj", heads, hd, 1,
-                      _set_attrs(num_heads=1, attn_dim=hd))
+    return HeadLayout(name, (Projection(f"{name}.qkv", 3), *_bias_mlp(name, m, heads)),
+                      f"{name}.proj", heads, hd, 1, _set_attrs(num_heads=1, attn_dim=hd),
+                      tokens=_tokens(m))
 
 
 def _separate(name: str, m: nn.Module) -> HeadLayout | str | None:
@@ -145,14 +198,12 @@ def find_attention(model: nn.Module) -> tuple[list[HeadLayout], dict[str, str]]:
     layouts: list[HeadLayout] = []
     fixed: dict[str, str] = {}
     for name, m in modules.items():
-        if isinstance(m, nn.MultiheadAttention):
-            fixed[name] = ("nn.MultiheadAttention ties its head count to the embedding width "
-                           "(torch's attention checks embed_dim == num_heads x head_dim)")
+        if isinstance(m, nn.MultiheadAttention):  # the adaptable ones are HeadAttention now
+            fixed[name] = ("this nn.MultiheadAttention has separate key/value widths, bias_k/"
+                           "bias_v or add_zero_attn, which autoprune's HeadAttention lacks")
             continue
-        if type(m).__name__ == "ShiftedWindowAttention":  # torchvision: head_dim = C / heads
-            fixed[name] = "torchvision's Swin attention derives head_dim from the input width"
-            continue
-        found = _fused(name, m) or _separate(name, m) or _bert(name, m, modules)
+        found = (_interleaved(name, m) or _fused(name, m) or _separate(name, m)
+                 or _bert(name, m, modules))
         if isinstance(found, HeadLayout):
             if found.units > 1:
                 layouts.append(found)
@@ -161,7 +212,7 @@ def find_attention(model: nn.Module) -> tuple[list[HeadLayout], dict[str, str]]:
     return layouts, fixed
 
 
-def _per_head_params(layout: HeadLayout, attn: nn.Module) -> list[tuple[str, int]]:
+def per_head_params(layout: HeadLayout, attn: nn.Module) -> list[tuple[str, int]]:
     """Direct parameters of the attention module with a dim of size ``heads`` (last such dim)."""
     found = []
     for pname, p in attn.named_parameters(recurse=False):
@@ -177,7 +228,7 @@ def prune_heads(model: nn.Module, layout: HeadLayout, units: list[int]) -> None:
         return
     modules = dict(model.named_modules())
     attn = modules[layout.name]
-    per_head = _per_head_params(layout, attn)
+    per_head = per_head_params(layout, attn)
     for proj in layout.inputs:
         layer = modules[proj.name]
         assert isinstance(layer, nn.Linear)
@@ -192,6 +243,8 @@ def prune_heads(model: nn.Module, layout: HeadLayout, units: list[int]) -> None:
         setattr(attn, pname, nn.Parameter(p.data.index_select(dim, torch.tensor(keep)).clone(),
                                           requires_grad=p.requires_grad))
     layout.set_heads(attn, layout.units - len(units))
+    if isinstance(getattr(attn, "attention_bias_cache", None), dict):  # timm caches biases
+        attn.attention_bias_cache = {}
 
 
 def head_scores(model: nn.Module, layout: HeadLayout) -> torch.Tensor:

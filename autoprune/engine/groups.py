@@ -264,7 +264,7 @@ def head_groups(dg: tp.DependencyGraph, layouts: Sequence[HeadLayout], model: nn
     modules = dict(model.named_modules())
     groups, frozen = [], []
     for layout in layouts:
-        projs = [(modules[p.name], "out", p.slices * p.heads_per_unit * layout.head_dim)
+        projs = [(modules[p.name], "out", p.slices * layout.rows_per_unit(p))
                  for p in layout.inputs]
         projs.append((modules[layout.output], "in", layout.heads_per_unit * layout.head_dim))
         nodes = [dg.module2node.get(m) for m, _, _ in projs]

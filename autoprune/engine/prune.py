@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.engine.adapters import adapt_attention
 from autoprune.engine.attention import HeadLayout, find_attention, head_scores, prune_heads
 from autoprune.engine.custom import custom_magnitude
 from autoprune.engine.groups import CoupledGroup, fixed_index_mappings
@@ -183,6 +184,7 @@ def replay_history(model: nn.Module, example_inputs: Any,
     each run of torch-pruning steps on a fresh trace, head steps on the attention they name."""
     was = model.training
     model.eval()
+    adapt_attention(model, inplace=True)  # as the analysed model was
     i = 0
     while i < len(history):
         if str(history[i][0]).startswith(HEADS):

@@ -3,7 +3,7 @@
 Every counted layer call becomes MAC terms and every parameter tensor a param term: a product of
 at most two channel *dims* (a layer's input or output channels, or the channels of an elementwise
 op), each of which shrinks linearly with the channels its coupled groups remove. Attention adds
-its tokens² matmuls (``2 x batch x tokens² x heads x head_dim``), which are no layer call.
+its tokens² matmuls (``batch x tokens² x heads x (qk_dim + head_dim)``), which are no layer call.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.engine.attention import per_head_params
 from autoprune.engine.costmodel import ATTENTION, ELEMENTWISE, LAYER, CostModel
 from autoprune.engine.custom import channel_params, linked_dims
 from autoprune.engine.groups import CoupledGroup, removal_of
@@ -75,6 +76,8 @@ class _Builder:
         # layers inside a registered custom layer: no graph node of their own
         self.links = linked_dims(dg.model)
         self.inside = {id(m) for m in dg.IGNORED_LAYERS_IN_TRACING}
+        self.head_roots = {id(g.root): i for i, g in enumerate(groups) if g.heads is not None}
+        self.head_params: set[int] = set()
 
     def module_dim(self, m: nn.Module, direction: str, dense: float) -> int:
         node = self.dg.module2node.get(m)
@@ -134,17 +137,35 @@ class _Builder:
         return [(numel / channels, d, -1, ELEMENTWISE)]
 
     def attention_terms(self, attention_inputs: dict[nn.Module, tuple[int, ...]]) -> list[Term]:
-        """``2 x batch x tokens² x heads x head_dim`` per head group (self-attention)."""
+        """``batch x tokens² x heads x (qk_dim + head_dim)`` per head group (self-attention;
+        the layout reads batch and tokens off the input shape, e.g. per window)."""
         terms: list[Term] = []
         for g, group in enumerate(self.groups):
             shape = attention_inputs.get(group.root)
             if group.heads is None or shape is None or len(shape) < 3:
                 continue
-            batch, tokens = float(np.prod(shape[:-2])), float(shape[-2])
             layout = group.heads
-            d = self.table.dim((id(group.root), "heads"), layout.heads * layout.head_dim,
-                               {g: float(layout.heads_per_unit * layout.head_dim)})
-            terms.append((2.0 * batch * tokens * tokens, d, -1, ATTENTION))
+            batch, tokens = layout.tokens(shape)
+            d = self.table.dim((id(group.root), "heads"), layout.heads * layout.matmul_width,
+                               {g: float(layout.heads_per_unit * layout.matmul_width)})
+            terms.append((batch * tokens * tokens, d, -1, ATTENTION))
+        return terms
+
+    def head_param_terms(self, m: nn.Module) -> list[Term]:
+        """Per-head parameters of a head group's attention (e.g. a relative-position bias table):
+        they shrink with its heads."""
+        g = self.head_roots.get(id(m))
+        if g is None:
+            return []
+        layout = self.groups[g].heads
+        assert layout is not None
+        d = self.table.dim((id(m), "head-params"), layout.heads,
+                           {g: float(layout.heads_per_unit)})
+        terms: list[Term] = []
+        for pname, _ in per_head_params(layout, m):
+            p = getattr(m, pname)
+            self.head_params.add(id(p))
+            terms.append((p.numel() / layout.heads, d, -1, LAYER))
         return terms
 
     def param_terms(self) -> list[Term]:
@@ -157,6 +178,8 @@ class _Builder:
             if not direct:
                 continue
             seen.update(id(p) for p in direct)
+            terms.extend(self.head_param_terms(m))
+            direct = [p for p in direct if id(p) not in self.head_params]
             per_channel = {id(p): dim for p, dim in channel_params(m)}  # registered layers
             for p in direct:
                 if id(p) in per_channel:
