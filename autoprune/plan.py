@@ -122,15 +122,24 @@ class Budget:
 DEFAULT_BUDGET = Budget(flops=0.4)
 
 
+def round_step(round_to: int, quantum: int = 1, unit_width: int = 1) -> int:
+    """Kept units per channel group come in multiples of this, so that the layer width (kept x
+    ``quantum`` x ``unit_width`` channels) is a multiple of ``round_to``."""
+    return round_to // math.gcd(round_to, quantum * unit_width)
+
+
 def kept_channels(channels: int, ratio: float, round_to: int | None = None,
-                  quantum: int = 1) -> int:
-    """Channels kept of ``channels`` at ``ratio`` (in multiples of ``quantum``, >= one quantum)."""
+                  quantum: int = 1, unit_width: int = 1) -> int:
+    """Channels kept of ``channels`` at ``ratio`` (in multiples of ``quantum``, >= one quantum).
+
+    ``unit_width``: layer channels per counted unit (a head's width for a group of heads), so
+    ``round_to`` rounds the width the layers get, not the head count."""
     if ratio <= 0.0:
         return channels
     per = channels // quantum  # channels per channel-group (grouped convs)
     kept = min(per, max(1, math.floor(per * (1.0 - ratio) + 0.5)))
     if round_to:
-        step = round_to // math.gcd(round_to, quantum)
+        step = round_step(round_to, quantum, unit_width)
         if per >= step:
             kept = max(step, round(kept / step) * step)
             if kept > per:
@@ -155,23 +164,33 @@ class _Sized(Protocol):
 @dataclass(frozen=True)
 class Widths:
     """The channels a fit works on: each group's width and quantum (in group order) and the
-    analytic cost model that prices a list of kept channels, one entry per group."""
+    analytic cost model that prices a list of kept channels, one entry per group.
+    ``unit_widths`` (default all 1): layer channels per counted unit, e.g. a head's width."""
 
     cost_model: CostModel
     channels: tuple[int, ...]
     quanta: tuple[int, ...]
+    unit_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.quanta):
             raise ConfigError(f"Widths has {len(self.channels)} channel counts but "
                               f"{len(self.quanta)} quanta; give one quantum per group")
+        if self.unit_widths and len(self.unit_widths) != len(self.channels):
+            raise ConfigError(f"Widths has {len(self.channels)} channel counts but "
+                              f"{len(self.unit_widths)} unit widths; give one per group")
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        return self.unit_widths or (1,) * len(self.channels)
 
     @classmethod
     def of(cls, cost_model: CostModel, groups: Iterable[_Sized]) -> Widths:
         """The widths of ``groups`` (e.g. an analysed model's ``groups``) under ``cost_model``."""
         groups = list(groups)
+        units = tuple(int(getattr(g, "unit_width", 1)) for g in groups)
         return cls(cost_model, tuple(g.channels for g in groups),
-                   tuple(g.quantum for g in groups))
+                   tuple(g.quantum for g in groups), units if set(units) - {1} else ())
 
     def cost(self, metric: Metric) -> Callable[[Sequence[int]], float]:
         """The analytic ``metric`` (MACs or params) of a list of kept channels."""
@@ -222,8 +241,8 @@ def fit_allocation(widths: Widths, allocation: np.ndarray, target: float,
 
     def kept_at(s: float) -> list[int]:
         ratios = np.minimum(s * alloc, caps_arr)
-        return [kept_channels(c, float(r), round_to, q)
-                for c, r, q in zip(channels, ratios, quanta)]
+        return [kept_channels(c, float(r), round_to, q, w)
+                for c, r, q, w in zip(channels, ratios, quanta, widths.units)]
 
     s_hi = float(np.max(caps_arr[alloc > 0] / alloc[alloc > 0]))
     floor_kept = kept_at(s_hi)
@@ -246,7 +265,7 @@ def fit_allocation(widths: Widths, allocation: np.ndarray, target: float,
         else:
             lo = mid
     kept = kept_at(hi)
-    return _greedy_fill(cost, kept, _steps(channels, quanta, round_to), target, options.tol)
+    return _greedy_fill(cost, kept, _steps(widths, round_to), target, options.tol)
 
 
 def fit_allocation_lifting_caps(widths: Widths, allocation: np.ndarray, target: float,
@@ -264,11 +283,10 @@ def fit_allocation_lifting_caps(widths: Widths, allocation: np.ndarray, target: 
                           replace(options, caps=np.maximum(caps_arr, 0.95)))
 
 
-def _steps(channels: Sequence[int], quanta: Sequence[int],
-           round_to: int | None) -> list[tuple[int, int]]:
+def _steps(widths: Widths, round_to: int | None) -> list[tuple[int, int]]:
     """``(channels, channels given back per step)`` per group: a quantum, rounded to round_to."""
-    return [(c, q * (round_to // math.gcd(round_to, q) if round_to else 1))
-            for c, q in zip(channels, quanta)]
+    return [(c, q * (round_step(round_to, q, w) if round_to else 1))
+            for c, q, w in zip(widths.channels, widths.quanta, widths.units)]
 
 
 def _greedy_fill(cost: Callable[[Sequence[int]], float], kept: list[int],

@@ -174,7 +174,8 @@ def kept_of(run: RunView, group: str, ratio: float | None,
         return None
     channels, quantum = int(info["channels"]), int(info.get("quantum") or 1)
     round_to = plan.get("round_to")
-    return kept_channels(channels, float(ratio or 0.0), round_to, quantum), channels
+    unit = int(info.get("unit_width") or 1)
+    return kept_channels(channels, float(ratio or 0.0), round_to, quantum, unit), channels
 
 
 def best_member(run: RunView) -> TrialRecord | None:

@@ -188,7 +188,8 @@ class Run:
                       "test_acc": self.evaluate(dense, "test")},
             "groups": len(analysis.groups),
             # the dense widths, so the report can show kept/total channels per group
-            "group_channels": {g.name: {"channels": g.channels, "quantum": g.quantum}
+            "group_channels": {g.name: {"channels": g.channels, "quantum": g.quantum,
+                                        "unit_width": g.unit_width}
                                for g in analysis.groups},
             # groups left at full width, and why (the probe's verdicts, attention, embedding)
             "frozen": [{"name": f.name, "reason": f.reason} for f in analysis.frozen],

@@ -179,7 +179,7 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
     if data.get("budget") is not None:
         check.budget(data["budget"], "budget")
     check.number(data.get("groups"), "groups", integer=True)
-    if data.get("group_channels") is not None:  # {group: {"channels": C, "quantum": q}}
+    if data.get("group_channels") is not None:  # {group: {"channels": C, "quantum": q, ...}}
         widths = check.mapping(data["group_channels"], "group_channels")
         for name, item in widths.items():
             where = f"group_channels[{name!r}]"
@@ -187,8 +187,9 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
             if check.number(entry.get("channels"), f"{where}.channels", integer=True,
                             required=True) < 1:
                 raise check.fail(f"{where}.channels is {entry['channels']}, not >= 1")
-            if (check.number(entry.get("quantum"), f"{where}.quantum", integer=True) or 1) < 1:
-                raise check.fail(f"{where}.quantum is {entry['quantum']}, not >= 1")
+            for key in ("quantum", "unit_width"):  # optional, 1 when absent
+                if (check.number(entry.get(key), f"{where}.{key}", integer=True) or 1) < 1:
+                    raise check.fail(f"{where}.{key} is {entry[key]}, not >= 1")
     if data.get("frozen") is not None:  # [{"name": group, "reason": why}]
         if not isinstance(data["frozen"], list):
             raise check.fail(f"frozen is {_kind(data['frozen'])}, not a list")

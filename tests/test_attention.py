@@ -68,6 +68,9 @@ def test_timm_heads_and_mlp_land_on_half_the_flops(name):
     a, plan, pruned = _check_half_flops(model, torch.randn(1, 3, size, size))
     assert _pruned_heads(a, plan), "no head was pruned"
     assert any(g.kind == "channels" and ".mlp." in g.name for g in a.groups)
+    # round_to rounds the width a head group gives its layers (a head's width), not its count
+    assert {g.unit_width > 1 for g in a.groups if g.kind == "heads"} == {True}
+    assert {g.unit_width for g in a.groups if g.kind == "channels"} == {1}
     for module in pruned.modules():
         if type(module).__name__ in ("Attention", "WindowAttention") and \
                 not hasattr(module, "key_dim"):  # TinyViT's heads: checked below

@@ -23,6 +23,7 @@ from autoprune.plan import (
     fit_plan,
     global_ratios,
     kept_channels,
+    round_step,
 )
 
 
@@ -210,3 +211,28 @@ def test_fit_request_validates_before_any_tracing():
     with pytest.raises(ConfigError, match="importance='l3'"):
         FitRequest(1.0, flops=0.5, importance="l3")
     assert (FitRequest(flops=0.4).metric, FitRequest(params=0.3).fraction) == ("macs", 0.3)
+
+
+def test_round_to_rounds_the_width_a_group_of_heads_gives_its_layers():
+    # 12 heads of 64 channels: every head count is a multiple of 8 channels, so round_to=8
+    # leaves the head count alone (rounding the count itself would allow only 8 or 12 heads)
+    assert [kept_channels(12, r, 8, 1, 64) for r in (0.25, 0.5, 0.75)] == [9, 6, 3]
+    # heads 4 channels wide: two at a time make 8 channels (as a plain count: 8 of 12)
+    assert kept_channels(12, 0.5, 8, 1, 4) == 6 and kept_channels(12, 0.5, 8) == 8
+    assert round_step(8, 1, 4) == 2 and round_step(8, 4) == 2 and round_step(8) == 8
+    # channel groups are unchanged
+    assert kept_channels(64, 0.3, 8) == 48
+
+
+def test_fit_rounds_head_groups_by_their_width():
+    channels = [12, 64]
+    cm = _toy_cost(channels)
+    widths = Widths(cm, tuple(channels), (1, 1), (64, 1))
+    kept = fit_allocation(widths, np.ones(2), 0.5 * cm.dense_macs(),
+                          FitOptions(round_to=8, caps=(0.9, 0.9)))
+    assert kept[1] % 8 == 0 and kept[0] == 9  # heads free, channels rounded
+    as_count = fit_allocation(Widths(cm, tuple(channels), (1, 1)), np.ones(2),
+                              0.5 * cm.dense_macs(), FitOptions(round_to=8, caps=(0.9, 0.9)))
+    assert as_count[0] in (8, 12)  # what rounding the head count itself would allow
+    with pytest.raises(ConfigError, match="2 channel counts but 1 unit widths"):
+        Widths(cm, (8, 16), (1, 1), (1,))

@@ -152,7 +152,8 @@ class PrunableModel:
         """Kept root channels per group (in ``self.groups`` order) under ``plan``."""
         self.check_plan(plan)
         return [
-            kept_channels(g.channels, plan.ratios.get(g.name, 0.0), plan.round_to, g.quantum)
+            kept_channels(g.channels, plan.ratios.get(g.name, 0.0), plan.round_to, g.quantum,
+                          g.unit_width)
             for g in self.groups
         ]
 

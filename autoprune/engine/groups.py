@@ -44,6 +44,7 @@ class Group:
     channel_groups: int = 1
     layers: tuple[str, ...] = ()
     kind: str = "channels"  # or "heads": the attention heads of one block
+    unit_width: int = 1  # layer channels per counted unit: a head's width for heads
 
     @property
     def quantum(self) -> int:
@@ -76,6 +77,11 @@ class CoupledGroup:
     @property
     def kind(self) -> str:
         return "channels" if self.heads is None else "heads"
+
+    @property
+    def unit_width(self) -> int:
+        """Layer channels per unit: 1, or the inner width of one unit of heads."""
+        return 1 if self.heads is None else self.heads.heads_per_unit * self.heads.head_dim
 
 
 def _channel_groups(dg: tp.DependencyGraph, group: Any) -> int:
@@ -305,5 +311,6 @@ def describe_groups(groups: Sequence[CoupledGroup], cm: CostModel) -> list[Group
             macs_share=(macs0 - cm.macs(kept)) / macs0 if macs0 else 0.0,
             params_share=(params0 - cm.params(kept)) / params0 if params0 else 0.0,
             channel_groups=group.channel_groups, layers=group.layers, kind=group.kind,
+            unit_width=group.unit_width,
         ))
     return described
