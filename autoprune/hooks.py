@@ -93,11 +93,15 @@ class PruneHook:
     def _fix_optimizer(self, before: dict[int, tuple[str, nn.Parameter]]) -> None:
         if self.optimizer is None:
             return
+        from autoprune.engine.adapters import adapted_name
+
         now = dict(self.model.named_parameters())
         for group in self.optimizer.param_groups:
             fresh = []
             for p in group["params"]:
                 name, _ = before.get(id(p), (None, p))
+                if name is not None and name not in now:  # nn.MultiheadAttention, adapted
+                    name = adapted_name(self.model, name)
                 new = now.get(name) if name is not None else p
                 if new is None:
                     continue

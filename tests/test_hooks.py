@@ -153,3 +153,41 @@ def test_prune_hook_arguments():
         PruneHook(model, x, ap.PruningPlan({"mid": 0.5}), at_steps=[3, 3])
     with pytest.raises(ConfigError, match="'nosuch'"):
         PruneHook(model, x, ap.PruningPlan({"nosuch": 0.5}), at_epochs=[1])
+
+
+class _Encoder(nn.Module):
+    """A pre-norm transformer block on nn.MultiheadAttention (torchvision ViT's layout)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        h = self.norm(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return self.head((x + self.mlp(x)).mean(1))
+
+
+def test_prune_hook_finds_multihead_attention_parameters_again():
+    # nn.MultiheadAttention becomes HeadAttention when its heads are pruned in place: the
+    # optimizer must follow in_proj_weight -> qkv.weight, not drop it
+    torch.manual_seed(0)
+    model, x = _Encoder(), torch.randn(2, 6, 16)
+    plan = ap.fit_budget(model, x, 1.0, flops=0.6)
+    assert any(name == "attn" for name in plan.ratios)  # the heads are part of the plan
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hook = PruneHook(model, x, plan, optimizer=opt, at_steps=[1])
+    loss = model(x).sum()
+    loss.backward()
+    opt.step()
+    hook.on_step_end()
+    assert type(model.attn).__name__ == "HeadAttention" and model.attn.num_heads < 4
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == \
+        {id(p) for p in model.parameters()}
+    model(x).sum().backward()
+    opt.step()  # the optimizer steps the pruned shapes

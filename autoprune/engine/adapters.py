@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HeadAttention", "adapt_attention", "needs_adapting"]
+__all__ = ["HeadAttention", "adapt_attention", "adapted_name", "needs_adapting"]
 
 TV_SWIN = "torchvision.models.swin_transformer"
 
@@ -178,6 +178,8 @@ def adapt_attention(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     for name, m in list(model.named_modules()):
+        if not name:  # the model itself: nothing holds it to swap it in
+            continue
         swin = _tv_swin_class(m)
         if swin is not None:
             m.__class__ = swin
@@ -185,6 +187,22 @@ def adapt_attention(model: nn.Module, inplace: bool = False) -> nn.Module:
             assert isinstance(m, nn.MultiheadAttention)
             _set_module(model, name, HeadAttention.from_multihead(m))
     return model
+
+
+#: nn.MultiheadAttention parameter -> its name in HeadAttention
+RENAMED = {"in_proj_weight": "qkv.weight", "in_proj_bias": "qkv.bias",
+           "out_proj.weight": "proj.weight", "out_proj.bias": "proj.bias"}
+
+
+def adapted_name(model: nn.Module, name: str) -> str:
+    """The name parameter ``name`` of the original model has in ``model`` once adapted (e.g. to
+    find an optimizer's parameters again)."""
+    for old, new in RENAMED.items():
+        if name == old or name.endswith("." + old):
+            owner = name[:len(name) - len(old)].rstrip(".")
+            if isinstance(model.get_submodule(owner) if owner else model, HeadAttention):
+                return name[:len(name) - len(old)] + new
+    return name
 
 
 def _set_module(model: nn.Module, name: str, new: Any) -> None:
