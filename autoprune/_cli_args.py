@@ -249,6 +249,7 @@ def _add_search(sub: Any) -> None:
     _add_budget(p)
     add_setting(p, RunSettings, _field(RunSettings, "trials"))
     add_setting(p, RunSettings, _field(RunSettings, "space"))
+    add_setting(p, RunSettings, _field(RunSettings, "round_to"))
     p.add_argument("--out", help="run directory (default results/<task>-<budget>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory "
                    "(only --trials may change: it extends the run)")

@@ -119,6 +119,10 @@ class RunSettings:
         cli_default=None, low=1, high=1_000_000))  # None until given: --resume keeps the count
     space: str = field(default="default", metadata=meta(
         "search space: default | resnet | mobilenet | plain | PATH.yaml", "--space"))
+    round_to: int | None = field(default=None, metadata=meta(
+        "keep every group's layer width a multiple of N channels (a group of heads: its "
+        "attention width); overrides the space's round_to; 1: no rounding (default: the "
+        "space's, 8 on CUDA)", "--round-to", low=1, high=1024))
 
     def __post_init__(self) -> None:
         _check_numbers(self)

@@ -40,7 +40,8 @@ def test_every_search_flag_reaches_its_setting():
     from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
 
     args = build_parser().parse_args([
-        "search", "--seed", "7", "--trials", "9", "--space", "resnet", "--sampler", "nsga2",
+        "search", "--seed", "7", "--trials", "9", "--space", "resnet", "--round-to", "8",
+        "--sampler", "nsga2",
         "--importance", "l1", "--no-latency", "--latency-batch", "4", "--latency-dtype",
         "float16", "--storage", "sqlite:///s.db", "--mode", "weights", "--workers", "2",
         "--workers-per-gpu", "3", "--ray-address", "auto", "--cpus-per-trial", "2",
@@ -48,7 +49,8 @@ def test_every_search_flag_reaches_its_setting():
         "--promote", "1.5", "--generation", "3", "--no-priors", "--levels", "2",
         "--finetune-steps", "50", "--finetune-epochs", "1.5", "--lr", "0.1", "--optimizer",
         "adamw", "--distill", "--bn-batches", "5", "--device", "cuda:1"])
-    assert settings_from_args(RunSettings, args) == RunSettings(trials=9, space="resnet")
+    assert settings_from_args(RunSettings, args) == RunSettings(trials=9, space="resnet",
+                                                               round_to=8)
     assert settings_from_args(SearchSettings, args) == SearchSettings(
         sampler="nsga2", seed=7, importance="l1", latency=False, latency_batch=4,
         latency_dtype="float16", storage="sqlite:///s.db", mode="weights", workers=2,
@@ -66,3 +68,20 @@ def test_bad_choice_is_one_line_naming_flag_and_choices(capsys):
     assert info.value.code == 2
     assert capsys.readouterr().err == ("autoprune: error: --mode 'bogus' is unknown; use one of "
                                        "channels, weights\n")
+
+
+@pytest.mark.parametrize(("flag", "want"), [([], None), (["--round-to", "8"], 8),
+                                            (["--round-to", "1"], 1)])
+def test_round_to_flag_overrides_the_space(flag, want):
+    from autoprune._cli_args import build_parser
+    from autoprune.cli import _from_args
+
+    args = build_parser().parse_args(["search", "--space", "default", *flag])
+    assert _from_args(args).space.round_to == want  # the default space rounds nothing
+
+
+def test_round_to_flag_is_checked(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--round-to", "0"])
+    assert exit_.value.code == 2
+    assert "--round-to 0 must be in [1, 1024]" in capsys.readouterr().err
