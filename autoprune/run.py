@@ -150,6 +150,11 @@ class Run:
 
         settings = recipe.settings
         _check(budget, settings)
+        if settings.latency:  # before the dense model is timed: a missing runtime fails now
+            from autoprune.latency.runtimes import check_runtime
+
+            check_runtime(settings.latency_runtime, recipe.finetune.device,
+                          settings.latency_dtype)
         space = recipe.space
         if recipe.finetune.device.startswith("cuda") and space.round_to is None:
             # tensor cores want channel counts in multiples of 8 (DESIGN decision 4)
@@ -158,7 +163,7 @@ class Run:
         self.evaluate = split_evaluator(target.evaluate)
         analysis = analyze(target.model.eval(), target.example_inputs, ignore=space.ignore)
         self.timer = Timer(run, target.example_inputs, self.ft.device, settings.latency_batch,
-                           settings.latency_dtype)
+                           settings.latency_dtype, runtime=settings.latency_runtime)
         self.baseline = self._baseline(analysis, budget)
         cm = analysis.cost_model
         self.budget = ResolvedBudget(budget, cm.dense_macs(), cm.dense_params(),
@@ -182,7 +187,7 @@ class Run:
         s, dense = self.settings, analysis.model
         cost = measure(dense, self.target.example_inputs, device=self.ft.device,
                        latency=s.latency, batch_size=s.latency_batch, dtype=s.latency_dtype,
-                       repeats=30, warmup=10)
+                       repeats=30, warmup=10, runtime=s.latency_runtime)
         data = {
             "dense": {**cost.to_dict(), "val_acc": self.evaluate(dense, "val"),
                       "test_acc": self.evaluate(dense, "test")},

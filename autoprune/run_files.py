@@ -28,7 +28,7 @@ __all__ = ["BUDGET_KEYS", "FileCheck", "check_baseline", "check_budget", "check_
 BUDGET_KEYS = frozenset({"flops", "params", "latency", "latency_ms"})
 #: Numbers of baseline.json's ``dense`` entry (what the report formats and draws).
 _DENSE_NUMBERS = ("macs", "flops", "params", "latency_ms", "latency_iqr_ms", "latency_cv",
-                  "batch_size", "val_acc", "test_acc", "latency_final_ms")
+                  "batch_size", "val_acc", "test_acc", "latency_final_ms", "prepare_s")
 _MAX_WHAT = 160
 
 
@@ -175,7 +175,7 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
     if data.get("dense") is not None:
         dense = check.mapping(data["dense"], "dense")
         check.numbers(dense, _DENSE_NUMBERS, "dense.")
-        check.words(dense, ("device", "dtype"), "dense.")
+        check.words(dense, ("device", "dtype", "runtime"), "dense.")
     if data.get("budget") is not None:
         check.budget(data["budget"], "budget")
     check.number(data.get("groups"), "groups", integer=True)

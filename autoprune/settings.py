@@ -29,6 +29,7 @@ Sampler = Literal["tpe", "nsga2", "gp", "random"]
 Mode = Literal["channels", "weights"]
 Backend = Literal["optuna", "ray"]
 Dtype = Literal["float32", "float16", "bfloat16"]
+LatencyRuntime = Literal["eager", "compile", "onnxruntime"]
 Importance = Literal["l2", "l1", "bn", "random"]
 Optimizer = Literal["sgd", "adamw"]
 
@@ -182,6 +183,10 @@ class SearchSettings:
         high=65_536))
     latency_dtype: Dtype = field(default="float32", metadata=meta(
         "dtype latency is measured in", "--latency-dtype", group="latency"))
+    latency_runtime: LatencyRuntime = field(default="eager", metadata=meta(
+        "runtime latency is measured in: eager PyTorch | compile (torch.compile) | "
+        "onnxruntime (the ONNX export in ONNX Runtime, CPU; pip install \"autoprune[onnx]\")",
+        "--latency-runtime", group="latency"))
     storage: str | None = field(default=None, metadata=meta(
         "Optuna storage URL (default: study.journal in the run dir)", "--storage",
         group="parallel"))

@@ -63,6 +63,7 @@ class Timer:
     batch_size: int = 1
     dtype: str = "float32"
     cache: LatencyCache = field(default_factory=LatencyCache)
+    runtime: str = "eager"
 
     def __call__(self, model: nn.Module, repeats: int = 10, cached: bool = True) -> float | None:
         from filelock import FileLock
@@ -72,7 +73,7 @@ class Timer:
         with FileLock(str(self.run.lock_path(f"latency-{self.device}"))):
             return measure(model, self.example_inputs, device=self.device,
                            batch_size=self.batch_size, dtype=self.dtype, repeats=repeats,
-                           warmup=3, cache=self.cache).latency_ms
+                           warmup=3, cache=self.cache, runtime=self.runtime).latency_ms
 
 
 class Stages:

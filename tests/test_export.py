@@ -131,6 +131,9 @@ def test_onnx_matches_pytorch_within_tolerance(run, trial, reference, tmp_path):
     assert result.metrics["max_abs_diff"] <= ONNX_TOLERANCE
     assert result.metrics["onnx_exporter"] == \
         ("dynamo" if importlib.util.find_spec("onnxscript") else "legacy")
+    # the file's latency is ONNX Runtime's, not eager PyTorch's
+    assert result.metrics["latency_runtime"] == "onnxruntime"
+    assert result.metrics["latency_ms"] > 0 and result.metrics["latency_prepare_s"] > 0
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(result.model_path)).metadata_props}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -46,3 +48,43 @@ def test_bad_arguments(image):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             ap.measure(Residual(), image, device="cuda")
+
+
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")),
+    reason='pip install "autoprune[onnx]"')
+
+
+@needs_onnx
+def test_onnxruntime_times_the_exported_model_and_caches_per_runtime(image):
+    cache = LatencyCache()
+    model = Residual()
+    eager = ap.measure(model, image, repeats=3, warmup=1, cache=cache)
+    ort = ap.measure(model, image, repeats=3, warmup=1, cache=cache, runtime="onnxruntime")
+    assert len(cache) == 2 and ort.runtime == "onnxruntime" and eager.runtime == "eager"
+    assert ort.latency_ms > 0 and ort.extra["prepare_s"] > 0 and "prepare_s" not in eager.extra
+    assert ort.to_dict()["runtime"] == "onnxruntime"
+    again = ap.measure(Residual(), image, repeats=3, warmup=1, cache=cache, runtime="onnxruntime")
+    assert again.latency_ms == ort.latency_ms and again.extra["prepare_s"] == 0.0  # cached
+
+
+def test_runtime_is_checked(image):
+    with pytest.raises(ConfigError, match="'tensorrt' is not one of eager, compile, onnxruntime"):
+        ap.measure(Residual(), image, runtime="tensorrt")
+    from autoprune.latency.runtimes import check_runtime
+
+    with pytest.raises(ConfigError, match="times on the CPU, not 'cuda:0'"):
+        check_runtime("onnxruntime", "cuda:0")
+    with pytest.raises(ConfigError, match="float32"):
+        ap.measure(Residual(), image, dtype="bfloat16", runtime="onnxruntime")
+
+
+@pytest.mark.slow
+def test_compile_runtime_compiles_once_and_times(image):
+    from autoprune.latency.runtimes import prepare
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    with torch.inference_mode():
+        prepared = prepare(model, image, "compile")
+        torch.testing.assert_close(prepared.run(), model(image))
+    assert prepared.prepare_s > 0 and prepared.runtime == "compile"

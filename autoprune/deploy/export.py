@@ -11,6 +11,7 @@ plan prunes it, and the fine-tuned weights the search kept (``models/trial_<N>.p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -286,8 +287,12 @@ def _metrics(job: _Job, model: nn.Module) -> dict[str, Any]:
 
     run, record = job.run, job.record
     search = job.config.get("search") or {}
+    # an .onnx file is timed as it runs: exported, in ONNX Runtime (when installed)
+    runtime = "onnxruntime" if job.options.fmt == "onnx" and \
+        importlib.util.find_spec("onnxruntime") is not None else "eager"
     cost = measure(model, job.example, device="cpu", latency=True,
-                   batch_size=int(search.get("latency_batch") or 1), repeats=30)
+                   batch_size=int(search.get("latency_batch") or 1), repeats=30,
+                   runtime=runtime)
     dense = run.read_baseline().get("dense", {}) if run.baseline_path.is_file() else {}
     dense_macs, dense_params = dense.get("macs"), dense.get("params")
     return {
@@ -303,6 +308,8 @@ def _metrics(job: _Job, model: nn.Module) -> dict[str, Any]:
         "latency_ms": cost.latency_ms,
         "latency_iqr_ms": cost.latency_iqr_ms,
         "latency_device": "cpu",
+        "latency_runtime": runtime,
+        "latency_prepare_s": cost.extra.get("prepare_s", 0.0),  # export + session, once
         "latency_batch": cost.batch_size,
         "cpu_threads": torch.get_num_threads(),
         "cpu_model": cpu_model(),

@@ -17,7 +17,7 @@ import importlib.util
 import io
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -102,13 +102,28 @@ def _dynamo(model: nn.Module, tensors: tuple[torch.Tensor, ...], names: list[str
     """The dynamo exporter on a batch of 2 (``torch.export`` fixes a batch of 1 as a constant)."""
     pair = tuple(t[:1].repeat(2, *[1] * (t.dim() - 1)) if t.dim() else t for t in tensors)
     shapes = tuple({0: torch.export.Dim.AUTO} if t.dim() else None for t in pair)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")  # its progress and deprecation chatter
         program = torch.onnx.export(model, pair, input_names=names, output_names=["output"],
                                     dynamic_shapes=shapes, dynamo=True, verbose=False)
     if program is None:  # pragma: no cover - torch returns the program when f is None
         raise RuntimeError("torch.onnx.export returned no program")
     return bytes(program.model_proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """The exporter's optimiser passes log every pass at INFO (``onnx_ir``, ``onnxscript``):
+    silenced while it runs, whatever the application's logging level."""
+    loggers = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _legacy(model: nn.Module, tensors: tuple[torch.Tensor, ...], names: list[str]) -> bytes:

@@ -2,7 +2,7 @@
 
 Plain data (no torch import): :class:`Cost` is what :func:`~autoprune.latency.measure` returns;
 :class:`LatencyCache` keeps one process's timings by :func:`shape_signature` (the architecture,
-not the weights), device, batch and dtype.
+not the weights), device, batch, dtype and runtime.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["Cost", "LatencyCache", "LatencyKey", "shape_signature"]
 
-LatencyKey = tuple[str, str, int, str]  # shape signature, device, batch size, dtype
+LatencyKey = tuple[str, str, int, str, str]  # shape signature, device, batch, dtype, runtime
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Cost:
     batch_size: int = 1
     dtype: str = "float32"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    runtime: str = "eager"  # what ran the timed model: eager | compile | onnxruntime
 
     @property
     def flops(self) -> float:
@@ -53,6 +54,7 @@ class Cost:
             "device": self.device,
             "batch_size": self.batch_size,
             "dtype": self.dtype,
+            "runtime": self.runtime,
             **dict(self.extra),
         }
 
@@ -66,7 +68,8 @@ def shape_signature(model: Any) -> str:
 
 
 class LatencyCache:
-    """Latency keyed by (shape signature, device, batch, dtype); shared by one process's calls."""
+    """Latency keyed by (shape signature, device, batch, dtype, runtime); shared by one
+    process's calls."""
 
     def __init__(self) -> None:
         self._store: dict[LatencyKey, tuple[float, float]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,10 @@ from torch import nn
 from torch.utils import benchmark
 
 from autoprune.engine import count_macs_params
-from autoprune.engine.inputs import batch_size_of, batched, call_model, to_device
+from autoprune.engine.inputs import batch_size_of, batched, to_device
 from autoprune.errors import ConfigError
 from autoprune.latency.cost import Cost, LatencyCache, shape_signature
+from autoprune.latency.runtimes import check_runtime, prepare
 
 __all__ = ["measure"]
 
@@ -28,53 +30,53 @@ _DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class _Timing:
-    """Where and how long to time: device, dtype name, timed runs, warm-up runs."""
+    """Where and how long to time: device, dtype name, timed runs, warm-up runs, runtime."""
 
     device: str
     dtype: str
     repeats: int
     warmup: int
+    runtime: str = "eager"
 
 
-def _time_cuda(model: nn.Module, inputs: Any, repeats: int, warmup: int) -> list[float]:
+def _time_cuda(run: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
-        call_model(model, inputs)
+        run()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        call_model(model, inputs)
+        run()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return times
 
 
-def _time_cpu(model: nn.Module, inputs: Any, repeats: int, warmup: int) -> list[float]:
-    timer = benchmark.Timer(
-        stmt="call(model, inputs)",
-        globals={"call": call_model, "model": model, "inputs": inputs},
-        num_threads=torch.get_num_threads(),
-    )
+def _time_cpu(run: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    timer = benchmark.Timer(stmt="run()", globals={"run": run},
+                            num_threads=torch.get_num_threads())
     per_run = timer.timeit(max(1, warmup)).median
     # Each sample lasts >= ~2 ms so timer overhead does not dominate tiny models.
     number = max(1, int(0.002 / max(per_run, 1e-9)))
     return [timer.timeit(number).median * 1000.0 for _ in range(repeats)]
 
 
-def _latency(model: nn.Module, inputs: Any, timing: _Timing) -> tuple[float, float]:
-    """Median and IQR (ms) of timing a copy of ``model`` in eval mode on the target device."""
+def _latency(model: nn.Module, inputs: Any, timing: _Timing) -> tuple[float, float, float]:
+    """Median and IQR (ms) of timing a copy of ``model`` in eval mode on the target device in
+    its runtime, and the runtime's preparation seconds."""
     torch_dtype = getattr(torch, timing.dtype)
     timed = copy.deepcopy(model).to(device=timing.device, dtype=torch_dtype).eval()
     inputs = to_device(inputs, timing.device, torch_dtype)
     with torch.inference_mode():
+        prepared = prepare(timed, inputs, timing.runtime)
         if timing.device.startswith("cuda"):
-            times = _time_cuda(timed, inputs, timing.repeats, timing.warmup)
+            times = _time_cuda(prepared.run, timing.repeats, timing.warmup)
         else:
-            times = _time_cpu(timed, inputs, timing.repeats, timing.warmup)
+            times = _time_cpu(prepared.run, timing.repeats, timing.warmup)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+    return statistics.median(times), q[2] - q[0], prepared.prepare_s
 
 
 def _check(device: str, batch_size: int | None, dtype: str) -> None:
@@ -108,24 +110,31 @@ def measure(  # public API: keeps its keyword arguments
     repeats: int = 30,
     warmup: int = 5,
     cache: LatencyCache | None = None,
+    runtime: str = "eager",
 ) -> Cost:
-    """Count MACs/params and (optionally) time ``model`` on ``device``.
+    """Count MACs/params and (optionally) time ``model`` on ``device`` in ``runtime``.
 
     Latency is the median over ``repeats`` runs after ``warmup`` runs, at ``batch_size`` (default:
     the batch of ``example_inputs``) and ``dtype``; the model is timed in ``eval`` mode under
-    ``torch.inference_mode()``. MACs are per image. The model is not modified (it is deep-copied
-    for counting and moved on a copy for timing).
+    ``torch.inference_mode()``, in ``runtime`` (``eager`` | ``compile`` | ``onnxruntime``, see
+    :mod:`autoprune.latency.runtimes`; the cost of compiling or exporting is
+    ``extra["prepare_s"]``, paid once per architecture with a ``cache``). MACs are per image. The
+    model is not modified (it is deep-copied for counting and moved on a copy for timing).
     """
     _check(device, batch_size, dtype)
+    check_runtime(runtime, device, dtype)
     macs, params = _count(model, example_inputs)
     bs = batch_size or batch_size_of(example_inputs)
     if not latency:
-        return Cost(macs, params, device=device, batch_size=bs, dtype=dtype)
-    key = (shape_signature(model), device, bs, dtype)
+        return Cost(macs, params, device=device, batch_size=bs, dtype=dtype, runtime=runtime)
+    key = (shape_signature(model), device, bs, dtype, runtime)
     hit = cache.get(key) if cache is not None else None
+    prepare_s = 0.0
     if hit is None:
-        timing = _Timing(device, dtype, repeats, warmup)
-        hit = _latency(model, batched(example_inputs, batch_size), timing)
+        timing = _Timing(device, dtype, repeats, warmup, runtime)
+        median, iqr, prepare_s = _latency(model, batched(example_inputs, batch_size), timing)
+        hit = (median, iqr)
         if cache is not None:
             cache.put(key, hit)
-    return Cost(macs, params, hit[0], hit[1], device, bs, dtype)
+    extra = {"prepare_s": prepare_s} if runtime != "eager" else {}
+    return Cost(macs, params, hit[0], hit[1], device, bs, dtype, extra, runtime)
