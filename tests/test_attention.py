@@ -90,6 +90,18 @@ def test_timm_heads_and_mlp_land_on_half_the_flops(name):
     assert any("embedding width" in f.reason for f in a.frozen)
 
 
+@pytest.mark.slow
+def test_gated_mlp_hidden_units_land_on_half_the_flops():
+    # EVA-02's GluMlp: fc1 -> chunk(2) -> gate -> fc2; one hidden unit is two fc1 rows
+    torch.manual_seed(0)
+    model = _timm("eva02_tiny_patch14_224", img_size=64)().eval()
+    a, _, pruned = _check_half_flops(model, torch.randn(1, 3, 64, 64))
+    glu = [g for g in a.groups if g.kind == "glu"]
+    assert glu and {g.name for g in glu} == {f"blocks.{i}.mlp" for i in range(12)}
+    for block in pruned.blocks:
+        assert block.mlp.fc1.out_features == 2 * block.mlp.fc2.in_features
+
+
 TORCHVISION = {  # nn.MultiheadAttention, Swin's functional V1 and V2 window attention
     "vit_b_16": (lambda: torchvision.models.vit_b_16(weights=None, num_classes=10,
                                                      image_size=32), 32),

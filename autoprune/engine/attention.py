@@ -1,4 +1,6 @@
-"""Attention heads as prunable units: finding them, ranking them, removing them.
+"""Attention heads as prunable units: finding them, ranking them, removing them (and the hidden
+units of gated MLPs, which share the layout: rows of an input projection in two slices, columns
+of an output projection).
 
 torch-pruning's graph couples a fused ``qkv`` projection's output straight onto the output
 projection's input, which is wrong by a factor of three and by the head layout. autoprune handles
@@ -66,6 +68,7 @@ class HeadLayout:
     qk_dim: int = 0  # query/key width per head (0: head_dim, the value width)
     # (batch, tokens) of self-attention from the module's input shape
     tokens: Callable[[tuple[int, ...]], tuple[float, float]] = token_grid
+    kind: str = "heads"  # or "glu": the hidden units of a gated MLP (no attention matmuls)
 
     @property
     def heads(self) -> int:
@@ -74,6 +77,8 @@ class HeadLayout:
     @property
     def matmul_width(self) -> int:
         """Per query head, ``q @ k^T`` and ``attn @ v`` cost ``tokens² x`` this many MACs."""
+        if self.kind != "heads":
+            return 0
         return (self.qk_dim or self.head_dim) + self.head_dim
 
     def rows_per_unit(self, proj: Projection) -> int:
@@ -127,6 +132,19 @@ def _interleaved(name: str, m: nn.Module) -> HeadLayout | str | None:
     return HeadLayout(name, (Projection(f"{name}.qkv", rows=2 * kd + vd),), f"{name}.proj",
                       heads, vd, 1, _set_attrs(num_heads=1, out_dim=vd, val_attn_dim=vd,
                                                key_attn_dim=kd), qk_dim=kd, tokens=_tokens(m))
+
+
+def _glu(name: str, m: nn.Module) -> HeadLayout | None:
+    """A gated MLP (timm ``GluMlp``: ``fc1`` then ``chunk(2)``, one half gating the other, then
+    ``fc2``): hidden unit ``j`` is ``fc1`` rows ``j`` and ``hidden + j`` and ``fc2`` column ``j``,
+    which torch-pruning's split mapping gets wrong."""
+    fc1, fc2, norm = getattr(m, "fc1", None), getattr(m, "fc2", None), getattr(m, "norm", None)
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+            and getattr(m, "chunk_dim", None) == -1 and isinstance(norm, (nn.Identity, type(None)))
+            and fc1.out_features == 2 * fc2.in_features and fc2.in_features > 1):
+        return None
+    return HeadLayout(name, (Projection(f"{name}.fc1", 2),), f"{name}.fc2", fc2.in_features, 1,
+                      1, _set_attrs(), kind="glu")
 
 
 def _bias_mlp(name: str, m: nn.Module, heads: int) -> tuple[Projection, ...]:
@@ -203,7 +221,7 @@ def find_attention(model: nn.Module) -> tuple[list[HeadLayout], dict[str, str]]:
                            "bias_v or add_zero_attn, which autoprune's HeadAttention lacks")
             continue
         found = (_interleaved(name, m) or _fused(name, m) or _separate(name, m)
-                 or _bert(name, m, modules))
+                 or _bert(name, m, modules) or _glu(name, m))
         if isinstance(found, HeadLayout):
             if found.units > 1:
                 layouts.append(found)

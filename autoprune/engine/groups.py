@@ -43,7 +43,7 @@ class Group:
     params_share: float
     channel_groups: int = 1
     layers: tuple[str, ...] = ()
-    kind: str = "channels"  # or "heads": the attention heads of one block
+    kind: str = "channels"  # "heads": the attention heads of one block; "glu": a gated MLP's
     unit_width: int = 1  # layer channels per counted unit: a head's width for heads
 
     @property
@@ -76,7 +76,7 @@ class CoupledGroup:
 
     @property
     def kind(self) -> str:
-        return "channels" if self.heads is None else "heads"
+        return "channels" if self.heads is None else self.heads.kind
 
     @property
     def unit_width(self) -> int:

@@ -142,7 +142,8 @@ class _Builder:
         terms: list[Term] = []
         for g, group in enumerate(self.groups):
             shape = attention_inputs.get(group.root)
-            if group.heads is None or shape is None or len(shape) < 3:
+            if group.heads is None or not group.heads.matmul_width or shape is None or \
+                    len(shape) < 3:
                 continue
             layout = group.heads
             batch, tokens = layout.tokens(shape)
