@@ -13,7 +13,6 @@ their parameters enqueued again; completed trials are never rerun.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import inspect
 import os
@@ -35,7 +34,7 @@ from autoprune.plan import Budget
 from autoprune.problem import Problem
 from autoprune.results import RunDir
 from autoprune.settings import FinetuneSettings, SearchSettings
-from autoprune.space import SearchSpace
+from autoprune.space import SearchSpace, with_target_rounding
 from autoprune.stages import Stages, Timer
 from autoprune.storage_url import mask_url
 
@@ -155,10 +154,8 @@ class Run:
 
             check_runtime(settings.latency_runtime, recipe.finetune.device,
                           settings.latency_dtype)
-        space = recipe.space
-        if recipe.finetune.device.startswith("cuda") and space.round_to is None:
-            # tensor cores want channel counts in multiples of 8 (DESIGN decision 4)
-            space = dataclasses.replace(space, round_to=8)
+        space = with_target_rounding(recipe.space, recipe.finetune.device,
+                                     settings.latency_runtime)
         self.dir, self.target, self.settings, self.ft = run, target, settings, recipe.finetune
         self.evaluate = split_evaluator(target.evaluate)
         analysis = analyze(target.model.eval(), target.example_inputs, ignore=space.ignore)

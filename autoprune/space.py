@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,16 @@ from autoprune.errors import ConfigError
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; annotations only
 
-__all__ = ["Param", "ResolvedSpace", "Rule", "SearchSpace", "builtin_spaces", "load_space"]
+__all__ = ["Param", "ResolvedSpace", "Rule", "SearchSpace", "builtin_spaces", "load_space",
+           "with_target_rounding"]
+
+#: The layer width a search rounds to when the space leaves it open (round_to: null) and the
+#: target punishes odd widths: tensor cores on CUDA (DESIGN decision 4), and ONNX Runtime on the
+#: CPU, where unrounded uniform plans at half and 0.3 of the FLOPs ran 0.38-0.82x as fast as
+#: dense on MobileNetV2 and the digits ResNet-8 while rounded to 8 every one ran faster than
+#: dense, 1.04-11.7x (benchmarks/results/latency.md). Eager PyTorch on the CPU is mixed
+#: (rounding helped in 9 of 12 cells, lost in 3), so it stays unrounded there.
+TARGET_ROUND_TO = 8
 
 # Package data (pyproject's [tool.setuptools.package-data]), so a wheel carries the YAML too; the
 # repository's top-level ``search_spaces`` is a symlink to this folder.
@@ -287,3 +297,11 @@ def load_space(spec: str | Path | None = None) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise ConfigError(f"search space {path}: expected a mapping at the top level")
     return SearchSpace.from_dict(data, source=str(spec))
+
+
+def with_target_rounding(space: SearchSpace, device: str, runtime: str = "eager") -> SearchSpace:
+    """``space`` with :data:`TARGET_ROUND_TO` when it leaves ``round_to`` open and the target
+    (CUDA, or ONNX Runtime) runs odd widths slowly; otherwise ``space`` itself."""
+    if space.round_to is None and (device.startswith("cuda") or runtime == "onnxruntime"):
+        return dataclasses.replace(space, round_to=TARGET_ROUND_TO)
+    return space
