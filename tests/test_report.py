@@ -236,10 +236,11 @@ def test_hypervolume_uses_the_axis_the_front_was_built_on(tmp_path: Path, budget
     assert 'data-trial="3" cx' in raw and 'data-trial="2" cx' not in raw
 
 
-def _fake_latency(model: Any, inputs: Any, timing: Any) -> tuple[float, float]:
-    """(median, IQR) ms: the parameter count squared, so no timing noise on a shared CPU can
-    put a candidate over the budget, and the latency ratio (~ params ratio²) is not FLOPs'."""
-    return (sum(p.numel() for p in model.parameters()) / 1e4) ** 2, 0.0
+def _fake_latency(model: Any, inputs: Any, timing: Any) -> tuple[float, float, float]:
+    """(median, IQR) ms and preparation seconds: the parameter count squared, so no timing noise
+    on a shared CPU can put a candidate over the budget, and the latency ratio (~ params ratio²)
+    is not FLOPs'."""
+    return (sum(p.numel() for p in model.parameters()) / 1e4) ** 2, 0.0, 0.0
 
 
 @pytest.mark.slow
