@@ -27,7 +27,7 @@ from torch import nn
 
 from autoprune.tasks._data import stratified_split
 from autoprune.tasks.fashion_mnist import find_files, read_idx
-from autoprune.tasks.models import cifar_resnet, vgg_small
+from autoprune.tasks.models import cifar_resnet, vgg_small, vit_small
 
 MEAN, STD = 0.2860, 0.3530
 BATCH = 64
@@ -41,6 +41,17 @@ class Arch:
     lr: float  # dense training learning rate
     widths: tuple[int, ...]
     relative_cost: float  # wall time of one seed, relative (schedules the longest units first)
+    optimizer: str = "sgd"  # dense and fine-tune optimizer: sgd (Nesterov) | adamw
+    weight_decay: float = 5e-4  # dense and fine-tune weight decay
+    ft_lr: float = 0.01  # fine-tune learning rate (searches and the final fine-tune)
+    shape: str = ""  # a one-line description for the report (default: the widths)
+
+    def recipe(self) -> str:
+        """The dense-training recipe in words."""
+        if self.optimizer == "adamw":
+            return (f"AdamW lr {self.lr:g}, wd {self.weight_decay:g} (not on biases/norms), "
+                    "one-cycle (15 % warm-up, cosine)")
+        return f"SGD lr {self.lr:g} (Nesterov, wd {self.weight_decay:g}, cosine)"
 
 
 ARCHS: dict[str, Arch] = {
@@ -48,6 +59,10 @@ ARCHS: dict[str, Arch] = {
                    0.1, (16, 32, 64), 1.0),
     "vgg": Arch(functools.partial(vgg_small, widths=(16, 32, 64, 64, 128, 128), in_channels=1),
                 0.05, (16, 32, 64, 64, 128, 128), 1.6),
+    # autoprune's own Fashion-MNIST recipe for the ViT (tasks/fashion_mnist.py RECIPES)
+    "vit": Arch(functools.partial(vit_small, img_size=28, in_channels=1), 2e-3, (128,), 3.0,
+                optimizer="adamw", weight_decay=0.05, ft_lr=5e-4,
+                shape="patch 4, embedding 128 (frozen), 5 blocks x 4 heads (dim 32), MLP 256"),
 }
 
 
@@ -196,6 +211,8 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
     side = int(data.train_x.shape[-1])
     key = (f"v{CACHE_VERSION}-{arch}{'' if side == 28 else f'-x{side}'}-s{seed}-e{epochs}"
            f"-n{sizes['train']}-v{sizes['val']}-lr{spec.lr:g}")
+    if spec.optimizer != "sgd":  # the SGD keys (resnet, vgg) stay as they were
+        key += f"-{spec.optimizer}-wd{spec.weight_decay:g}"
     path = CACHE_DIR / f"dense-{key}.pt"
     torch.manual_seed(seed)
     model = spec.build()
@@ -206,9 +223,19 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
     loader = data.loader(seed)
     steps = epochs * len(loader)
     model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if spec.optimizer == "adamw":  # as autoprune's own trainer (tasks/_train.py)
+        params = list(model.parameters())
+        opt = torch.optim.AdamW([
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": spec.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=spec.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps,
+                                                    pct_start=0.15, anneal_strategy="cos")
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
+                              weight_decay=spec.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     start = time.perf_counter()
     model.train()
     for _ in range(epochs):
@@ -272,7 +299,8 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
 
 def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count: int,
                 seed: int, search_steps: int, short_fidelities: list[float], lr: float,
-                log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
+                log: Callable[[str], None] = print, device: str = "cpu", optimizer: str = "sgd",
+                weight_decay: float = 5e-4) -> dict[str, Any]:
     """How well the cheap scores rank candidates at one budget: for ``count`` random plans, the
     adaptive-BN proxy, short fine-tunes (one per fidelity) and the search's full fine-tune (each
     from a fresh prune, each candidate on the same batches) on the validation split; Spearman
@@ -282,7 +310,8 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
 
     evaluate = make_evaluate(data)
     shorts = {f"short@{f:g}": max(1, round(f * search_steps)) for f in short_fidelities}
-    settings = FinetuneSettings(steps=search_steps, lr=lr, bn_batches=20, device=device)
+    settings = FinetuneSettings(steps=search_steps, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
+                                weight_decay=weight_decay, bn_batches=20, device=device)
     rows: list[dict[str, Any]] = []
     dense_macs = analysis.cost_model.dense_macs()
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """Search quality on Fashion-MNIST: uniform-l2, global-l2, random search, autoprune side by side.
 
-For each arch, seed and FLOPs budget every method picks one plan; each plan is then pruned from
+For each arch (two CNNs, or a small ViT searched over its heads and MLP widths), seed and FLOPs
+budget every method picks one plan; each plan is then pruned from
 the same dense weights and fine-tuned with the same recipe, seed and batches, and scored on the
 full test set. Searches select on a validation split carved from the training images. Also a
 proxy-quality study (Spearman rho of the adaptive-BN proxy and of a short fine-tune against the
@@ -8,6 +9,9 @@ search's full fine-tune over random candidates at one budget) and best-so-far cu
 
     python benchmarks/search_quality.py --task fashion-mnist --arch resnet vgg \
         --budgets 0.4 0.2 0.1 --trials 8 --seeds 3 [--quick] [--jobs 2]
+    python benchmarks/search_quality.py --task fashion-mnist --arch vit --budgets 0.5 0.3 \
+        --methods uniform-l2 global-l2 autoprune --spearman-arch none --jobs 1
+        (writes results/search_quality_vit.md; the ViT trains and fine-tunes with AdamW)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "dense_epochs": 1, "spearman_candidates": 6},
 }
 CAPS = 0.95
+ARCH_NAMES = ("resnet", "vgg", "vit")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="fashion-mnist", choices=["fashion-mnist", "digits"],
                    help="fashion-mnist (the figures) | digits (8x8, bundled: the CI run)")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--arch", nargs="+", default=["resnet", "vgg"], choices=["resnet", "vgg"])
+    p.add_argument("--arch", nargs="+", default=["resnet", "vgg"], choices=ARCH_NAMES,
+                   help="resnet | vgg | vit (a ViT, patch 4, ~35 MMACs: heads and MLP widths "
+                        "searched; default resnet vgg)")
     p.add_argument("--budgets", nargs="+", type=float, help="FLOPs fractions (default 0.4 0.2 "
                    "0.1; --quick: 0.2)")
     p.add_argument("--trials", type=int, help="candidates fine-tuned at full fidelity")
@@ -54,23 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a small smoke run of the whole pipeline")
     p.add_argument("--jobs", type=int, default=2,
                    help="processes; (arch, seed) units run longest first (default 2)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="report path (default results/search_quality.md; "
+                   "search_quality_vit.md when --arch has vit; _quick before .md with --quick)")
     p.add_argument("--train-size", type=int)
     p.add_argument("--val-size", type=int)
     p.add_argument("--test-size", type=int, help="default: the full 10k test set")
     p.add_argument("--dense-epochs", type=int)
     p.add_argument("--search-steps", type=int)
     p.add_argument("--final-steps", type=int)
-    p.add_argument("--lr-ft", type=float, default=0.01)
+    p.add_argument("--lr-ft", type=float, help="fine-tune learning rate (default per arch: "
+                   "0.01 SGD for the CNNs, 5e-4 AdamW for the ViT)")
     p.add_argument("--space-resnet", default="resnet")
     p.add_argument("--space-vgg", default="plain")
+    p.add_argument("--space-vit", default="vit")
     p.add_argument("--sampler", default="tpe")
     p.add_argument("--screen", type=float, default=4.0)
     p.add_argument("--short-fidelity", type=float, default=0.35)
     p.add_argument("--promote", type=float, default=2.0)
     p.add_argument("--generation", type=int, default=2)
     p.add_argument("--spearman-candidates", type=int)
-    p.add_argument("--spearman-arch", default="resnet", choices=["resnet", "vgg", "none"],
+    p.add_argument("--spearman-arch", default="resnet", choices=[*ARCH_NAMES, "none"],
                    help="arch of the proxy-ranking study (default resnet: the faster arch, so "
                         "both processes end about together)")
     p.add_argument("--spearman-budget", type=float, default=0.2)
@@ -82,14 +92,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="methods to run (default all four; e.g. only autoprune for an ablation)")
     p.add_argument("--keep-runs", action="store_true", help="keep the search run directories")
+    p.add_argument("--rerender", type=Path, metavar="JSON",
+                   help="only rewrite the report of a finished run from its JSON (adding the "
+                        "engine's FLOPs ratios when the run predates them); other options "
+                        "ignored")
     args = p.parse_args(argv)
+    if args.rerender is not None:
+        return args
     for key, value in PRESETS["quick" if args.quick else "full"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.task == "digits" and "vit" in args.arch:
+        p.error("--arch vit needs 28x28 images: use --task fashion-mnist")
     if args.out is None:
+        stem = "search_quality" + ("_vit" if "vit" in args.arch else "")
         args.out = Path(__file__).parent / "results" / (
-            "search_quality_quick.md" if args.quick else "search_quality.md")
+            f"{stem}_quick.md" if args.quick else f"{stem}.md")
     return args
+
+
+def finetune_recipe(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The fine-tune optimizer, lr and weight decay of ``arch`` (``--lr-ft`` overrides the lr)."""
+    import _quality_data as qd
+
+    spec = qd.ARCHS[arch]
+    return {"lr": spec.ft_lr if cfg["lr_ft"] is None else cfg["lr_ft"],
+            "optimizer": spec.optimizer, "weight_decay": spec.weight_decay}
 
 
 # -- one arch (runs in its own process) ----------------------------------------------------------
@@ -124,8 +152,8 @@ def _search_plan(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float
                         train_loader=ctx["data"].loader(seed), budget=ap.Budget(flops=b),
                         trials=cfg["trials"], run_dir=run_dir, space=ctx["space"],
                         finetune_settings=FinetuneSettings(steps=cfg["search_steps"],
-                                                           lr=cfg["lr_ft"], bn_batches=20,
-                                                           device=cfg["device"]),
+                                                           bn_batches=20, device=cfg["device"],
+                                                           **ctx["ft"]),
                         settings=settings)
     finally:
         if not cfg["keep_runs"]:
@@ -182,13 +210,14 @@ def _final(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
     torch.manual_seed(seed * 1000 + bi)
     loader = ctx["data"].loader(seed * 1000 + bi)
     start = time.perf_counter()
-    finetune_model(pruned, loader, FinetuneSettings(steps=cfg["final_steps"], lr=cfg["lr_ft"],
-                                                    device=device), steps=cfg["final_steps"])
+    finetune_model(pruned, loader, FinetuneSettings(steps=cfg["final_steps"], device=device,
+                                                    **ctx["ft"]), steps=cfg["final_steps"])
     cost = ap.measure(pruned, ctx["example"], device=device, latency=True, repeats=50,
                       warmup=10)
-    dense = ctx["dense_cost"]
+    dense, an = ctx["dense_cost"], ctx["analysis"]
     return {"test_acc": ctx["evaluate"](pruned, "test"), "val_acc": ctx["evaluate"](pruned, "val"),
             "flops_ratio": cost.macs / dense.macs, "params_ratio": cost.params / dense.params,
+            "engine_flops_ratio": an.macs(plan) / an.cost_model.dense_macs(),
             "latency_ms": cost.latency_ms, "finetune_s": time.perf_counter() - start,
             "plan": plan.to_dict()}
 
@@ -227,10 +256,11 @@ def run_seed(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
     evaluate = qd.make_evaluate(data, dense)
     ctx = {"dense": dense, "example": example, "data": data, "evaluate": evaluate,
            "space": cfg[f"space_{arch}"], "analysis": analyze(dense.eval(), example),
-           "dense_cost": dense_cost}
+           "dense_cost": dense_cost, "ft": finetune_recipe(cfg, arch)}
     out: dict[str, Any] = {"arch": arch, "seed": seed, "sizes": data.sizes(), "runs": [],
                            "dense": {"seed": seed, "test_acc": evaluate(dense, "test"),
                                      "val_acc": evaluate(dense, "val"), "macs": dense_cost.macs,
+                                     "engine_macs": ctx["analysis"].cost_model.dense_macs(),
                                      "params": dense_cost.params,
                                      "latency_ms": dense_cost.latency_ms}}
     log(f"seed {seed}: dense test {out['dense']['test_acc']:.4f}")
@@ -267,11 +297,12 @@ def run_spearman(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                         cfg["test_size"], cfg["task"])
     dense = qd.train_dense(arch, data, 0, cfg["dense_epochs"], log, cfg["device"])
     example = qd.example_input(cfg["task"])
+    ft = finetune_recipe(cfg, arch)
     study = qd.proxy_study(analyze(dense.eval(), example), data, cfg[f"space_{arch}"],
                            cfg["spearman_budget"], cfg["spearman_candidates"], 0,
                            cfg["search_steps"],
-                           cfg["spearman_shorts"] or [cfg["short_fidelity"]], cfg["lr_ft"], log,
-                           cfg["device"])
+                           cfg["spearman_shorts"] or [cfg["short_fidelity"]], ft["lr"], log,
+                           cfg["device"], ft["optimizer"], ft["weight_decay"])
     log("spearman study done")
     return {"arch": arch, "spearman": study, "sizes": data.sizes()}
 
@@ -320,15 +351,57 @@ def _versions() -> str:
             f"{scipy.__version__} · autoprune {autoprune.__version__}")
 
 
+def engine_note(results: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """Where ``ap.measure``'s count (the FLOPs % column: torch-pruning's layer counter, without
+    the matmuls between tokens) and the engine's (which the budgets are fitted on) differ, the
+    engine's ratios of the chosen plans."""
+    from _quality_data import mean_std
+
+    lines: list[str] = []
+    for res in results:
+        d = res["dense"]
+        if not d or "engine_macs" not in d[0] or \
+                abs(d[0]["engine_macs"] - d[0]["macs"]) <= 1e-3 * d[0]["engine_macs"]:
+            continue
+        cells = []
+        for b in cfg["budgets"]:
+            for method in cfg["methods"]:
+                ok = [r["engine_flops_ratio"] for r in res["runs"] if r["budget"] == b
+                      and r["method"] == method and r.get("engine_flops_ratio") is not None]
+                cells.append(f"{b:g} {method} {mean_std(ok, 100, 2)}")
+        lines += ["", f"{res['arch']}: FLOPs % above is `ap.measure`'s count "
+                  f"({d[0]['macs'] / 1e6:.2f} MMACs dense: torch-pruning's layer counter, without "
+                  "the matmuls between tokens); the budgets are fitted on the engine's analytic "
+                  f"count ({d[0]['engine_macs'] / 1e6:.2f} MMACs dense, with them), under which "
+                  "the chosen plans are at (FLOPs %): " + "; ".join(cells) + "."]
+    return lines
+
+
 def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> str:
-    from _quality_data import FRACTIONS, curve, mean_std, picked, within_rho
+    from _quality_data import ARCHS, FRACTIONS, curve, mean_std, picked, within_rho
+
+    def per_arch(text: Callable[[str], str]) -> str:
+        """One phrase for all archs when they agree, else ``arch: phrase`` for each."""
+        phrases = {a: text(a) for a in cfg["arch"]}
+        if len(set(phrases.values())) == 1:
+            return next(iter(phrases.values()))
+        return "; ".join(f"{a}: {t}" for a, t in phrases.items())
+
+    def shape(res: dict[str, Any]) -> str:
+        return ARCHS[res["arch"]].shape or f"widths {tuple(res['widths'])}"
+
+    def ft_words(arch: str) -> str:
+        ft = finetune_recipe(cfg, arch)
+        return (f"{'AdamW' if ft['optimizer'] == 'adamw' else 'SGD'} lr {ft['lr']:g}, "
+                f"wd {ft['weight_decay']:g}")
 
     runs = [r for res in results for r in res["runs"]]
     sizes = results[0].get("sizes", {})
     missing = sorted({m for r in runs for m in r.get("missing_settings", [])})
     lines = [f"# Search quality: {cfg['task']}{' (quick)' if cfg['quick'] else ''}", "",
              f"`{cfg['command']}`", "",
-             f"{datetime.datetime.now():%Y-%m-%d %H:%M} · {platform.platform()} · "
+             f"{cfg.get('finished') or f'{datetime.datetime.now():%Y-%m-%d %H:%M}'} · "
+             f"{platform.platform()} · "
              f"{platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
              f"{_versions()}", "",
              f"(arch, seed) units over {cfg['jobs_used']} processes, 1 torch thread each; "
@@ -337,17 +410,18 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
              f"- data: train {sizes.get('train')} (stratified subset), val {sizes.get('val')} "
              f"(carved from the training images, disjoint), test {sizes.get('test')}; seeds "
              f"0..{cfg['seeds'] - 1}",
-             *[f"- {res['arch']}: widths {tuple(res['widths'])}, space "
-               f"`{cfg['space_' + res['arch']]}`" for res in results],
-             f"- dense: {cfg['dense_epochs']} epochs SGD (Nesterov, wd 5e-4, cosine), batch 64",
+             *[f"- {res['arch']}: {shape(res)}, space `{cfg['space_' + res['arch']]}`"
+               for res in results],
+             f"- dense: {cfg['dense_epochs']} epochs "
+             f"{per_arch(lambda a: ARCHS[a].recipe())}, batch 64",
              f"- searches: {cfg['trials']} full-fidelity candidates x {cfg['search_steps']} "
-             f"steps (lr {cfg['lr_ft']}); autoprune: sampler {cfg['sampler']}, screen "
+             f"steps ({per_arch(ft_words)}); autoprune: sampler {cfg['sampler']}, screen "
              f"{cfg['screen']:g}, short fidelity {cfg['short_fidelity']:g}, promote "
              f"{cfg['promote']:g}, generation {cfg['generation']}, priors on; random: screen 0, "
              f"priors off",
              f"- final: every chosen plan pruned from the dense weights, {cfg['final_steps']} "
-             f"steps (lr {cfg['lr_ft']}), same seed and batches for every method; test on the "
-             f"test split",
+             f"steps ({per_arch(ft_words)}), same seed and batches for every method; test on "
+             "the test split",
              "- chosen search candidate: best val acc among COMPLETE full-fidelity trials within "
              "the budget. The searches enqueue their own uniform/global-ranking plans as trials; "
              "those use the space's caps (not 0.95 everywhere), so they can differ from the "
@@ -391,6 +465,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                     f"{mean_std([r['params_ratio'] for r in ok], 100, 1)} | "
                     f"{mean_std([r['latency_ms'] for r in ok], 1, 3)} | "
                     f"{mean_std([r['search_s'] for r in rs], 1, 1)} | {won} |")
+    lines += engine_note(results, cfg)
     errors = sorted({f"{r['arch']} {r['method']} at {r['budget']:g}: {r['error']}"
                      for r in runs if r.get("error")}
                     | {f"{r['arch']} {r['method']} at {r['budget']:g}: no feasible "
@@ -413,13 +488,20 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                       f"| adaptive-BN proxy (20 batches) | {sp['rho_proxy']:.3f} | {sp['n']} |",
                       *[f"| fine-tune {k} | {v:.3f} | {sp['n']} |"
                         for k, v in sp["rho_short"].items()], ""]
+    searches = [m for m in ("random", "autoprune") if m in cfg["methods"]]
+    no_proxy = [res["arch"] for res in results if not any(
+        t.get("proxy_acc") is not None for r in res["runs"] for t in r.get("trials", []))
+        and any(r.get("trials") for r in res["runs"])]
     lines += ["Inside each search: rho of the proxy (and the short fine-tune, when recorded) vs "
               "the full val acc over its full-fidelity trials, computed per run (arch, budget, "
-              "seed) and averaged over seeds; n/a when a run has < 3 such trials.", "",
+              "seed) and averaged over seeds; n/a when a run has < 3 such trials"
+              + (f" ({', '.join(no_proxy)}: no BatchNorm, so no adaptive-BN proxy score: the "
+                 "proxy screen keeps candidates in sampling order, and the short fine-tune does "
+                 "the screening)" if no_proxy else "") + ".", "",
               "| arch | budget | method | rho proxy | rho short |", "|---|---|---|---|---|"]
     for res in results:
         for b in (cfg["budgets"] if runs else []):
-            for method in ("random", "autoprune"):
+            for method in searches:
                 rs = [r for r in res["runs"] if r["budget"] == b and r["method"] == method]
                 lines.append(f"| {res['arch']} | {b:g} | {method} | "
                              f"{mean_std([within_rho(r, 'proxy_acc') for r in rs], 1, 3)} | "
@@ -431,7 +513,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "|---|---|---|" + "---|" * len(FRACTIONS)]
     for res in results:
         for b in (cfg["budgets"] if runs else []):
-            for method in ("random", "autoprune"):
+            for method in searches:
                 curves = [curve(r) for r in res["runs"]
                           if r["budget"] == b and r["method"] == method]
                 cells = [mean_std([c[i] for c in curves if c[i] is not None], 100, 2).split(" ±")[0]
@@ -440,8 +522,45 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
     return "\n".join(lines) + "\n"
 
 
+def engine_ratios(results: list[dict[str, Any]], task: str) -> None:
+    """Fill in the engine's FLOPs ratio (the count the budgets are fitted on) of every tested
+    plan and the engine's dense MACs, where a saved run lacks them (the counts depend on the
+    architecture only, not on the weights)."""
+    import _quality_data as qd
+
+    from autoprune.engine import analyze
+    from autoprune.plan import PruningPlan
+
+    for res in results:
+        todo = [r for r in res["runs"] if r.get("plan") and "engine_flops_ratio" not in r]
+        if not todo and all("engine_macs" in d for d in res["dense"]):
+            continue
+        an = analyze(qd.ARCHS[res["arch"]].build().eval(), qd.example_input(task))
+        dense = an.cost_model.dense_macs()
+        for d in res["dense"]:
+            d.setdefault("engine_macs", dense)
+        for r in todo:
+            r["engine_flops_ratio"] = an.macs(PruningPlan.from_dict(r["plan"])) / dense
+
+
+def rerender(path: Path) -> None:
+    """Rewrite ``path``'s report (and the JSON, with the engine ratios) from the saved run."""
+    raw = json.loads(path.read_text())
+    cfg = raw["config"]
+    cfg.setdefault("finished", datetime.datetime.fromtimestamp(path.stat().st_mtime)
+                   .strftime("%Y-%m-%d %H:%M"))
+    engine_ratios(raw["results"], cfg["task"])
+    text = report(raw["results"], cfg, raw["wall_s"])
+    path.with_suffix(".md").write_text(text)
+    path.write_text(json.dumps(raw, indent=1, default=str))
+    print(f"rewritten {path.with_suffix('.md')} and {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.rerender is not None:
+        rerender(args.rerender)
+        return
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     cfg["t0"] = time.time()
     cfg["command"] = "python " + shlex.join(["benchmarks/search_quality.py", *sys.argv[1:]])
@@ -455,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
     results = run_all(cfg, jobs)
     wall = time.time() - cfg["t0"]
+    cfg["finished"] = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     text = report(results, cfg, wall)
     print("\n" + text, flush=True)
     out = Path(args.out)
