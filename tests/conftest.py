@@ -4,12 +4,75 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# -- running under pytest-xdist (pyproject's addopts: -n auto --dist loadgroup) ---------------
+# Each worker runs one test at a time on one thread. Tests that use more than one core (--workers
+# 2, Ray, DDP, a launcher plus a joining worker) or time the CPU against a threshold are marked
+# ``@pytest.mark.xdist_group("multicore")``: they run one after another on one worker, never two
+# at once (that would oversubscribe the cores and skew the timings; `ray stop` ends every Ray).
+# Tests sharing a module- or session-scoped fixture of their module are grouped per module
+# below, so that fixture (a real search, mostly) runs once.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per usable CPU, at most 4 (each holds ~3 GB);
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it, ``-n 0`` runs the tests in this process."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    return int(env) if env and env.isdigit() else min(4, _cpus())
+
+
+def _groups(item: pytest.Item) -> str:
+    return "_".join(sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                            for m in item.iter_markers("xdist_group")}))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not WORKER:
+        return
+    for item in items:  # a module's own module/session fixtures: one group per module
+        info = getattr(item, "_fixtureinfo", None)
+        shared = {d.baseid for defs in (info.name2fixturedefs.values() if info else ())
+                  for d in defs if d.scope in ("module", "session") and d.baseid.endswith(".py")}
+        if shared and not _groups(item):
+            item.add_marker(pytest.mark.xdist_group(sorted(shared)[0].rsplit("/", 1)[-1]))
+    # xdist hands out work units (one test, or one group) in this order
+    # (--no-loadscope-reorder): the multicore group (the longest unit) first, then the units
+    # holding a slow test, so that no long end-to-end test starts last while the other worker
+    # idles. The sort is stable: tests keep their collection order within each of the three.
+    slow = {_groups(i) or i.nodeid for i in items if i.get_closest_marker("slow")}
+    items.sort(key=lambda i: (_groups(i) != "multicore", (_groups(i) or i.nodeid) not in slow))
+
+
+if WORKER:
+    # The workers already fill the CPUs: each one (and each CLI search, example or benchmark it
+    # starts, which inherit this environment) gets its share of the threads, instead of every
+    # worker taking 2 threads on a 2-core machine (see one_thread below on what that costs).
+    _threads = max(1, _cpus() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(_threads)
+    torch.set_num_threads(_threads)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 class Residual(nn.Module):

@@ -247,6 +247,7 @@ def ddp_worker(out: Path, steps: list[int]) -> None:
         "losses": lit.losses}))
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, steps="0,6"):
     """Step 0 prunes before DDP wraps the model; step 6 prunes mid-training and rewraps."""

@@ -29,6 +29,9 @@ from autoprune.backends.ray import RayBackend
 from autoprune.errors import BackendUnavailable
 from autoprune.results import RunDir
 
+# Ray takes 2 CPUs, and `ray stop --force` ends every Ray on the machine (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("multicore")
+
 ROOT = Path(ap.__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 

@@ -332,21 +332,23 @@ def test_fit_budget_rejects_bad_fractions():
         ap.fit_budget(model, torch.randn(1, 3, 8, 8), 1.0)
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_latency_budget_front_is_remeasured_within_budget(tmp_path):
-    proc = cli("search", "--budget-latency", "0.9", "--latency-batch", "128", "--trials", "6",
+    proc = cli("search", "--budget-latency", "0.9", "--latency-batch", "256", "--trials", "6",
                "--out", "run", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = RunDir.open(tmp_path / "run")
     baseline = run.read_baseline()
     dense = baseline["dense"]
-    assert dense["latency_cv"] is not None and dense["batch_size"] == 128
+    assert dense["latency_cv"] is not None and dense["batch_size"] == 256
     remeasured = json.loads((tmp_path / "run" / "latency_remeasured.json").read_text())
     assert remeasured["dense"] == dense["latency_final_ms"]  # dense timed again, alone
     limit = 0.9 * dense["latency_final_ms"]
     front = run.read_front()
-    # at batch 128 eager latency falls far slower than FLOPs (80 % of the FLOPs ~ 95 % of the
-    # time here): 0.9 leaves room for the lower cost levels; no front would make this vacuous
+    # eager latency falls far slower than FLOPs on this tiny model: at batch 128 even half the
+    # FLOPs took ~87 % of the dense time, so noise (a loaded CI box) left the front empty; at
+    # batch 256 the lower cost levels take ~65-75 %. No front would make this vacuous.
     assert front
     for f in front:  # every front member was timed again at the end, and fits
         assert str(f["trial"]) in remeasured
@@ -364,6 +366,7 @@ def _journal_trials(run_dir: Path) -> list:
     return optuna.load_study(study_name="autoprune", storage=storage).trials
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_two_workers_share_the_study(tmp_path):
     proc = cli("search", "--budget-flops", "0.4", "--trials", "6", "--workers", "2",
@@ -377,6 +380,7 @@ def test_two_workers_share_the_study(tmp_path):
     assert len(set(params)) == len(params)  # differently seeded: no duplicate proposals
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_sigkill_one_of_two_workers(tmp_path):
     args = ["search", "--budget-flops", "0.5", "--trials", "6", "--workers", "2", "--out", "run",
@@ -400,7 +404,10 @@ def test_sigkill_one_of_two_workers(tmp_path):
                 victim = pid
     assert victim is not None, "no worker trial seen running"
     os.kill(victim, signal.SIGKILL)
-    _, err = parent.communicate(timeout=400)
+    try:
+        _, err = parent.communicate(timeout=400)
+    finally:  # a search that never finishes must not outlive the test
+        parent.kill()
     assert parent.returncode == 0, err
     records = check_run(tmp_path / "run", 0.5, 6)
     trials = _journal_trials(tmp_path / "run")
@@ -413,6 +420,7 @@ def test_sigkill_one_of_two_workers(tmp_path):
     assert len(complete) == len(set(complete))
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_cli_search_with_ray_backend(tmp_path):
     pytest.importorskip("ray", reason="ray missing: pip install 'autoprune[ray]'")

@@ -29,6 +29,7 @@ def postgres_url() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_two_workers_on_postgres(tmp_path, postgres_url):
     pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install 'autoprune[test]'")
@@ -55,6 +56,7 @@ def test_two_workers_on_postgres(tmp_path, postgres_url):
     assert front and all(f["test_acc"] is not None for f in front)
 
 
+@pytest.mark.xdist_group("multicore")  # see tests/conftest.py
 @pytest.mark.slow
 def test_worker_from_another_machine_joins_by_storage_and_study(tmp_path, postgres_url):
     pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install 'autoprune[test]'")

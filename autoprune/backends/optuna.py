@@ -219,10 +219,12 @@ class OptunaBackend:
     # -- ask / tell ---------------------------------------------------------------------------
     def ask(self, specs: Sequence[ParamSpec]) -> Asked:
         """A new trial (enqueued ones first) with its parameter values and attributes."""
-        from optuna.distributions import FloatDistribution
-
-        trial = self.study.ask({s.name: FloatDistribution(s.low, s.high, step=s.step)
-                                for s in specs})
+        trial = self.study.ask()
+        # claimed before sampling (the slow part): a process killed while the sampler runs
+        # leaves a trial reap() can tell is dead, not an ownerless RUNNING one
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        for s in specs:  # an enqueued trial's fixed values come back as they were enqueued
+            trial.suggest_float(s.name, s.low, s.high, step=s.step)
         if self._beat is not None:
             self._beat.hold(trial._trial_id)
         return Asked(trial.number, dict(trial.params), dict(trial.user_attrs), trial)
