@@ -304,8 +304,11 @@ def test_help_explains_budgets(tmp_path):
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     args = ["search", "--budget-flops", "0.5", "--trials", "6", "--out", "run",
             "--finetune-steps", "150", "--bn-batches", "4", "--quiet"]
+    # pytest-xdist workers ignore SIGINT, and children inherit that: give the search the
+    # default handling a terminal's Ctrl-C meets
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     trials_csv = tmp_path / "run" / "trials.csv"
     deadline = time.time() + 240
     while time.time() < deadline:
