@@ -26,7 +26,7 @@ from torch import nn
 from autoprune.errors import BackendUnavailable, ConfigError
 
 __all__ = ["ONNX_HINT", "ONNX_TOLERANCE", "PLAN_KEY", "VERSION_KEY", "onnx_bytes", "onnx_module",
-           "run_onnx"]
+           "ort_session", "run_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,22 @@ def run_onnx(data: bytes, names: Sequence[str],
         return None
     import onnxruntime
 
-    options = onnxruntime.SessionOptions()  # no spinning threads left behind in this process
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = ort_session(data)
     got = session.run(None, {n: x.numpy() for n, x in zip(names, batch)})[0]
     del session
     return torch.from_numpy(got), f"onnxruntime {onnxruntime.__version__}"
+
+
+def ort_session(data: bytes) -> Any:
+    """An ONNX Runtime CPU session on ``data`` with as many intra-op threads as torch uses, one
+    inter-op thread, and no spinning threads left behind in this process."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def _dynamo(model: nn.Module, tensors: tuple[torch.Tensor, ...], names: list[str]) -> bytes:

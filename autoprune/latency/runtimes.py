@@ -80,19 +80,13 @@ def prepare(model: nn.Module, inputs: Any, runtime: str) -> Prepared:
 
 
 def _onnxruntime(model: nn.Module, inputs: Any) -> Callable[[], Any]:
-    import onnxruntime
-
-    from autoprune.deploy.onnx_file import onnx_bytes
+    from autoprune.deploy.onnx_file import onnx_bytes, ort_session
 
     tensors = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
     if not (isinstance(tensors, tuple) and all(isinstance(t, torch.Tensor) for t in tensors)):
         raise ConfigError("latency runtime 'onnxruntime' needs example inputs that are a tensor "
                           "or a tuple of tensors; use the eager runtime for other inputs")
     data, names, _ = onnx_bytes(model, tensors, {})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = ort_session(data)
     feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
     return lambda: session.run(None, feeds)
