@@ -294,6 +294,7 @@ code.export{user-select:all;white-space:nowrap}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(440px,100%),1fr));gap:14px}
 #summary td{text-align:right;white-space:nowrap}#summary td.text{text-align:left}
 #summary tr.dense-row td{color:#444;font-style:italic}.slower{color:#a33;font-weight:600}
+.iqr-bar{stroke:#666;stroke-width:1.5}
 .pos{color:#1f7a3a}.neg{color:#a33}.toggle{cursor:pointer;border:1px solid #bbb;
 border-radius:4px;padding:2px 8px;background:#f7f7f7;user-select:none}
 .toggle[aria-pressed=true]::before{content:"☑ "}

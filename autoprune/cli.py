@@ -136,7 +136,7 @@ def _from_args(args: argparse.Namespace) -> RunInputs:
     trials = RunSettings.trials if args.trials is None else args.trials
     run = settings_from_args(RunSettings, args, trials=trials)
     space = load_space(run.space)
-    if run.round_to is not None:  # 1 stays 1: no rounding, not even CUDA's default of 8
+    if run.round_to is not None:  # 1 stays 1: no rounding, not even the default 8
         space = dataclasses.replace(space, round_to=run.round_to)
     ft = settings_from_args(FinetuneSettings, args)
     settings = settings_from_args(SearchSettings, args, workers=_workers(args))

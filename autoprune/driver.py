@@ -144,7 +144,8 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
     backend.drop_queued("queued, not run: the search had reached --trials")
     records = ledger.write(backend.records())
     if run.settings.latency:
-        ledger.remeasure(records, run.timer, run.stages.architecture, run.problem.analysis.model)
+        ledger.remeasure(records, run.timer.together, run.stages.architecture,
+                         run.problem.analysis.model)
         records = ledger.write(backend.records())
     ledger.score_on_test(records, run.evaluate, run.stages.load)
     ledger.publish(backend)  # test accuracy, final latencies onto the study (optuna-dashboard)

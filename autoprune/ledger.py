@@ -2,15 +2,18 @@
 of front members, latencies re-measured alone), the front built from them, and the files.
 
 The front is built on the resolved budget's axis (:meth:`~autoprune.budget.ResolvedBudget.cost_of`)
-from fully fine-tuned trials only; a trial whose re-measured latency is over a latency budget
-becomes ``INFEASIBLE``. Saved weights of dominated candidates are dropped as the run goes.
+from fully fine-tuned trials only. At the end the dense model, the baselines and the front are
+timed again together (alternating rounds); those final figures replace the search-time ones, a
+trial whose final latency is over a latency budget becomes ``INFEASIBLE``, and one slower than
+the dense model or still noisy is flagged. Saved weights of dominated candidates are dropped as
+the run goes.
 :meth:`Ledger.publish` writes the end-of-run figures back to the study (optuna-dashboard).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -18,6 +21,7 @@ from torch import nn
 from autoprune import pareto
 from autoprune.backends.base import SearchBackend
 from autoprune.budget import ResolvedBudget
+from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, robust_cv
 from autoprune.results import RunDir
 from autoprune.trial import TrialRecord, TrialState
 
@@ -30,15 +34,19 @@ class Ledger:
 
     run: RunDir
     budget: ResolvedBudget
+    max_cv: float = DEFAULT_MAX_CV  # a final figure noisier than this is flagged
 
     def merge(self, records: list[TrialRecord]) -> list[TrialRecord]:
         """Records with test scores and end-of-run latencies folded in (over a latency budget
-        on the final timing -> INFEASIBLE)."""
+        on the final timing -> INFEASIBLE; flagged ``noisy`` / ``slower than dense`` on it)."""
         scores, latency = self.run.read_scores("test"), self.run.read_scores("latency")
+        spread = self.run.read_latency_iqr()
         limit = self.budget.latency_limit_ms
         out = []
         for r in records:
-            r = r.updated(test_acc=scores.get(r.trial), latency_ms=latency.get(r.trial))
+            r = r.updated(test_acc=scores.get(r.trial))
+            if r.trial in latency:
+                r = self._final_latency(r, latency[r.trial], spread.get(str(r.trial)))
             if limit is not None and r.trial in latency and r.state is TrialState.COMPLETE \
                     and latency[r.trial] > limit:
                 r = r.updated(state=TrialState.INFEASIBLE, fail_reason=(
@@ -46,6 +54,15 @@ class Ledger:
                     f"{limit:.4g} ms"))
             out.append(r)
         return out
+
+    def _final_latency(self, r: TrialRecord, ms: float, iqr: float | None) -> TrialRecord:
+        """``r`` with its final latency, that figure's CV and its flags (the search-time
+        figure's flags no longer apply)."""
+        cv = robust_cv(ms, iqr)
+        dense = self.budget.dense_latency_ms
+        flags = [f for f, on in (("noisy", cv is not None and cv > self.max_cv),
+                                 ("slower than dense", dense is not None and ms > dense)) if on]
+        return replace(r, latency_ms=ms, latency_cv=cv, latency_flag="; ".join(flags) or None)
 
     def front(self, records: list[TrialRecord]) -> list[TrialRecord]:
         """The non-dominated fully fine-tuned trials, cheapest first."""
@@ -70,29 +87,35 @@ class Ledger:
                 path.unlink(missing_ok=True)
         return records
 
-    def remeasure(self, records: list[TrialRecord], time_model: Callable[..., float | None],
+    def remeasure(self, records: list[TrialRecord],
+                  time_together: Callable[[dict[str, nn.Module]], dict[str, Timed]],
                   build: Callable[[TrialRecord], nn.Module], dense: nn.Module) -> None:
-        """Time the dense model and every front member again, alone and longer, until the
-        front is stable; latency ratios and a latency budget then use the final dense time.
-        ``time_model(model, repeats, cached)``; ``build(record)`` the pruned architecture
-        (latency does not depend on the weights, so dropped weights do not matter)."""
-        measured: dict[Any, float] = dict(self.run.read_scores("latency"))
-        dense_ms = time_model(dense, 50, False)
-        if dense_ms:
-            measured["dense"] = dense_ms
-            self.budget = self.budget.with_dense_latency(dense_ms)
-            self.run.write_budget(self.budget.to_dict())
-            baseline = self.run.read_baseline()
-            baseline["dense"]["latency_final_ms"] = dense_ms
-            self.run.write_baseline(baseline)
-            self.run.write_scores("latency", measured)
-        for _ in range(10):
-            todo = [r for r in self.front(self.merge(records)) if r.trial not in measured]
-            if not todo:
+        """Time the dense model, the baselines and the front members again, together in
+        alternating rounds (``time_together``, e.g. :meth:`~autoprune.stages.Timer.together`),
+        until the front is stable; latency ratios, a latency budget, the report and the summary
+        then use these final figures. ``build(record)`` gives the pruned architecture (latency
+        does not depend on the weights, so dropped weights do not matter)."""
+        members: dict[str, TrialRecord] = {}
+        for _ in range(4):  # a member over budget on its final figure changes the front
+            merged = self.merge(records)
+            wanted = [*self.front(merged), *(r for r in merged if r.baseline
+                                             and r.state is TrialState.COMPLETE)]
+            if members and all(str(r.trial) in members for r in wanted):
                 break
-            for r in todo:
-                measured[r.trial] = time_model(build(r), 50, False) or 0.0
-            self.run.write_scores("latency", measured)
+            members.update({str(r.trial): r for r in wanted})
+            timed = time_together({"dense": dense, **{k: build(r) for k, r in members.items()}})
+            self._write_final(timed)
+
+    def _write_final(self, timed: dict[str, Timed]) -> None:
+        figures: dict[Any, float] = {k: t.ms for k, t in timed.items()}
+        figures.update({f"iqr:{k}": t.iqr_ms for k, t in timed.items()})
+        self.run.write_scores("latency", figures)
+        dense = timed["dense"]
+        self.budget = self.budget.with_dense_latency(dense.ms)
+        self.run.write_budget(self.budget.to_dict())
+        baseline = self.run.read_baseline()
+        baseline["dense"].update(latency_final_ms=dense.ms, latency_final_iqr_ms=dense.iqr_ms)
+        self.run.write_baseline(baseline)
 
     def score_on_test(self, records: list[TrialRecord],
                       evaluate: Callable[[nn.Module, str], float | None],

@@ -18,6 +18,7 @@ from typing import Any
 from autoprune import _svg
 from autoprune.report_data import (
     RunView,
+    SummaryRow,
     baseline_family,
     best_member,
     esc,
@@ -61,12 +62,36 @@ def front_table(front: Sequence[TrialRecord], baseline: dict[str, Any],
     ids = {r.trial for r in front}
     rest = [r for r in baselines if r.trial not in ids]
     for r in [*front, *rest]:
-        note = _printable(r.baseline or "") + ("" if r.trial in ids else " (not on the front)")
+        note = "; ".join(n for n in (_printable(r.baseline or ""),
+                                     "" if r.trial in ids else "not on the front",
+                                     _printable(r.latency_flag or "")) if n)
         lines.append(
             f"{r.trial:>6} {pct(r.val_acc):>8} {pct(r.test_acc):>9} "
             f"{_pts(points(r.test_acc, dense_test)):>10} {_pts(points(r.test_acc, uniform)):>10} "
             f"{pct(r.flops_ratio):>7} {pct(r.params_ratio):>7} {ms(r.latency_ms):>11}  {note}")
     return "\n".join(lines)
+
+
+def _latency_note(run: RunView) -> str:
+    """Where the latencies come from, and how many search-time timings stayed noisy."""
+    if run.dense_latency is None:
+        return ""
+    timed = [r for r in run.records if r.latency_ms is not None]
+    noisy = sum("noisy" in (r.latency_flag or "") for r in timed)
+    final = "; latencies below: the final re-timing (dense, baselines, front, alternating)" \
+        if run.latency_iqr else ""
+    warn = f"\nlatency: {noisy} of {len(timed)} timings stayed noisy after re-timing " \
+        "(flagged in trials.csv latency_flag: the machine was busy)" if noisy else ""
+    return final + warn
+
+
+def _flag(row: SummaryRow) -> str:
+    """The latency note of a decision-table row: its flags, "slower than dense" at least when
+    its final latency is."""
+    flags = [f for f in (row.latency_flag or "").split("; ") if f]
+    if row.slower and "slower than dense" not in flags:
+        flags.append("slower than dense")
+    return "; ".join(flags)
 
 
 def _printable(text: str) -> str:
@@ -87,7 +112,7 @@ def terminal_summary(run_dir: str) -> str:
     tail = (f"\n\nnext: autoprune export {_printable(shlex.quote(str(run_dir)))} "
             f"--trial {best.trial}" if best is not None else "")
     return (f"run: {_printable(str(run.path))}\nbudget: {budget_text or '-'}; "
-            f"trials: {state_counts(view.records) or 'none'}\n\n"
+            f"trials: {state_counts(view.records) or 'none'}{_latency_note(view)}\n\n"
             f"Pareto front (validation selects; test shown for front members and baselines; "
             f"Δ in test-accuracy points):\n"
             f"{front_table(front_records(run), view.baseline, baselines)}{tail}")
@@ -115,7 +140,7 @@ def summary_table(run: RunView) -> str:
             f"<td>{pct(row.flops_ratio)}</td><td>{pct(row.params_ratio)}</td>"
             f"<td>{ms(row.latency_ms)}{iqr}</td>"
             f'<td class="text{" slower" if row.slower else ""}">'
-            f'{"slower than dense" if row.slower else ""}</td>'
+            f'{esc(_flag(row))}</td>'
             f'<td class="text">{export}</td></tr>')
     return (f'<div class="scroll"><table id="summary"><thead>{head}</thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
@@ -230,7 +255,7 @@ def _overview(run: RunView) -> str:
     task = dict(run.config.get("task") or {})
     spec = str(task.get("spec") or "-")
     spec = Path(spec).name if os.sep in spec else spec  # never leak a local path
-    iqr = dense.get("latency_iqr_ms")
+    final, iqr = run.dense_latency, run.dense_iqr  # the end-of-run re-timing's, when it ran
     return _kv([
         ("budget", ", ".join(limits) or "-"), ("task", spec),
         ("model", task.get("model") or "task default"),
@@ -240,8 +265,8 @@ def _overview(run: RunView) -> str:
         ("dense test acc", pct(dense.get("test_acc"))),
         ("dense MACs", _count(dense.get("macs"))), ("dense FLOPs", _count(dense.get("flops"))),
         ("dense params", _count(dense.get("params"))),
-        ("dense latency", None if dense.get("latency_ms") is None else
-         f"{ms(dense['latency_ms'])} ms" + (f" (IQR {ms(iqr)} ms)" if iqr is not None else "")),
+        ("dense latency", None if final is None else
+         f"{ms(final)} ms" + (f" (IQR {ms(iqr)} ms)" if iqr is not None else "")),
     ], "overview")
 
 

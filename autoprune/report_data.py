@@ -21,7 +21,7 @@ from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
 from autoprune.plan import Budget, kept_channels
 from autoprune.results import RunDir
-from autoprune.run_files import FileCheck, check_scores
+from autoprune.run_files import FileCheck
 from autoprune.trial import TrialRecord, TrialState
 
 __all__ = ["RunView", "SummaryRow", "baseline_family", "best_member", "budget_x", "cost_name",
@@ -72,6 +72,7 @@ class RunView:
     budget_file: dict[str, Any] | None = None
     budget_path: Path = Path("budget.json")
     latency_iqr: dict[str, float] = dataclasses.field(default_factory=dict)  # "N" / "dense"
+    retimed: frozenset[int] = frozenset()  # trials the end-of-run re-timing timed
 
     @property
     def group_channels(self) -> dict[str, dict[str, int]]:
@@ -141,18 +142,8 @@ def load(run: RunDir) -> RunView:
     baseline = run.read_baseline() if run.baseline_path.is_file() else {}
     return RunView(run.path.resolve().name, tuple(sorted(records, key=lambda r: r.trial)),
                    tuple(front), baseline, run.read_config(), run.read_budget(),
-                   run.budget_path, _latency_iqr(run))
-
-
-def _latency_iqr(run: RunDir) -> dict[str, float]:
-    """``{"<trial>" or "dense": IQR ms}`` from latency_remeasured.json's ``iqr:<key>`` entries
-    (written beside the medians when the final re-timing records its spread)."""
-    path = run.remeasured_path
-    if not path.is_file():
-        return {}
-    check = FileCheck(path)
-    data = check_scores(check, check.json())
-    return {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")}
+                   run.budget_path, run.read_latency_iqr(),
+                   frozenset(run.read_scores("latency")))
 
 
 def baseline_family(name: str | None) -> str | None:
@@ -202,6 +193,7 @@ class SummaryRow:
     latency_ms: float | None
     latency_iqr: float | None
     slower: bool  # final latency over the dense model's
+    latency_flag: str | None = None  # "noisy", "slower than dense", both
 
     @property
     def export(self) -> str | None:
@@ -228,7 +220,8 @@ def summary_rows(run: RunView) -> list[SummaryRow]:
             f"trial {r.trial}", kind, r.trial, r.val_acc, r.test_acc,
             points(r.test_acc, dense_test), points(r.test_acc, uniform_test), r.flops_ratio,
             r.params_ratio, r.latency_ms, run.latency_iqr.get(str(r.trial)),
-            r.latency_ms is not None and dense_ms is not None and r.latency_ms > dense_ms))
+            r.latency_ms is not None and dense_ms is not None and r.latency_ms > dense_ms,
+            r.latency_flag))
     return rows
 
 

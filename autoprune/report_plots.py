@@ -152,10 +152,13 @@ def _dense_mark(frame: _svg.Frame, dense: dict[str, Any], x: float) -> str:
 
 def _scored(run: RunView, key: str) -> list[tuple[TrialRecord, float]]:
     """Every completed trial with a validation accuracy and a ``key`` value (partial fine-tunes
-    included: they are drawn, marked in their tooltip; only full ones can be on the front)."""
+    included: they are drawn, marked in their tooltip; only full ones can be on the front).
+    On the latency axis, once the run has re-timed its front, only the re-timed trials: their
+    figures and the search-time ones were taken under different conditions."""
+    final = run.retimed if key == "latency_ms" else frozenset()
     return [(r, float(getattr(r, key))) for r in run.records
             if r.state is TrialState.COMPLETE and r.val_acc is not None
-            and getattr(r, key) is not None]
+            and getattr(r, key) is not None and (not final or r.trial in final)]
 
 
 def _frame(run: RunView, key: str, pts: list[tuple[TrialRecord, float]],
@@ -177,8 +180,8 @@ def scatter(run: RunView, key: str) -> str:
     pts = _scored(run, key)
     if not pts:
         return f'<p class="empty">no completed trial has a {esc(AXES[key])} value</p>'
-    dense, ratio = run.dense, key != "latency_ms"
-    dense_x = 1.0 if ratio else dense.get("latency_ms")
+    dense, ratio = {**run.dense, "latency_ms": run.dense_latency}, key != "latency_ms"
+    dense_x = 1.0 if ratio else run.dense_latency
     frame = _frame(run, key, pts, dense_x)
     x_axis = _svg.Scale(AXES[key], _percent, decimals=_RATIO_DECIMALS) if ratio else \
         _svg.Scale(AXES[key], decimals=_svg.fixed)
@@ -191,12 +194,26 @@ def scatter(run: RunView, key: str) -> str:
     keep = non_dominated([(float(r.val_acc or 0.0), x) for r, x in on_front], ("max", "min"))
     body.append(_svg.step_path(frame, [(on_front[i][1], float(on_front[i][0].val_acc or 0.0))
                                        for i in keep], "front-line"))
+    if not ratio:
+        body.extend(_iqr_bar(frame, x, float(r.val_acc or 0.0), run.latency_iqr.get(str(r.trial)))
+                    for r, x in pts)
+        if dense_x is not None and dense.get("val_acc") is not None:
+            body.append(_iqr_bar(frame, float(dense_x), float(dense["val_acc"]), run.dense_iqr))
     order = sorted(pts, key=lambda p: (p[0].trial in run.front_ids, bool(p[0].baseline)))
     body.extend(_mark(frame, r, x, r.trial in run.front_ids) for r, x in order)
     if dense_x is not None and dense.get("val_acc") is not None:
         body.append(_dense_mark(frame, dense, float(dense_x or 0.0)))
     body.append(place_labels(frame, _labels(frame, run, pts)))
     return _svg.svg(frame, "".join(body), f"validation accuracy vs {AXES[key]}")
+
+
+def _iqr_bar(frame: _svg.Frame, x: float, y: float, iqr: float | None) -> str:
+    """A horizontal bar over a latency's interquartile range (centred on the median)."""
+    if not iqr:
+        return ""
+    lo, hi = frame.x(max(frame.x_lo, x - iqr / 2)), frame.x(min(frame.x_hi, x + iqr / 2))
+    py = frame.y(y)
+    return (f'<line class="iqr-bar" x1="{lo:.1f}" y1="{py:.1f}" x2="{hi:.1f}" y2="{py:.1f}"/>')
 
 
 def _best_within_budget(run: RunView) -> list[float | None]:

@@ -37,13 +37,13 @@ __all__ = [
 #: trials.csv / front.csv columns, in order; searched parameters follow as ``p:<name>`` columns.
 COLUMNS = (
     "trial", "state", "flops_ratio", "params_ratio", "macs", "params", "latency_ms",
-    "proxy_acc", "short_acc", "val_acc", "test_acc", "fidelity", "seconds", "fail_reason",
-    "baseline", "generation",
+    "latency_cv", "latency_flag", "proxy_acc", "short_acc", "val_acc", "test_acc", "fidelity",
+    "seconds", "fail_reason", "baseline", "generation",
 )
 
 
 #: Columns parsed back as text; every other column of ``COLUMNS`` except ``trial`` is a float.
-_TEXT_COLUMNS = frozenset({"state", "fail_reason", "baseline"})
+_TEXT_COLUMNS = frozenset({"state", "fail_reason", "baseline", "latency_flag"})
 _NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in _TEXT_COLUMNS and c != "trial")
 _PARAM_PREFIX = "p:"
 _STAGE_PREFIX = "s:"
@@ -264,6 +264,30 @@ class RunDir:
                 out[int(number)] = path
         return out
 
+    @property
+    def timing_log_path(self) -> Path:
+        return self.path / "latency_log.jsonl"
+
+    def log_timing(self, entry: dict[str, Any]) -> None:
+        """Append one timing (interval, process, figures) to latency_log.jsonl; callers hold
+        the device's timing lock, so lines never interleave."""
+        with open(self.timing_log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=_json_default) + "\n")
+
+    def read_timing_log(self) -> list[dict[str, Any]]:
+        """The entries of :meth:`log_timing`, oldest first (a torn last line is skipped)."""
+        if not self.timing_log_path.is_file():
+            return []
+        out = []
+        for line in self.timing_log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
     def lock_path(self, name: str) -> Path:
         """An inter-process lock file of the run (``ask``, ``latency-cpu``, ...)."""
         return self.path / f".{name}.lock"
@@ -295,6 +319,16 @@ class RunDir:
         check = FileCheck(path)
         data = run_files.check_scores(check, check.json())
         return {int(k): float(v) for k, v in data.items() if k.isdigit()}
+
+    def read_latency_iqr(self) -> dict[str, float]:
+        """``{"<trial>" or "dense": IQR ms}``: the spread the final re-timing recorded beside
+        each median in latency_remeasured.json (``iqr:<key>`` entries)."""
+        path = self.remeasured_path
+        if not path.is_file():
+            return {}
+        check = FileCheck(path)
+        data = run_files.check_scores(check, check.json())
+        return {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")}
 
     def _scores_path(self, which: str) -> Path:
         paths = {"test": self.test_scores_path, "latency": self.remeasured_path}

@@ -154,13 +154,13 @@ class Run:
 
             check_runtime(settings.latency_runtime, recipe.finetune.device,
                           settings.latency_dtype)
-        space = with_target_rounding(recipe.space, recipe.finetune.device,
-                                     settings.latency_runtime)
+        space = with_target_rounding(recipe.space)
         self.dir, self.target, self.settings, self.ft = run, target, settings, recipe.finetune
         self.evaluate = split_evaluator(target.evaluate)
         analysis = analyze(target.model.eval(), target.example_inputs, ignore=space.ignore)
         self.timer = Timer(run, target.example_inputs, self.ft.device, settings.latency_batch,
-                           settings.latency_dtype, runtime=settings.latency_runtime)
+                           settings.latency_dtype, runtime=settings.latency_runtime,
+                           max_cv=settings.latency_max_cv)
         self.baseline = self._baseline(analysis, budget)
         cm = analysis.cost_model
         self.budget = ResolvedBudget(budget, cm.dense_macs(), cm.dense_params(),
@@ -170,7 +170,7 @@ class Run:
         self.problem = Problem(analysis, space, self.budget, settings)
         self.stages = Stages(self.problem, run, self.timer, self.evaluate,
                              (target.train_loader, self.ft, finetune_adapter(target.finetune)))
-        self.ledger = Ledger(run, self.budget)
+        self.ledger = Ledger(run, self.budget, settings.latency_max_cv)
 
     @property
     def study_name(self) -> str:

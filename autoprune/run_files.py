@@ -28,7 +28,8 @@ __all__ = ["BUDGET_KEYS", "FileCheck", "check_baseline", "check_budget", "check_
 BUDGET_KEYS = frozenset({"flops", "params", "latency", "latency_ms"})
 #: Numbers of baseline.json's ``dense`` entry (what the report formats and draws).
 _DENSE_NUMBERS = ("macs", "flops", "params", "latency_ms", "latency_iqr_ms", "latency_cv",
-                  "batch_size", "val_acc", "test_acc", "latency_final_ms", "prepare_s")
+                  "batch_size", "val_acc", "test_acc", "latency_final_ms", "latency_final_iqr_ms",
+                  "prepare_s")
 _MAX_WHAT = 160
 
 

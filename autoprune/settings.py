@@ -123,7 +123,7 @@ class RunSettings:
     round_to: int | None = field(default=None, metadata=meta(
         "keep every group's layer width a multiple of N channels (a group of heads: its "
         "attention width); overrides the space's round_to; 1: no rounding (default: the "
-        "space's, 8 on CUDA)", "--round-to", low=1, high=1024))
+        "space's; 8 when the space leaves it open)", "--round-to", low=1, high=1024))
 
     def __post_init__(self) -> None:
         _check_numbers(self)
@@ -187,6 +187,10 @@ class SearchSettings:
         "runtime latency is measured in: eager PyTorch | compile (torch.compile) | "
         "onnxruntime (the ONNX export in ONNX Runtime, CPU; pip install \"autoprune[onnx]\")",
         "--latency-runtime", group="latency"))
+    latency_max_cv: float = field(default=0.10, metadata=meta(
+        "a timing whose robust CV (IQR / 1.349 / median) is above this is taken again (twice "
+        "at most) and flagged noisy if it stays above", "--latency-max-cv", group="latency",
+        above=0, high=10))
     storage: str | None = field(default=None, metadata=meta(
         "Optuna storage URL (default: study.journal in the run dir)", "--storage",
         group="parallel"))

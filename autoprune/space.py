@@ -38,12 +38,13 @@ if TYPE_CHECKING:
 __all__ = ["Param", "ResolvedSpace", "Rule", "SearchSpace", "builtin_spaces", "load_space",
            "with_target_rounding"]
 
-#: The layer width a search rounds to when the space leaves it open (round_to: null) and the
-#: target punishes odd widths: tensor cores on CUDA (DESIGN decision 4), and ONNX Runtime on the
+#: The layer width a search rounds to when the space leaves it open (round_to: null). Odd widths
+#: are slow where models ship: tensor cores on CUDA (DESIGN decision 4), and ONNX Runtime on the
 #: CPU, where unrounded uniform plans at half and 0.3 of the FLOPs ran 0.38-0.82x as fast as
 #: dense on MobileNetV2 and the digits ResNet-8 while rounded to 8 every one ran faster than
-#: dense, 1.04-11.7x (benchmarks/results/latency.md). Eager PyTorch on the CPU is mixed
-#: (rounding helped in 9 of 12 cells, lost in 3), so it stays unrounded there.
+#: dense, 1.04-11.7x (benchmarks/results/latency.md). A model searched with eager timing is
+#: still usually exported to ONNX, and in eager PyTorch rounding helped in 9 of the 12 cells
+#: (lost 3, by 0.07-0.25x), so every target rounds by default; ``--round-to 1`` turns it off.
 TARGET_ROUND_TO = 8
 
 # Package data (pyproject's [tool.setuptools.package-data]), so a wheel carries the YAML too; the
@@ -299,9 +300,9 @@ def load_space(spec: str | Path | None = None) -> SearchSpace:
     return SearchSpace.from_dict(data, source=str(spec))
 
 
-def with_target_rounding(space: SearchSpace, device: str, runtime: str = "eager") -> SearchSpace:
-    """``space`` with :data:`TARGET_ROUND_TO` when it leaves ``round_to`` open and the target
-    (CUDA, or ONNX Runtime) runs odd widths slowly; otherwise ``space`` itself."""
-    if space.round_to is None and (device.startswith("cuda") or runtime == "onnxruntime"):
+def with_target_rounding(space: SearchSpace) -> SearchSpace:
+    """``space`` with :data:`TARGET_ROUND_TO` when it leaves ``round_to`` open (every target:
+    see the measurements above ``TARGET_ROUND_TO``); otherwise ``space`` itself."""
+    if space.round_to is None:
         return dataclasses.replace(space, round_to=TARGET_ROUND_TO)
     return space

@@ -10,17 +10,20 @@ another process (the Ray backend); :meth:`Stages.job` is that picklable entry po
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from autoprune.errors import BudgetError
-from autoprune.latency import LatencyCache, measure
+from autoprune.latency import LatencyCache, LatencyTarget, shape_signature, time_alternating
+from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, robust_cv
 from autoprune.pipeline import CandidateFailed, Pipeline
 from autoprune.plan import PruningPlan
 from autoprune.problem import Problem
@@ -54,8 +57,12 @@ class Prepared:
 
 @dataclass
 class Timer:
-    """Times models on the run's device; local processes take turns (one file lock per device),
-    and figures are cached by the pruned architecture's shape signature."""
+    """Times models on the run's device for one run: processes take turns (one file lock per
+    device, so no two timings overlap, whichever worker or Ray actor asks), a figure whose CV
+    is above ``max_cv`` is taken again and flagged if it stays noisy
+    (:func:`~autoprune.latency.guard.guarded`), figures are cached by the pruned architecture's
+    shape signature, and every timing is appended to ``latency_log.jsonl`` (its wall-clock
+    interval, process, figures)."""
 
     run: RunDir
     example_inputs: Any
@@ -64,16 +71,66 @@ class Timer:
     dtype: str = "float32"
     cache: LatencyCache = field(default_factory=LatencyCache)
     runtime: str = "eager"
+    max_cv: float = DEFAULT_MAX_CV
 
-    def __call__(self, model: nn.Module, repeats: int = 10, cached: bool = True) -> float | None:
+    def __post_init__(self) -> None:
+        self.run = RunDir(self.run.path.absolute())  # the same lock from any working directory
+
+    def __call__(self, model: nn.Module, repeats: int = 10, label: str = "candidate") -> Timed:
+        """The guarded latency of ``model`` (a cached figure when its architecture was timed)."""
+        key = (shape_signature(model), self.device, self.batch_size, self.dtype, self.runtime)
+        with self._turn() as log:
+            hit = self.cache.get(key)
+            if hit is not None:
+                cv = robust_cv(*hit)
+                return Timed(hit[0], hit[1], 0, cv is not None and cv > self.max_cv)
+            timed = guarded(lambda k: self.alternating({label: model}, 1, repeats * k)[label],
+                            self.max_cv)
+            self.cache.put(key, (timed.ms, timed.iqr_ms))
+            log[label] = timed
+        return timed
+
+    def together(self, models: dict[str, nn.Module], rounds: int = 5,
+                 repeats: int = 10) -> dict[str, Timed]:
+        """The models timed in alternating rounds (:func:`~autoprune.latency.time_alternating`);
+        noisy ones are re-timed (with the first label, the reference, alternating beside them)
+        up to twice, each time with twice the runs, keeping each label's steadiest figure."""
+        with self._turn() as log:
+            found = {k: Timed(*v) for k, v in self.alternating(models, rounds, repeats).items()}
+            reference = next(iter(models))
+            for attempt in (2, 4):
+                noisy = [k for k, t in found.items() if (t.cv or 0.0) > self.max_cv]
+                if not noisy:
+                    break
+                again = self.alternating({k: models[k] for k in dict.fromkeys(
+                    [reference, *noisy])}, rounds, repeats * attempt)
+                for k, (ms, iqr) in again.items():
+                    steadier = (robust_cv(ms, iqr) or 0.0) < (found[k].cv or 0.0)
+                    found[k] = Timed(ms if steadier else found[k].ms,
+                                     iqr if steadier else found[k].iqr_ms, found[k].attempts + 1)
+            found = {k: Timed(t.ms, t.iqr_ms, t.attempts, (t.cv or 0.0) > self.max_cv)
+                     for k, t in found.items()}
+            log.update(found)
+        return found
+
+    def alternating(self, models: dict[str, nn.Module], rounds: int,
+                    repeats: int) -> dict[str, tuple[float, float]]:
+        target = LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
+        return time_alternating(models, self.example_inputs, target, rounds, repeats)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[dict[str, Timed]]:
+        """Hold the device's timing lock; what the body puts in the yielded dict is logged with
+        the interval the lock was held."""
         from filelock import FileLock
 
-        if not cached:
-            self.cache = LatencyCache()
         with FileLock(str(self.run.lock_path(f"latency-{self.device}"))):
-            return measure(model, self.example_inputs, device=self.device,
-                           batch_size=self.batch_size, dtype=self.dtype, repeats=repeats,
-                           warmup=3, cache=self.cache, runtime=self.runtime).latency_ms
+            start, timed = time.time(), {}
+            yield timed
+            if timed:
+                self.run.log_timing({"start": start, "end": time.time(), "pid": os.getpid(),
+                                     "runtime": self.runtime, "device": self.device,
+                                     "timings": {k: asdict(t) for k, t in timed.items()}})
 
 
 class Stages:
@@ -136,7 +193,11 @@ class Stages:
             return
         if prep.model is None:
             prep.model = self.problem.analysis.apply(prep.plan)
-        prep.rec["latency_ms"] = self.timer(prep.model)
+        start = time.time()
+        timed = self.timer(prep.model)
+        prep.rec.update(latency_ms=timed.ms, latency_cv=timed.cv,
+                        latency_flag="noisy" if timed.noisy else None)
+        prep.rec.setdefault("stages", {})["latency_s"] = time.time() - start
 
     # -- the stages (each may run in another process: see job) ---------------------------------
     def job(self, item: tuple[StageName, Prepared, float]) -> Prepared:

@@ -3,34 +3,36 @@
 For each model (the README's default digits ResNet-8, torchvision ResNet-18 and MobileNetV2 at
 64 px, random weights: latency does not depend on them) the dense model and uniform-L2 plans at a
 few FLOPs budgets, fitted with ``round_to`` None and 8 (the fit lands on the budget either way),
-are timed in each runtime at each batch size. Each variant is prepared once (exported and opened
-in an ONNX Runtime session), then timed once per round (``torch.utils.benchmark``
-``blocked_autorange``, >= 0.2 s) with the rounds alternating the variants, so load drifts hit
-all of them alike; the table gives the median over rounds and the speed-up over dense in the same
-runtime. One torch (and ONNX Runtime) thread.
+are timed in each runtime at each batch size, and so are the front members of digits searches
+given with ``--runs``, as searched. Timing is ``ap.latency.time_alternating``, the routine of a
+search's final re-timing: each variant is prepared once (exported and opened in an ONNX Runtime
+session), then rounds of 10 timed samples each (``torch.utils.benchmark`` on CPU, CUDA events on
+a GPU) alternate the variants, so load drifts hit all of them alike; the table gives the median
+and robust CV (IQR / 1.349 / median) of the pooled samples and the speed-up over dense in the
+same runtime. One torch (and ONNX Runtime) thread.
 
     python benchmarks/latency.py [--models digits resnet18 mobilenet_v2] [--budgets 0.5 0.3]
         [--batches 1 64] [--rounds 5] [--runtimes eager onnxruntime]
+        [--runs results/RUN ...] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, environment
 
 import autoprune as ap
-from autoprune.latency.runtimes import prepare
+from autoprune.latency import LatencyTarget, time_alternating
+from autoprune.latency.guard import robust_cv
 
 
 def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -61,6 +63,24 @@ def variants(model: torch.nn.Module, x: torch.Tensor,
     return out
 
 
+def searched(run_dir: Path) -> tuple[str, dict[str, tuple[torch.nn.Module, float, str]]]:
+    """A digits search's dense model and front members (their plans on the task's dense
+    weights; latency does not depend on the weights): (name, label -> variant)."""
+    from autoprune.results import RunDir
+
+    run = RunDir.open(run_dir)
+    model, x = build("digits")
+    analysis = ap.analyze(model, x)
+    dense = analysis.cost_model.dense_macs()
+    out = {"dense": (model, 1.0, _widths(analysis, None))}
+    for row in run.read_front():
+        plan = ap.PruningPlan.from_dict(run.read_plan(int(row["trial"])))
+        label = f"front trial {row['trial']}" + \
+            (f" round_to={plan.round_to}" if plan.round_to else "")
+        out[label] = (analysis.apply(plan), analysis.macs(plan) / dense, _widths(analysis, plan))
+    return f"digits search {run_dir.name}", out
+
+
 def _widths(analysis: Any, plan: Any) -> str:
     kept = analysis.kept(plan) if plan is not None else [g.channels for g in analysis.groups]
     shown = "/".join(str(k) for k in kept[:9])
@@ -68,39 +88,32 @@ def _widths(analysis: Any, plan: Any) -> str:
 
 
 def time_rounds(models: dict[str, torch.nn.Module], x: torch.Tensor, runtime: str,
-                batch: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per label, one latency (ms, ``blocked_autorange`` median) per round, the rounds
-    alternating the labels; and each label's preparation seconds (compile / export, once)."""
-    xb = x.repeat(batch, *[1] * (x.dim() - 1))
-    times: dict[str, list[float]] = {label: [] for label in models}
-    with torch.inference_mode():
-        prepared = {label: prepare(m.eval(), xb, runtime) for label, m in models.items()}
-        for r in range(rounds):
-            order = list(models) if r % 2 == 0 else list(reversed(models))
-            for label in order:
-                timer = benchmark.Timer(stmt="run()", globals={"run": prepared[label].run},
-                                        num_threads=1)
-                times[label].append(timer.blocked_autorange(min_run_time=0.2).median * 1e3)
-    return times, {label: p.prepare_s for label, p in prepared.items()}
+                batch: int, rounds: int, device: str) -> dict[str, tuple[float, float]]:
+    """Per label, the median and IQR (ms) from ``ap.latency.time_alternating``: every model
+    prepared once, then rounds that alternate the labels (the search's final re-timing)."""
+    return time_alternating(models, x, LatencyTarget(device, batch, runtime=runtime), rounds)
 
 
 def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    model, x = build(name)
-    found = variants(model, x, args.budgets)
+    if name.startswith("run:"):
+        name, found = searched(Path(name[4:]))
+        x = build("digits")[1]
+    else:
+        model, x = build(name)
+        found = variants(model, x, args.budgets)
     pruned = {label: v[0] for label, v in found.items()}
     rows = []
     for runtime in args.runtimes:
         for batch in args.batches:
             start = time.perf_counter()
-            times, prep = time_rounds(pruned, x, runtime, batch, args.rounds)
-            dense = statistics.median(times["dense"])
+            times = time_rounds(pruned, x, runtime, batch, args.rounds, args.device)
+            dense = times["dense"][0]
             for label, (_, flops, widths) in found.items():
-                ms = statistics.median(times[label])
+                ms, iqr = times[label]
                 rows.append({"model": name, "variant": label, "runtime": runtime,
                              "batch": batch, "flops_ratio": flops, "widths": widths,
-                             "latency_ms": ms, "rounds_ms": times[label],
-                             "prepare_s": prep[label],
-                             "speedup": dense / ms})
+                             "latency_ms": ms, "iqr_ms": iqr, "cv": robust_cv(ms, iqr),
+                             "device": args.device, "speedup": dense / ms})
             print(f"{name} {runtime} batch {batch}: {time.perf_counter() - start:.0f} s",
                   flush=True)
     return rows
@@ -108,13 +121,13 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | variant | kept widths (first groups) | FLOPs % | runtime | batch | "
-             "latency ms (median of rounds) | speed-up vs dense |",
-             "|---|---|---|---|---|---|---|---|"]
+             "latency ms (median) | CV | speed-up vs dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flag = " **slower than dense**" if r["speedup"] < 1.0 and r["variant"] != "dense" else ""
         lines.append(f"| {r['model']} | {r['variant']} | {r['widths']} | "
                      f"{100 * r['flops_ratio']:.1f} | {r['runtime']} | {r['batch']} | "
-                     f"{r['latency_ms']:.3f} | {r['speedup']:.2f}x{flag} |")
+                     f"{r['latency_ms']:.3f} | {r['cv']:.3f} | {r['speedup']:.2f}x{flag} |")
     return "\n".join(lines)
 
 
@@ -126,12 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime"],
                    choices=["eager", "compile", "onnxruntime"])
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (eager / compile; CUDA events)")
+    p.add_argument("--runs", nargs="*", type=Path, default=[],
+                   help="digits search run directories: time their front members too")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     command = "python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    rows = [row for name in args.models for row in run_model(name, args)]
+    names = [*args.models, *(f"run:{r}" for r in args.runs)]
+    rows = [row for name in names for row in run_model(name, args)]
     text = (f"# Latency by runtime: eager PyTorch vs ONNX Runtime, channel rounding\n\n"
             f"`{command}`\n\n{environment()} · total {time.perf_counter() - start:.0f} s\n\n"
             f"{__doc__.split(chr(10) + chr(10))[1]}\n\n{table(rows)}\n")

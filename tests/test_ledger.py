@@ -7,6 +7,7 @@ import pytest
 from torch import nn
 
 from autoprune.budget import ResolvedBudget
+from autoprune.latency.guard import Timed
 from autoprune.ledger import Ledger
 from autoprune.pareto import non_dominated
 from autoprune.plan import Budget
@@ -54,32 +55,56 @@ def test_weights_are_dropped_only_once_the_front_cannot_change(tmp_path):
     assert set(lat.run.saved_models()) == {0}
 
 
+def named(name: object) -> nn.Module:
+    model = nn.Identity()
+    model.name = name  # type: ignore[assignment]
+    return model
+
+
 def test_retiming_reaches_members_that_join_the_front_late(tmp_path):
-    """Trial 0 turns out over the budget when timed alone; trial 2 then joins the front and is
-    timed too, although its weights were dropped during the search."""
+    """Trial 0 turns out over the budget when timed again; trials 1 and 2 then join the front
+    and are timed too (2 although its weights were dropped during the search), always beside
+    the dense model, in one alternating session per pass."""
     book = ledger(tmp_path, Budget(latency=0.9))
     book.run.model_path(2).unlink()
-    final = {"dense": 4.0, 0: 3.9, 2: 2.4, 1: 2.9}
-    timed: list[object] = []
+    final = {"dense": 4.0, "0": 3.9, "2": 2.4, "1": 2.9}
+    sessions: list[list[str]] = []
 
-    def time_model(model: nn.Module, repeats: int, cached: bool) -> float:
-        assert repeats == 50 and not cached
-        timed.append(model.name)  # type: ignore[attr-defined]
-        return final[model.name]  # type: ignore[attr-defined,index]
+    def together(models: dict[str, nn.Module]) -> dict[str, Timed]:
+        sessions.append(list(models))
+        assert all(m.name == ("dense" if k == "dense" else int(k))  # type: ignore[attr-defined]
+                   for k, m in models.items())
+        return {k: Timed(final[k], 0.01 * final[k]) for k in models}
 
-    def build(record: TrialRecord) -> nn.Module:
-        model = nn.Identity()
-        model.name = record.trial  # type: ignore[assignment]
-        return model
-
-    dense = nn.Identity()
-    dense.name = "dense"  # type: ignore[assignment]
-    book.remeasure(RECORDS, time_model, build, dense)
+    book.remeasure(RECORDS, together, lambda r: named(r.trial), named("dense"))
+    assert [s[:2] for s in sessions] == [["dense", "0"]] * 2
+    assert sorted(sessions[1][2:]) == ["1", "2"]
     assert book.run.read_scores("latency") == {0: 3.9, 1: 2.9, 2: 2.4}
+    assert book.run.read_latency_iqr()["1"] == pytest.approx(0.029)
     merged = book.merge(RECORDS)
     assert merged[0].state is TrialState.INFEASIBLE and "re-measured" in merged[0].fail_reason
     assert {r.trial for r in book.front(merged)} == {1, 2}
-    assert timed[0] == "dense" and sorted(timed[1:]) == [0, 1, 2]
     assert book.budget.dense_latency_ms == 4.0 and book.run.read_budget()["axis"] \
         == "latency_ratio"
-    assert book.run.read_baseline()["dense"]["latency_final_ms"] == pytest.approx(4.0)
+    dense = book.run.read_baseline()["dense"]
+    assert dense["latency_final_ms"] == pytest.approx(4.0)
+    assert dense["latency_final_iqr_ms"] == pytest.approx(0.04)
+
+
+def test_final_figures_replace_search_flags_and_flag_slow_or_noisy_members(tmp_path):
+    """A final figure over the dense one is flagged "slower than dense"; one whose CV is over
+    the ledger's threshold "noisy"; a search-time "noisy" flag goes once a steady final figure
+    replaces it; trials without a final figure keep theirs."""
+    book = ledger(tmp_path, Budget(flops=0.6))
+    records = [r.updated(latency_flag="noisy", latency_cv=0.5) for r in RECORDS]
+    timed = {"dense": Timed(2.2, 0.02), "0": Timed(2.0, 0.01), "1": Timed(2.5, 0.02),
+             "2": Timed(1.5, 0.6)}  # 2: CV 0.3
+    book.remeasure(records, lambda models: {k: timed[k] for k in models},
+                   lambda r: named(r.trial), named("dense"))
+    merged = {r.trial: r for r in book.merge(records)}
+    assert merged[0].latency_flag is None and merged[0].latency_cv == pytest.approx(
+        0.01 / 1.349 / 2.0)
+    assert merged[1].latency_flag == "slower than dense"
+    assert merged[2].latency_flag == "noisy"
+    assert merged[3].latency_flag == "noisy" and merged[3].latency_cv == 0.5  # not re-timed
+    assert [merged[t].latency_ms for t in (0, 1, 2)] == [2.0, 2.5, 1.5]

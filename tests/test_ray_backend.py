@@ -7,6 +7,7 @@ where ``autoprune[ray]`` is installed, a missing Ray is a failure instead.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -112,7 +113,7 @@ def test_staged_search_on_ray_records_what_optuna_records(local_ray, tmp_path):
         results[backend] = ap.search(
             Net(), torch.zeros(1, 1, 8, 8), evaluate=_score, finetune=steps_finetune,
             train_loader=loader, budget=ap.Budget(flops=0.5), trials=4,
-            run_dir=tmp_path / backend, settings=settings,
+            run_dir=tmp_path / backend, settings=settings, space=ap.SearchSpace(round_to=1),
             finetune_settings=ap.FinetuneSettings(steps=8, bn_batches=1))
 
     def view(result: ap.SearchResult) -> list[tuple]:
@@ -127,6 +128,34 @@ def test_staged_search_on_ray_records_what_optuna_records(local_ray, tmp_path):
     assert [r.trial for r in results["ray"].front] == [r.trial for r in results["optuna"].front]
     models = RunDir(tmp_path / "ray").saved_models()  # weights written by the Ray workers
     assert {r.trial for r in results["ray"].front} <= set(models)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_ray_search_times_latency_serially_on_the_driver(local_ray, tmp_path):
+    """Issue 13's check: stage jobs run as concurrent Ray tasks, but every latency (candidates
+    and the end-of-run re-timing) is taken in this, the driver's, process, one at a time: no
+    two timings in latency_log.jsonl overlap, so none is taken beside another timing (and the
+    driver times between stages, not while its candidates train)."""
+    from test_generations import Net, _score, steps_finetune
+
+    loader = [(torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)),
+               torch.tensor([0, 1, 2, 0])) for i in range(2)]
+    settings = ap.SearchSettings(progress=False, screen=2, short_fidelity=0.25, promote=2,
+                                 generation=2, levels=1, seed=3, backend="ray")
+    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=_score, finetune=steps_finetune,
+                       train_loader=loader, budget=ap.Budget(flops=0.5), trials=4,
+                       run_dir=tmp_path / "run", settings=settings,
+                       space=ap.SearchSpace(round_to=1),  # 8-16 channels: distinct plans
+                       finetune_settings=ap.FinetuneSettings(steps=8, bn_batches=1))
+    log = RunDir(result.run_dir).read_timing_log()
+    candidates = [e for e in log if "candidate" in e["timings"]]  # (a cached shape: not timed)
+    assert len(candidates) >= 2 and "dense" in log[-1]["timings"]
+    assert {e["pid"] for e in log} == {os.getpid()}
+    spans = sorted((e["start"], e["end"]) for e in log)
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    timed = [r for r in result.trials if r.is_full]
+    assert timed and all(r.latency_ms is not None for r in timed)
 
 
 @pytest.mark.slow

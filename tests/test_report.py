@@ -250,7 +250,10 @@ def test_latency_budget_search_report_uses_the_latency_ratio(tmp_path: Path,
     hypervolume, both on the latency ratio."""
     from autoprune.tasks import load_task
 
-    monkeypatch.setattr("autoprune.latency.timing._latency", _fake_latency)
+    monkeypatch.setattr("autoprune.latency.timing._latency", _fake_latency)  # the dense model
+    monkeypatch.setattr("autoprune.stages.time_alternating",  # candidates, final re-timing
+                        lambda models, *a, **k: {label: _fake_latency(m, None, None)[:2]
+                                                 for label, m in models.items()})
     task = load_task("digits")
     result = ap.search(task.dense_model(), task.example_inputs(), evaluate=task.evaluate,
                        train_loader=task.splits().train, budget=ap.Budget(latency=0.9), trials=2,

@@ -96,7 +96,8 @@ def fabricated_run(path: Path, widths: bool = True, name_dense: dict | None = No
     keep = non_dominated([(r.val_acc, r.flops_ratio) for r in full], ("max", "min"))
     run.write_front([full[i] for i in keep])
     (run.path / "latency_remeasured.json").write_text(json.dumps(
-        {"dense": 2.0, "3": 2.5, "2": 1.0, "0": 1.5, "iqr:3": 0.125, "iqr:dense": 0.25}))
+        {"dense": 2.0, "3": 2.5, "2": 1.0, "0": 1.5, "1": 1.4, "iqr:3": 0.125,
+         "iqr:dense": 0.25}))  # the end-of-run re-timing: dense, front and baselines
     return run
 
 

@@ -12,9 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cost", "LatencyCache", "LatencyKey", "shape_signature"]
+from autoprune.latency.guard import robust_cv
+
+__all__ = ["Cost", "LatencyCache", "LatencyKey", "LatencyTarget", "shape_signature"]
 
 LatencyKey = tuple[str, str, int, str, str]  # shape signature, device, batch, dtype, runtime
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Where a latency is taken: device, batch size (None: the example inputs' batch), dtype
+    and runtime (``eager`` | ``compile`` | ``onnxruntime``)."""
+
+    device: str = "cpu"
+    batch_size: int | None = None
+    dtype: str = "float32"
+    runtime: str = "eager"
 
 
 @dataclass(frozen=True)
@@ -39,9 +52,7 @@ class Cost:
     @property
     def latency_cv(self) -> float | None:
         """A robust coefficient of variation: IQR / 1.349 / median."""
-        if not self.latency_ms or self.latency_iqr_ms is None:
-            return None
-        return self.latency_iqr_ms / 1.349 / self.latency_ms
+        return robust_cv(self.latency_ms, self.latency_iqr_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -3,13 +3,15 @@
 :func:`measure` counts with torch-pruning's counter (through the engine) and times the model:
 warm-up, then the median and IQR of repeated runs (``torch.utils.benchmark`` on CPU, CUDA events
 on GPU), under ``torch.inference_mode()``, cached by the architecture's shape signature.
+:func:`time_alternating` times several models in alternating rounds (the end-of-run re-timing of
+dense, baselines and front), so that a change in the machine's load hits all of them alike.
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,10 @@ from torch.utils import benchmark
 from autoprune.engine import count_macs_params
 from autoprune.engine.inputs import batch_size_of, batched, to_device
 from autoprune.errors import ConfigError
-from autoprune.latency.cost import Cost, LatencyCache, shape_signature
+from autoprune.latency.cost import Cost, LatencyCache, LatencyTarget, shape_signature
 from autoprune.latency.runtimes import check_runtime, prepare
 
-__all__ = ["measure"]
+__all__ = ["measure", "time_alternating"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -63,20 +65,32 @@ def _time_cpu(run: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
     return [timer.timeit(number).median * 1000.0 for _ in range(repeats)]
 
 
+def _samples(run: Callable[[], Any], timing: _Timing) -> list[float]:
+    if timing.device.startswith("cuda"):
+        return _time_cuda(run, timing.repeats, timing.warmup)
+    return _time_cpu(run, timing.repeats, timing.warmup)
+
+
+def _median_iqr(times: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def _prepared(model: nn.Module, inputs: Any, timing: _Timing) -> Any:
+    """A copy of ``model`` in eval mode on the target device, ready in its runtime (call under
+    ``torch.inference_mode()``)."""
+    torch_dtype = getattr(torch, timing.dtype)
+    timed = copy.deepcopy(model).to(device=timing.device, dtype=torch_dtype).eval()
+    return prepare(timed, to_device(inputs, timing.device, torch_dtype), timing.runtime)
+
+
 def _latency(model: nn.Module, inputs: Any, timing: _Timing) -> tuple[float, float, float]:
     """Median and IQR (ms) of timing a copy of ``model`` in eval mode on the target device in
     its runtime, and the runtime's preparation seconds."""
-    torch_dtype = getattr(torch, timing.dtype)
-    timed = copy.deepcopy(model).to(device=timing.device, dtype=torch_dtype).eval()
-    inputs = to_device(inputs, timing.device, torch_dtype)
     with torch.inference_mode():
-        prepared = prepare(timed, inputs, timing.runtime)
-        if timing.device.startswith("cuda"):
-            times = _time_cuda(prepared.run, timing.repeats, timing.warmup)
-        else:
-            times = _time_cpu(prepared.run, timing.repeats, timing.warmup)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0], prepared.prepare_s
+        prepared = _prepared(model, inputs, timing)
+        times = _samples(prepared.run, timing)
+    return (*_median_iqr(times), prepared.prepare_s)
 
 
 def _check(device: str, batch_size: int | None, dtype: str) -> None:
@@ -138,3 +152,30 @@ def measure(  # public API: keeps its keyword arguments
             cache.put(key, hit)
     extra = {"prepare_s": prepare_s} if runtime != "eager" else {}
     return Cost(macs, params, hit[0], hit[1], device, bs, dtype, extra, runtime)
+
+
+def time_alternating(models: Mapping[str, nn.Module], example_inputs: Any,
+                     target: LatencyTarget | None = None, rounds: int = 5,
+                     repeats: int = 10) -> dict[str, tuple[float, float]]:
+    """Median and IQR (ms) per label, from ``rounds`` rounds of ``repeats`` runs of each model
+    on ``target`` (default: CPU, eager, float32, the example inputs' batch).
+
+    Every model is prepared once (copied to the device, compiled or exported), then the rounds
+    time them in turn, the order reversed every other round, so a change in the machine's load
+    hits all of them alike; each label's figures pool its samples of every round.
+    """
+    where = target or LatencyTarget()
+    _check(where.device, where.batch_size, where.dtype)
+    check_runtime(where.runtime, where.device, where.dtype)
+    if rounds < 1:
+        raise ConfigError(f"rounds={rounds} must be >= 1")
+    inputs = batched(example_inputs, where.batch_size)
+    timing = _Timing(where.device, where.dtype, repeats, 3, where.runtime)
+    samples: dict[str, list[float]] = {label: [] for label in models}
+    with torch.inference_mode():
+        prepared = {label: _prepared(m, inputs, timing) for label, m in models.items()}
+        for r in range(rounds):
+            order = list(prepared) if r % 2 == 0 else list(reversed(prepared))
+            for label in order:
+                samples[label].extend(_samples(prepared[label].run, timing))
+    return {label: _median_iqr(times) for label, times in samples.items()}
