@@ -33,7 +33,7 @@ from autoprune.engine.groups import (
 from autoprune.engine.inputs import counter_batch
 from autoprune.engine.probe import TOLERANCE, ProbeLimits, probe_groups
 from autoprune.engine.prune import Ranking, group_scores, prune_groups
-from autoprune.engine.terms import build_cost_model
+from autoprune.engine.terms import LayerDims, build_cost_model, layer_dims
 from autoprune.engine.trace import Trace, check_supported, resolve_ignore, trace
 from autoprune.errors import AutopruneError, ConfigError, UnsupportedModelError
 from autoprune.plan import FitRequest, PruningPlan, fit_plan, kept_channels
@@ -159,6 +159,11 @@ class PrunableModel:
 
     def macs(self, plan: PruningPlan) -> float:
         return self.cost_model.macs(self.kept(plan))
+
+    def layer_dims(self) -> tuple[list[LayerDims], np.ndarray, np.ndarray]:
+        """Each traced conv/linear call with the channel dims its widths follow, and the dims'
+        dense sizes and removal per group (see :func:`autoprune.engine.terms.layer_dims`)."""
+        return layer_dims(self._dg, self._coupled, self._trace)
 
     def params(self, plan: PruningPlan) -> float:
         return self.cost_model.params(self.kept(plan))

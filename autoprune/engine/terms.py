@@ -9,6 +9,7 @@ its tokens² matmuls (``batch x tokens² x heads x (qk_dim + head_dim)``), which
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from autoprune.engine.custom import channel_params, linked_dims
 from autoprune.engine.groups import CoupledGroup, removal_of
 from autoprune.engine.trace import LayerCall, Trace
 
-__all__ = ["build_cost_model"]
+__all__ = ["LayerDims", "build_cost_model", "layer_dims"]
 
 Term = tuple[float, int, int, int]  # coef, dim 1, dim 2 (-1: the constant 1), kind
 
@@ -246,3 +247,39 @@ def build_cost_model(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup], tra
         param_terms=np.asarray(params, dtype=float).reshape(-1, 4)[:, :3],
         batch=batch,
     )
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """One conv/linear call of the tracing forward and the channel dims its widths follow:
+    indices into the ``(dense, removal)`` arrays :func:`layer_dims` returns with it (dim ``d``
+    keeps ``dense[d] - removal[d] @ removed`` channels); ``in_dim`` is -1 for a depthwise conv,
+    whose input channels follow its output."""
+
+    name: str
+    module: nn.Module
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_dim: int
+    out_dim: int
+
+
+def layer_dims(dg: tp.DependencyGraph, groups: Sequence[CoupledGroup], traced: Trace
+               ) -> tuple[list[LayerDims], np.ndarray, np.ndarray]:
+    """The conv/linear calls of ``traced`` with their dims, and the dims' dense sizes and
+    removal per root channel of each group (what a per-layer latency table needs to read a
+    plan's layer widths without building the pruned model)."""
+    builder = _Builder(dg, groups)
+    names = {m: n for n, m in dg.model.named_modules()}
+    out = []
+    for call in traced.calls:
+        m = call.module
+        conv = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        if not (conv or isinstance(m, nn.Linear)) or not call.in_shape:
+            continue
+        cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+        in_dim = -1 if conv and depthwise(m) else builder.module_dim(m, "in", cin)
+        out.append(LayerDims(names.get(m, ""), m, tuple(call.in_shape), tuple(call.out_shape),
+                             in_dim, builder.module_dim(m, "out", cout)))
+    dense, removal = builder.table.arrays()
+    return out, dense, removal

@@ -1,0 +1,179 @@
+"""The latency model: per-layer lookup tables, their calibration, JSON, and fitting on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DepthwiseGrouped, FlattenHead, Residual
+from torch import nn
+
+import autoprune as ap
+from autoprune.errors import BudgetError, ConfigError
+from autoprune.latency import LatencyTarget, measure
+from autoprune.latency.layer_table import TableGrid, build_table
+from autoprune.latency.predictor import LatencyTable, LayerLut, fit_latency
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = TableGrid(fractions=(0.25, 0.5, 1.0), calibration=(0.5,))
+
+
+class Wide(nn.Module):
+    """Three wide 3x3 convs at 32 px: pruning them is clearly faster."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.a = nn.Conv2d(64, 64, 3, padding=1)
+        self.b = nn.Conv2d(64, 64, 3, padding=1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.a(x))
+        x = torch.relu(self.b(x))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def wide() -> tuple[ap.PrunableModel, LatencyTable, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    analysis = ap.analyze(Wide().eval(), x)
+    return analysis, build_table(analysis, grid=FAST), x
+
+
+def _plan(analysis: ap.PrunableModel, ratio: float, round_to: int | None = None):
+    return ap.PruningPlan({g.name: ratio for g in analysis.groups}, round_to=round_to)
+
+
+def test_interpolation_is_exact_at_grid_points_and_bilinear_between():
+    ms = np.array([[1.0, 2.0, 4.0], [3.0, 5.0, 9.0]])
+    lut = LayerLut({}, (8, 16), (4, 8, 16), ms)
+    for i, kin in enumerate(lut.in_grid):
+        for o, kout in enumerate(lut.out_grid):
+            assert lut.predict(kin, kout) == pytest.approx(ms[i, o])
+    assert lut.predict(12, 6) == pytest.approx((1.0 + 2.0 + 3.0 + 5.0) / 4)
+    assert lut.predict(16, 12) == pytest.approx((5.0 + 9.0) / 2)
+    assert lut.predict(4, 4) == pytest.approx(0.0)  # extrapolated linearly, floored at 0
+    one = LayerLut({}, (0,), (8, 16), np.array([[1.0, 3.0]]))  # depthwise: out axis only
+    assert one.predict(0, 12) == pytest.approx(2.0)
+
+
+def test_widths_off_the_alignment_read_the_odd_table():
+    """ONNX Runtime: ``odd[i, o]`` was timed at ``in_grid[i] - 1`` (depthwise: channels - 1)."""
+    ms = np.array([[1.0, 2.0], [3.0, 4.0]])
+    lut = LayerLut({}, (8, 16), (8, 16), ms, ms + 10, 8)
+    assert lut.predict(16, 16) == pytest.approx(4.0)
+    assert lut.predict(15, 16) == pytest.approx(14.0)
+    assert lut.predict(7, 8) == pytest.approx(11.0)
+    assert lut.predict(16, 15) == pytest.approx(3.875)  # only the input width matters
+    dw = LayerLut({}, (0,), (8, 16), np.array([[1.0, 2.0]]), np.array([[5.0, 6.0]]), 8)
+    assert dw.predict(15, 15) == pytest.approx(6.0) and dw.predict(16, 16) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("model", [Residual, DepthwiseGrouped, FlattenHead])
+def test_layer_widths_are_the_pruned_models(model, image):
+    """Oracle: the widths the table reads off a plan are those of the model the plan builds."""
+    analysis = ap.analyze(model().eval(), image)
+    table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=()))
+    rng = np.random.default_rng(0)
+    for round_to in (None, 4):
+        plan = ap.PruningPlan({g.name: float(rng.uniform(0.1, 0.7)) for g in analysis.groups},
+                              round_to=round_to)
+        modules = dict(analysis.apply(plan).named_modules())
+        widths = table.layer_widths(table.kept(plan))
+        assert table.kept(plan) == analysis.kept(plan)
+        for name, (kin, kout) in zip(table.layer_names, widths):
+            m = modules[name]
+            want = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) \
+                else (m.in_features, m.out_features)
+            assert (kin, kout) == want, name
+    assert np.isfinite(table.predict(plan)) and table.predict(plan) > 0
+
+
+def test_dense_prediction_is_the_calibration_measurement(wide):
+    analysis, table, _ = wide
+    dense = table.info["calibration"][1][0]
+    assert table.dense_ms == dense
+    assert table.predict(ap.PruningPlan({})) == pytest.approx(dense, rel=1e-9)
+    assert table.predict_kept([g.channels for g in analysis.groups]) == pytest.approx(dense)
+    assert table.rest[1] >= 0.0
+
+
+def test_prediction_is_monotone_in_width(wide):
+    analysis, table, _ = wide
+    predicted = [table.predict(_plan(analysis, r)) for r in (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)]
+    assert np.all(np.diff(predicted) <= 0), predicted
+    assert predicted[-1] < 0.5 * predicted[0]  # 3 convs at 10 % width: far faster
+    for lut in table.luts:  # each table never drops as a layer widens
+        assert np.all(np.diff(lut.ms, axis=0) >= 0) and np.all(np.diff(lut.ms, axis=1) >= 0)
+
+
+def test_json_round_trip(wide):
+    analysis, table, _ = wide
+    again = LatencyTable.from_json(table.to_json())
+    assert again.key == table.key and again.key["runtime"] == "eager"
+    assert again.key["signature"] and again.key["batch"] == 1
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        plan = ap.PruningPlan({g.name: float(rng.uniform(0, 0.8)) for g in analysis.groups})
+        assert again.predict(plan) == table.predict(plan)
+    with pytest.raises(ConfigError, match="format"):
+        LatencyTable.from_dict({**table.to_dict(), "format": 99})
+
+
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_fit_latency_lands_on_the_predicted_target(wide, round_to):
+    analysis, table, _ = wide
+    for fraction in (0.6, 0.35):
+        target = fraction * table.dense_ms
+        plan = fit_latency(table, target, round_to=round_to)
+        predicted = table.predict(plan)
+        assert predicted <= target * (1 + 1e-9)
+        assert predicted >= target * 0.9  # rounding to 8 of 64 channels: coarse steps
+        if round_to is None:
+            assert predicted >= target * 0.98
+        kept = analysis.kept(plan)
+        assert plan.round_to == round_to
+        if round_to:
+            assert all(k % round_to == 0 for k in kept), kept
+
+
+def test_fit_latency_allocation_and_errors(wide):
+    analysis, table, _ = wide
+    first = analysis.groups[0].name
+    plan = fit_latency(table, 0.7 * table.dense_ms, allocation={first: 1.0})
+    assert set(plan.ratios) == {first}
+    with pytest.raises(BudgetError, match="fastest reachable"):
+        fit_latency(table, 0.01 * table.dense_ms, caps=0.5)
+    with pytest.raises(ConfigError, match="does not have"):
+        fit_latency(table, 0.5 * table.dense_ms, allocation={"nope": 1.0})
+    with pytest.raises(ConfigError, match="groups"):
+        table.predict_kept([1])
+
+
+def test_predicted_order_of_two_plans_matches_measurement(wide):
+    analysis, table, x = wide
+    light, heavy = _plan(analysis, 0.1), _plan(analysis, 0.75)
+    assert table.predict(light) > 1.5 * table.predict(heavy)
+    measured = [measure(analysis.apply(p), x, repeats=7, warmup=2).latency_ms
+                for p in (light, heavy)]
+    assert measured[0] > measured[1]
+
+
+def test_onnxruntime_table(image):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    analysis = ap.analyze(DepthwiseGrouped().eval(), image)
+    table = build_table(analysis, LatencyTarget(runtime="onnxruntime"),
+                        TableGrid(fractions=(0.5, 1.0), calibration=()))
+    assert table.key["runtime"] == "onnxruntime"
+    assert table.predict(ap.PruningPlan({})) == pytest.approx(table.dense_ms)
+    assert any(t.odd is not None and t.align == 8 for t in table.luts)
+    assert all(t.odd is None for t in table.luts if t.config.get("groups", 1) > 1
+               and not t.config.get("depthwise"))  # grouped convs keep their group alignment
+    again = LatencyTable.from_json(table.to_json())
+    plan = ap.PruningPlan({g.name: 0.3 for g in analysis.groups})
+    assert again.predict(plan) == table.predict(plan)
