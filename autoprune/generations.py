@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autoprune.backends.base import Asked, SearchBackend
-from autoprune.problem import plan_key
+from autoprune.plan import PruningPlan
+from autoprune.problem import Problem, plan_key
 from autoprune.settings import SearchSettings
 from autoprune.stages import Prepared, StageName, Stages
 from autoprune.trial import LEVEL, ParamSpec, TrialRecord, TrialState
@@ -134,9 +135,10 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
                 return
             k = min(loop.schedule.generation, left)
             asked = _ask(backend, stages, specs, loop.schedule, k)
-            copies = duplicates(backend.records(), asked)
+            records = backend.records()
+            copies = duplicates(records, asked)
         try:
-            preps = _run(loop, asked, k, copies)
+            preps = _run(loop, asked, k, (copies, records))
         except KeyboardInterrupt:
             for a in asked:
                 backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
@@ -187,10 +189,37 @@ def duplicates(records: Sequence[TrialRecord], asked: Sequence[Asked]) -> dict[i
     return out
 
 
-def _run(loop: _Loop, asked: list[Asked], k: int, copies: dict[int, int]) -> list[Prepared]:
-    """Proxy every candidate, short-tune the proxy's best, fully tune the best of those."""
+def same_widths(problem: Problem, records: Sequence[TrialRecord],
+                preps: Sequence[Prepared]) -> dict[int, int]:
+    """``{trial: earlier trial}`` for prepared candidates whose fitted plan keeps as many
+    channels per group as a finished trial (or an earlier one of this generation): different
+    searched values that round to one plan (``round_to``) are one model, trained once."""
+    if problem.weights_mode:  # every plan is empty there: the level tells models apart
+        return {}
+
+    def widths(plan: PruningPlan) -> tuple[int, ...]:
+        return tuple(problem.analysis.kept(plan))
+
+    seen = {widths(PruningPlan.from_dict(r.plan)): r.trial for r in reversed(records)
+            if r.plan and r.state in (TrialState.COMPLETE, TrialState.SCREENED)}
+    out = {}
+    for p in preps:
+        if p.outcome is None:
+            key = widths(p.plan)
+            if key in seen:
+                out[p.number] = seen[key]
+            seen.setdefault(key, p.number)
+    return out
+
+
+def _run(loop: _Loop, asked: list[Asked], k: int,
+         known: tuple[dict[int, int], Sequence[TrialRecord]]) -> list[Prepared]:
+    """Proxy every candidate, short-tune the proxy's best, fully tune the best of those;
+    ``known``: the duplicates among the asked trials by searched values, and the finished
+    trials (duplicates by fitted widths are found once the plans are fitted)."""
     stages, schedule = loop.stages, loop.schedule
     preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
+    copies = {**same_widths(stages.problem, known[1], preps), **known[0]}
     for p in preps:
         if p.number in copies and p.outcome is None:
             stages.failed(p, DuplicatePlan(f"the plan of trial {copies[p.number]} again; not "
