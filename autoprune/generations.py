@@ -189,11 +189,12 @@ def duplicates(records: Sequence[TrialRecord], asked: Sequence[Asked]) -> dict[i
     return out
 
 
-def same_widths(problem: Problem, records: Sequence[TrialRecord],
-                preps: Sequence[Prepared]) -> dict[int, int]:
-    """``{trial: earlier trial}`` for prepared candidates whose fitted plan keeps as many
-    channels per group as a finished trial (or an earlier one of this generation): different
-    searched values that round to one plan (``round_to``) are one model, trained once."""
+def trained_widths(problem: Problem, records: Sequence[TrialRecord], alive: Sequence[Prepared],
+                   key: str) -> dict[int, int]:
+    """``{trial: trial with the same model}`` for live candidates whose fitted plan keeps as many
+    channels per group as a fully fine-tuned trial, or as a candidate here ranked above it
+    (baselines first, then by ``key``, the stage score): searched values that round to one plan
+    (``round_to``) are one model, and it is fully fine-tuned once."""
     if problem.weights_mode:  # every plan is empty there: the level tells models apart
         return {}
 
@@ -201,41 +202,56 @@ def same_widths(problem: Problem, records: Sequence[TrialRecord],
         return tuple(problem.analysis.kept(plan))
 
     seen = {widths(PruningPlan.from_dict(r.plan)): r.trial for r in reversed(records)
-            if r.plan and r.state in (TrialState.COMPLETE, TrialState.SCREENED)}
+            if r.plan and r.is_full}
     out = {}
-    for p in preps:
-        if p.outcome is None:
-            key = widths(p.plan)
-            if key in seen:
-                out[p.number] = seen[key]
-            seen.setdefault(key, p.number)
+    for p in sorted(alive, key=lambda p: (not p.baseline, -float(p.rec.get(key) or 0.0),
+                                          p.number)):
+        found = seen.setdefault(widths(p.plan), p.number)
+        if found != p.number:
+            out[p.number] = found
     return out
+
+
+def _promotable(loop: _Loop, alive: list[Prepared], records: Sequence[TrialRecord],
+                key: str) -> list[Prepared]:
+    """``alive`` less the candidates :func:`trained_widths` finds: those end SCREENED, saying
+    which trial is the same model, so the full fine-tunes go to distinct models."""
+    copies = trained_widths(loop.stages.problem, records, alive, key)
+    for p in alive:
+        if p.number in copies:
+            p.rec.update(copy_of=copies[p.number], fail_reason=(
+                f"not fully fine-tuned: trial {copies[p.number]} keeps the same channels (the "
+                "same model)"))
+            loop.stages.screened(p)
+    return [p for p in alive if p.number not in copies]
 
 
 def _run(loop: _Loop, asked: list[Asked], k: int,
          known: tuple[dict[int, int], Sequence[TrialRecord]]) -> list[Prepared]:
-    """Proxy every candidate, short-tune the proxy's best, fully tune the best of those;
-    ``known``: the duplicates among the asked trials by searched values, and the finished
-    trials (duplicates by fitted widths are found once the plans are fitted)."""
+    """Proxy every candidate, short-tune the proxy's best, fully tune the best of those that
+    are distinct models; ``known``: the duplicates among the asked trials by searched values,
+    and the finished trials."""
     stages, schedule = loop.stages, loop.schedule
     preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
-    copies = {**same_widths(stages.problem, known[1], preps), **known[0]}
+    copies, records = known
     for p in preps:
         if p.number in copies and p.outcome is None:
             stages.failed(p, DuplicatePlan(f"the plan of trial {copies[p.number]} again; not "
                                            "evaluated twice"))
     alive = [p for p in preps if p.outcome is None]
     if not schedule.staged:
-        _full(loop, alive, "full+proxy")
+        _full(loop, _promotable(loop, alive, records, "level"), "full+proxy")
     else:
         alive = _stage(loop, alive, "proxy", 0.0)
         _, n_short, _ = schedule.counts(k)
         if schedule.short_fidelity > 0:
             alive = _halve(stages, alive, n_short, "proxy_acc")
             alive = _stage(loop, alive, "short", schedule.short_fidelity)
-            alive = _halve(stages, alive, k, "short_acc")
+            alive = _halve(stages, _promotable(loop, alive, records, "short_acc"), k,
+                           "short_acc")
         else:
-            alive = _halve(stages, alive, k, "proxy_acc")
+            alive = _halve(stages, _promotable(loop, alive, records, "proxy_acc"), k,
+                           "proxy_acc")
         _full(loop, alive, "full")
     _count(preps, k)
     return preps
@@ -288,12 +304,16 @@ def _halve(stages: Stages, alive: list[Prepared], keep: int, key: str) -> list[P
 
 def _count(preps: list[Prepared], k: int) -> None:
     """Exactly ``k`` trials of the generation count toward the total: the fully fine-tuned
-    ones first, then failed or infeasible ones (so a generation where everything fails ends)."""
+    ones first, then failed or infeasible ones, then copies of trained models (so a generation
+    where everything fails, or a space with fewer models than ``--trials``, ends)."""
     def state(p: Prepared) -> TrialState:
         return p.outcome.state  # type: ignore[union-attr]
 
-    order = sorted(preps, key=lambda p: (state(p) is not TrialState.COMPLETE,
-                                         state(p) is TrialState.SCREENED, p.number))
+    def screened(p: Prepared) -> bool:  # a copy of a trained model counts like a failure
+        return state(p) is TrialState.SCREENED and "copy_of" not in p.rec
+
+    order = sorted(preps, key=lambda p: (state(p) is not TrialState.COMPLETE, screened(p),
+                                         "copy_of" in p.rec, p.number))
     for rank, p in enumerate(order):
         p.outcome = p.outcome.with_attrs(  # type: ignore[union-attr]
-            counts=rank < k and state(p) is not TrialState.SCREENED)
+            counts=rank < k and not screened(p))

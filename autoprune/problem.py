@@ -33,6 +33,7 @@ from autoprune.trial import LEVEL, Outcome, ParamSpec, TrialRecord, TrialState
 
 if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
+    from autoprune.latency import LatencyTable
 
 __all__ = ["Problem", "perturb", "plan_key"]
 
@@ -43,10 +44,13 @@ class Problem:
     """``analysis`` (the traced dense model), its search ``space`` and the resolved ``budget``."""
 
     def __init__(self, analysis: PrunableModel, space: SearchSpace, budget: ResolvedBudget,
-                 settings: SearchSettings) -> None:
+                 settings: SearchSettings, latency_table: LatencyTable | None = None) -> None:
         self.analysis, self.space, self.budget, self.settings = analysis, space, budget, settings
+        self.latency_table = latency_table  # set: candidates are fitted on predicted latency
+        self._latency_misses: list[float] = []  # measured / predicted fraction of dense
         self.groups = analysis.groups
         self.resolved = space.resolve([g.name for g in self.groups])
+        self.latency_floor = self._check_latency_floor()
         self._baselines: list[tuple[dict[str, float], dict[str, Any]]] | None = None
 
     @property
@@ -60,6 +64,9 @@ class Problem:
         specs = [] if self.weights_mode else [
             ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
         low, high = self.budget.level_range(self.settings.level_low, self.settings.levels)
+        if self.latency_table is not None:  # latency levels: no FLOPs-to-latency slack needed,
+            low = high * self.settings.level_low if self.settings.levels > 1 else high
+            low = min(high, max(low, self.latency_floor * 1.02))  # and none out of reach
         return [*specs, ParamSpec(LEVEL, low, high)]
 
     def level_of(self, params: dict[str, float]) -> float:
@@ -68,6 +75,8 @@ class Problem:
     def plan_for(self, params: dict[str, float]) -> PruningPlan:
         if self.weights_mode:  # no channels go; the weights are zeroed instead
             return PruningPlan({}, self.settings.importance, None)
+        if self.latency_table is not None:
+            return self._latency_plan(params)
         kept = fit_allocation_lifting_caps(
             Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
@@ -75,6 +84,66 @@ class Problem:
         ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
                   if k < g.channels}
         return PruningPlan(ratios, self.settings.importance, self.space.round_to)
+
+    def _latency_plan(self, params: dict[str, float]) -> PruningPlan:
+        """The allocation fitted onto its level of the dense latency, as the latency table
+        predicts it (the candidate is timed before training: the prediction is verified). An
+        allocation that cannot get that fast (groups it leaves alone) is fitted as fast as it
+        gets, when that is still within the budget."""
+        from autoprune.latency import fit_latency
+
+        table = self.latency_table
+        assert table is not None
+        names = [g.name for g in self.groups]
+        alloc = dict(zip(names, map(float, self.resolved.allocation(params))))
+        caps = dict(zip(names, map(float, self.resolved.caps())))
+        target = self.level_of(params) * table.dense_ms / self.latency_scale
+        try:
+            plan = fit_latency(table, target, alloc, caps, self.space.round_to)
+        except BudgetError:
+            fastest = table.predict(PruningPlan(
+                {n: min(caps[n], 0.999) for n in names if alloc[n] > 0 and caps[n] > 0},
+                round_to=self.space.round_to))
+            top = self.budget.fraction * table.dense_ms / self.latency_scale
+            if fastest * 1.01 > top:
+                raise
+            plan = fit_latency(table, fastest * 1.01, alloc, caps, self.space.round_to)
+        return PruningPlan(plan.ratios, self.settings.importance, plan.round_to)
+
+    def _check_latency_floor(self) -> float:
+        """The fastest model the caps allow, as the table predicts it (a fraction of dense);
+        a latency budget under it is refused now rather than every candidate later."""
+        table = self.latency_table
+        if table is None:
+            return 0.0
+        caps = self.resolved.caps()
+        fastest = PruningPlan({g.name: min(float(c), 0.999) for g, c in zip(self.groups, caps)
+                               if c > 0}, round_to=self.space.round_to)
+        floor = table.predict(fastest) / table.dense_ms
+        if self.budget.fraction < floor:
+            raise BudgetError(
+                f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
+                f"fastest model this space allows: the latency table predicts {floor:.3g} of "
+                "it with every group at its cap; give a larger budget, time a larger batch "
+                "(--latency-batch), or --no-latency-table to search on FLOPs levels anyway")
+        return floor
+
+    @property
+    def latency_scale(self) -> float:
+        """How much slower than predicted, as a fraction of dense, candidates measured so far
+        (the median of the last 20; 1 before the first): later fits aim that much lower, so a
+        table that is off by a steady factor still lands candidates on their level."""
+        recent = self._latency_misses[-20:]
+        return float(np.median(recent)) if recent else 1.0
+
+    def observe_latency(self, plan: PruningPlan, measured_ms: float) -> None:
+        """Record a candidate's measured latency against the table's prediction."""
+        table, dense = self.latency_table, self.budget.dense_latency_ms
+        if table is None or not dense or measured_ms <= 0:
+            return
+        predicted = table.predict(plan) / table.dense_ms
+        if predicted > 0:
+            self._latency_misses.append(measured_ms / dense / predicted)
 
     def costs(self, plan: PruningPlan) -> dict[str, Any]:
         """Analytic MACs/params of ``plan`` and their ratios to the dense model."""

@@ -265,6 +265,10 @@ class RunDir:
         return out
 
     @property
+    def latency_table_path(self) -> Path:
+        return self.path / "latency_table.json"
+
+    @property
     def timing_log_path(self) -> Path:
         return self.path / "latency_log.jsonl"
 

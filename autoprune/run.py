@@ -167,10 +167,17 @@ class Run:
                                      self.baseline.get("dense", {}).get("latency_ms"))
         if not run.budget_path.is_file():
             run.write_budget(self.budget.to_dict())
-        self.problem = Problem(analysis, space, self.budget, settings)
+        table = self.timer.table(analysis) if self._fits_latency(settings) else None
+        self.problem = Problem(analysis, space, self.budget, settings, table)
         self.stages = Stages(self.problem, run, self.timer, self.evaluate,
                              (target.train_loader, self.ft, finetune_adapter(target.finetune)))
         self.ledger = Ledger(run, self.budget, settings.latency_max_cv)
+
+    def _fits_latency(self, settings: SearchSettings) -> bool:
+        """Candidates are fitted on a latency table under a latency-only budget (channels)."""
+        b = self.budget.budget
+        return settings.latency and settings.latency_table and settings.mode == "channels" \
+            and self.budget.latency_bound and b.flops is None and b.params is None
 
     @property
     def study_name(self) -> str:

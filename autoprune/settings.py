@@ -187,6 +187,11 @@ class SearchSettings:
         "runtime latency is measured in: eager PyTorch | compile (torch.compile) | "
         "onnxruntime (the ONNX export in ONNX Runtime, CPU; pip install \"autoprune[onnx]\")",
         "--latency-runtime", group="latency"))
+    latency_table: bool = field(default=True, metadata=meta(
+        "under a latency-only budget, time each layer at a few widths first (seconds) and fit "
+        "candidates onto latency levels on that table, so they are within the budget by "
+        "construction", "--no-latency-table", negate=True, group="latency",
+        flag_help="fit FLOPs levels instead and drop candidates found over the latency budget"))
     latency_max_cv: float = field(default=0.10, metadata=meta(
         "a timing whose robust CV (IQR / 1.349 / median) is above this is taken again (twice "
         "at most) and flagged noisy if it stays above", "--latency-max-cv", group="latency",

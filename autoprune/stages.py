@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -27,9 +27,13 @@ from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, robust_cv
 from autoprune.pipeline import CandidateFailed, Pipeline
 from autoprune.plan import PruningPlan
 from autoprune.problem import Problem
-from autoprune.results import RunDir
+from autoprune.results import RunDir, atomic_write_text
 from autoprune.settings import FinetuneSettings
 from autoprune.trial import Outcome, TrialRecord, TrialState
+
+if TYPE_CHECKING:
+    from autoprune.engine import PrunableModel
+    from autoprune.latency import LatencyTable
 
 __all__ = ["Prepared", "StageName", "Stages", "Timer"]
 
@@ -113,6 +117,25 @@ class Timer:
             log.update(found)
         return found
 
+    def table(self, analysis: PrunableModel) -> LatencyTable:
+        """The per-layer latency table of ``analysis`` on this timer's target (seconds), the
+        run's ``latency_table.json`` when it holds one for the same target and model."""
+        from autoprune.latency import LatencyTable, build_table
+
+        path = self.run.latency_table_path
+        target = LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
+        if path.is_file():
+            cached = LatencyTable.from_json(path.read_text(encoding="utf-8"))
+            if cached.key.get("signature") == shape_signature(analysis.model) and all(
+                    cached.key.get(k) == v for k, v in (("device", self.device), (
+                        "runtime", self.runtime), ("batch", self.batch_size),
+                        ("dtype", self.dtype))):
+                return cached
+        with self._turn():
+            table = build_table(analysis, target)
+        atomic_write_text(path, table.to_json())
+        return table
+
     def alternating(self, models: dict[str, nn.Module], rounds: int,
                     repeats: int) -> dict[str, tuple[float, float]]:
         target = LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
@@ -195,6 +218,7 @@ class Stages:
             prep.model = self.problem.analysis.apply(prep.plan)
         start = time.time()
         timed = self.timer(prep.model)
+        self.problem.observe_latency(prep.plan, timed.ms)  # calibrates fits on a latency table
         prep.rec.update(latency_ms=timed.ms, latency_cv=timed.cv,
                         latency_flag="noisy" if timed.noisy else None)
         prep.rec.setdefault("stages", {})["latency_s"] = time.time() - start

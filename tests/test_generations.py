@@ -99,11 +99,12 @@ def test_duplicates_names_the_earlier_trial_of_the_same_plan():
     assert duplicates(records, asked) == {3: 0, 5: 4}
 
 
-def test_same_widths_names_the_earlier_trial_that_keeps_the_same_channels():
+def test_trained_widths_names_the_trial_with_the_same_model():
     """Different ratios that round to the same kept channels are one model: the oracle is the
-    engine's kept count per group, compared by hand."""
+    engine's kept count per group, compared by hand. A fully fine-tuned trial wins, then
+    baselines, then the better stage score."""
     from autoprune.budget import ResolvedBudget
-    from autoprune.generations import same_widths
+    from autoprune.generations import trained_widths
     from autoprune.plan import Budget, PruningPlan
     from autoprune.problem import Problem
     from autoprune.stages import Prepared
@@ -119,31 +120,41 @@ def test_same_widths_names_the_earlier_trial_that_keeps_the_same_channels():
 
     kept = {r: tuple(analysis.kept(plan(r))) for r in (0.20, 0.24, 0.45, 0.80)}
     assert kept[0.20] == kept[0.24] != kept[0.45] != kept[0.80]  # the oracle, by hand
-    records = [TrialRecord(0, TrialState.COMPLETE, plan=plan(0.20).to_dict()),
-               TrialRecord(1, TrialState.FAIL, plan=plan(0.45).to_dict())]
-    preps = [Prepared(plan(r), {}, n, 0.5, 0.0) for n, r in
-             ((2, 0.24), (3, 0.45), (4, 0.45), (5, 0.80))]
-    assert same_widths(problem, records, preps) == {2: 0, 4: 3}  # a failed one is tried again
+    records = [TrialRecord(0, TrialState.COMPLETE, plan=plan(0.20).to_dict(), val_acc=0.5,
+                           fidelity=1.0),
+               TrialRecord(1, TrialState.SCREENED, plan=plan(0.45).to_dict())]
+
+    def prep(n: int, ratio: float, score: float, baseline: bool = False) -> Prepared:
+        return Prepared(plan(ratio), {"short_acc": score}, n, 0.5, 0.0, baseline=baseline)
+
+    alive = [prep(2, 0.24, 0.9), prep(3, 0.45, 0.3), prep(4, 0.45, 0.7), prep(5, 0.80, 0.1),
+             prep(6, 0.80, 0.0, baseline=True)]
+    # 2: trial 0 was fully fine-tuned; 3: 4 scored better (screened 1 does not count);
+    # 5: the baseline 6 goes first
+    assert trained_widths(problem, records, alive, "short_acc") == {2: 0, 3: 4, 5: 6}
     weights = Problem(analysis, ap.SearchSpace(), problem.budget,
                       ap.SearchSettings(mode="weights"))
-    assert same_widths(weights, records, preps) == {}  # plans are empty in weight mode
+    assert trained_widths(weights, records, alive, "short_acc") == {}  # plans are empty there
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
+    """16-32 channels rounded to 8 at half the FLOPs: a handful of models, many searched values
+    for each; every model is fully fine-tuned at most once, and the search still ends."""
     loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
     settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0,
                                  promote=1, generation=2, seed=1)
-    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+    result = ap.search(Net(16), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
                        finetune=lambda m, steps: None, train_loader=loader,
                        budget=ap.Budget(flops=0.5), trials=8, run_dir=tmp_path / "run",
                        settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
                        space=ap.SearchSpace(round_to=8))
-    analysis = ap.analyze(Net(), torch.zeros(1, 1, 8, 8))
-    trained = [tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))) for r in result.trials
-               if r.state in ("COMPLETE", "SCREENED")]
-    assert trained and len(trained) == len(set(trained))
-    assert any("again" in (r.fail_reason or "") for r in result.trials)  # there were copies
+    analysis = ap.analyze(Net(16), torch.zeros(1, 1, 8, 8))
+    full = [tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))) for r in result.trials
+            if r.is_full]
+    assert full and len(full) == len(set(full))  # each model fully fine-tuned once
+    assert any("same channels" in (r.fail_reason or "") for r in result.trials
+               if r.state == "SCREENED")  # there were copies, screened out
 
 
 class Net(nn.Module):

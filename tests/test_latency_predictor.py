@@ -177,3 +177,104 @@ def test_onnxruntime_table(image):
     again = LatencyTable.from_json(table.to_json())
     plan = ap.PruningPlan({g.name: 0.3 for g in analysis.groups})
     assert again.predict(plan) == table.predict(plan)
+
+
+def test_a_latency_only_problem_fits_candidates_on_the_table(wide):
+    """Problem with a table: every plan's *predicted* latency lands on its level of the
+    table's dense latency (within the fit's 1 %), levels span level_low..the budget, and a
+    FLOPs budget ignores the table."""
+    from autoprune.budget import ResolvedBudget
+    from autoprune.problem import Problem
+    from autoprune.trial import LEVEL
+
+    analysis, table, _ = wide
+    cm = analysis.cost_model
+    budget = ResolvedBudget(ap.Budget(latency=0.6), cm.dense_macs(), cm.dense_params(), 2.0)
+    problem = Problem(analysis, ap.SearchSpace(round_to=1), budget, ap.SearchSettings(), table)
+    level = next(s for s in problem.specs() if s.name == LEVEL)
+    assert (level.low, level.high) == pytest.approx((0.6 * 0.6, 0.6))  # level_low 0.6
+    names = [p.name for p in problem.resolved.params]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        params = {n: float(rng.uniform(0.1, 1.0)) for n in names}
+        params[LEVEL] = float(rng.uniform(level.low, level.high))
+        plan = problem.plan_for(params)
+        predicted = table.predict(plan)
+        assert predicted <= params[LEVEL] * table.dense_ms * (1 + 1e-9)
+        assert predicted >= params[LEVEL] * table.dense_ms * 0.98
+        assert plan.importance == problem.settings.importance
+    flops = ResolvedBudget(ap.Budget(flops=0.5), cm.dense_macs(), cm.dense_params(), 2.0)
+    plain = Problem(analysis, ap.SearchSpace(round_to=1), flops, ap.SearchSettings())
+    assert plain.latency_table is None
+
+
+@pytest.mark.slow
+def test_a_latency_budget_search_builds_the_table_once_and_reuses_it(tmp_path):
+    """End to end: the run measures latency_table.json before its first candidate, fits every
+    candidate on it, and a resumed run reads the file instead of timing layers again."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    loader = [(x, torch.tensor([0, 1]))]
+    kwargs = dict(evaluate=lambda m, split: 0.5, finetune=lambda m, steps: None,
+                  train_loader=loader, budget=ap.Budget(latency=0.7),
+                  run_dir=tmp_path / "run", space=ap.SearchSpace(round_to=1),
+                  finetune_settings=ap.FinetuneSettings(steps=1, bn_batches=1))
+    settings = ap.SearchSettings(progress=False, screen=1, short_fidelity=0, promote=1,
+                                 generation=2)
+    result = ap.search(Wide(), x[:1], trials=2, settings=settings, **kwargs)
+    path = tmp_path / "run" / "latency_table.json"
+    table = LatencyTable.from_json(path.read_text())
+    stamp = path.stat().st_mtime_ns
+    for r in result.trials:
+        if r.plan:  # the uniform and global baselines too: latency-matched on the table
+            plan = ap.PruningPlan.from_dict(r.plan)
+            assert table.predict(plan) <= 0.7 * table.dense_ms * (1 + 1e-9)
+    ap.search(Wide(), x[:1], trials=4, settings=settings, resume=True, **kwargs)
+    assert path.stat().st_mtime_ns == stamp  # read back, not built again
+
+
+def test_fits_aim_lower_once_candidates_measure_slower_than_predicted(wide):
+    """Measured 10 % slower than predicted (as fractions of dense) -> the next fits aim at
+    level / 1.1 of the table's dense latency; the median ignores one wild timing."""
+    from autoprune.budget import ResolvedBudget
+    from autoprune.problem import Problem
+    from autoprune.trial import LEVEL
+
+    analysis, table, _ = wide
+    cm = analysis.cost_model
+    dense = 2.0
+    budget = ResolvedBudget(ap.Budget(latency=0.6), cm.dense_macs(), cm.dense_params(), dense)
+    problem = Problem(analysis, ap.SearchSpace(round_to=1), budget, ap.SearchSettings(), table)
+    params = {p.name: 1.0 for p in problem.resolved.params} | {LEVEL: 0.6}
+    assert problem.latency_scale == 1.0
+    first = problem.plan_for(params)
+    fraction = table.predict(first) / table.dense_ms
+    for measured in (1.1, 1.1, 1.1, 5.0):  # x the predicted fraction; one wild figure
+        problem.observe_latency(first, measured * fraction * dense)
+    assert problem.latency_scale == pytest.approx(1.1)
+    again = problem.plan_for(params)
+    assert table.predict(again) == pytest.approx(0.6 / 1.1 * table.dense_ms, rel=0.02)
+    assert table.predict(again) <= 0.6 / 1.1 * table.dense_ms * (1 + 1e-9)
+
+
+def test_latency_levels_stop_at_the_fastest_model_and_a_lower_budget_is_refused(wide):
+    from autoprune.budget import ResolvedBudget
+    from autoprune.problem import Problem
+    from autoprune.trial import LEVEL
+
+    analysis, table, _ = wide
+    cm = analysis.cost_model
+    space = ap.SearchSpace(round_to=1, high=0.5)  # caps at 0.5: a quarter of the convs stays
+
+    def problem(fraction: float) -> Problem:
+        budget = ResolvedBudget(ap.Budget(latency=fraction), cm.dense_macs(),
+                                cm.dense_params(), 2.0)
+        return Problem(analysis, space, budget, ap.SearchSettings(), table)
+
+    floor = table.predict(ap.PruningPlan(dict.fromkeys(
+        [g.name for g in analysis.groups], 0.5))) / table.dense_ms
+    assert 0.05 < floor < 0.9
+    level = next(s for s in problem(min(1.0, floor * 1.3)).specs() if s.name == LEVEL)
+    assert level.low == pytest.approx(floor * 1.02) and level.high == pytest.approx(floor * 1.3)
+    with pytest.raises(ap.BudgetError, match="no-latency-table"):
+        problem(floor * 0.9)
