@@ -234,7 +234,8 @@ class Problem:
         spec = self.specs()[-1]
         levels = self.settings.levels
         grid = np.linspace(spec.high, spec.low, levels) if levels > 1 else np.array([spec.high])
-        return round(float(grid[index % len(grid)]), 9)
+        # rounded for a readable study, but never out of the sampler's range
+        return min(max(round(float(grid[index % len(grid)]), 9), spec.low), spec.high)
 
     def prior_params(self, records: list[TrialRecord], level: float, n: int) -> list[dict]:
         """``n`` neighbours of the best fully fine-tuned candidates at ``level`` (before any,
