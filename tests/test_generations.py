@@ -157,6 +157,27 @@ def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
                if r.state == "SCREENED")  # there were copies, screened out
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("one_thread")
+def test_a_space_with_fewer_models_than_trials_ends(tmp_path):
+    """8-16 channels rounded to 8 at half the FLOPs: one model fits ((8, 8, 8)). The search
+    trains it once and ends, its copies filling the remaining --trials, instead of asking
+    forever."""
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0,
+                                 promote=1, generation=2, seed=1, levels=1)  # all at 0.5
+    result = ap.search(Net(), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=lambda m, steps: None, train_loader=loader,
+                       budget=ap.Budget(flops=0.5), trials=4, run_dir=tmp_path / "run",
+                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
+                       space=ap.SearchSpace(round_to=8))
+    analysis = ap.analyze(Net(), torch.zeros(1, 1, 8, 8))
+    full = {tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))) for r in result.trials
+            if r.is_full}
+    assert full == {(8, 8, 8)}
+    assert len(result.trials) < 40  # it ended soon after the space ran out
+
+
 class Net(nn.Module):
     def __init__(self, width: int = 8) -> None:
         super().__init__()

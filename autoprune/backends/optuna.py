@@ -195,7 +195,8 @@ class OptunaBackend:
 
     def slots(self) -> Slots:
         """Finished trials that count toward the requested number (retried ones and screened
-        candidates of a staged generation do not), running slots and queued trials."""
+        candidates of a staged generation do not, unless the generation counted a screened
+        copy of a trained model to fill its slots), running slots and queued trials."""
         done = running = waiting = 0
         trials = self.study.get_trials(deepcopy=False)
         retried = _retried(trials)
@@ -203,6 +204,8 @@ class OptunaBackend:
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
                 done += not _to_retry(t) and t.number not in retried and \
                     t.user_attrs.get("counts", True)
+            elif t.state == TrialState.PRUNED:  # screened: only a copy of a trained model
+                done += t.user_attrs.get("counts") is True  # counts, once nothing else can
             elif t.state == TrialState.RUNNING:
                 running += int(t.user_attrs.get("slots", 1))
             elif t.state == TrialState.WAITING:
