@@ -143,8 +143,10 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
             for a in asked:
                 backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
             raise
-        with guard:
-            for a, prep in zip(asked, preps):
+        with guard:  # the first asked trial holds the generation's slots: told last, so a
+            # worker on another machine (no shared lock) never sees them free before the
+            # generation's trials count as done
+            for a, prep in reversed(list(zip(asked, preps))):
                 backend.tell(a, prep.outcome)  # type: ignore[arg-type]
         if progress is not None:
             progress.generation()

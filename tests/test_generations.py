@@ -178,6 +178,32 @@ def test_a_space_with_fewer_models_than_trials_ends(tmp_path):
     assert len(result.trials) < 40  # it ended soon after the space ran out
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_the_trial_holding_a_generations_slots_is_told_last(tmp_path):
+    """Each generation's first trial carries its slot count; it finishes last, so a worker
+    with no shared lock never sees the slots free before the generation's trials are done."""
+    import optuna
+
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0,
+                                 promote=1, generation=2, seed=2)
+    ap.search(Net(32), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+              finetune=lambda m, steps: None, train_loader=loader, budget=ap.Budget(flops=0.5),
+              trials=4, run_dir=tmp_path / "run", settings=settings, space=UNROUNDED,
+              finetune_settings=ap.FinetuneSettings(steps=1))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal")))
+    trials = optuna.load_study(study_name="autoprune", storage=storage).trials
+    generations = defaultdict(list)
+    for t in trials:
+        generations[t.user_attrs["generation"]].append(t)
+    assert len(generations) >= 2
+    for first, members in generations.items():
+        holder = next(t for t in members if t.number == first)
+        assert holder.user_attrs["slots"] > 0
+        assert holder.datetime_complete == max(t.datetime_complete for t in members)
+
+
 class Net(nn.Module):
     def __init__(self, width: int = 8) -> None:
         super().__init__()
