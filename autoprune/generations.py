@@ -306,13 +306,18 @@ def _halve(stages: Stages, alive: list[Prepared], keep: int, key: str) -> list[P
 
 def _count(preps: list[Prepared], k: int) -> None:
     """Exactly ``k`` trials of the generation count toward the total: the fully fine-tuned
-    ones first, then failed or infeasible ones, then copies of trained models (so a generation
-    where everything fails, or a space with fewer models than ``--trials``, ends)."""
+    ones first, then failed or infeasible ones (so a generation where everything fails ends),
+    and copies of trained models only in a generation that trained nothing new (so a space
+    with fewer models than ``--trials`` ends, while one unlucky draw costs no full
+    fine-tune)."""
     def state(p: Prepared) -> TrialState:
         return p.outcome.state  # type: ignore[union-attr]
 
-    def screened(p: Prepared) -> bool:  # a copy of a trained model counts like a failure
-        return state(p) is TrialState.SCREENED and "copy_of" not in p.rec
+    trained = any(state(p) is TrialState.COMPLETE for p in preps)
+
+    def screened(p: Prepared) -> bool:
+        copy = "copy_of" in p.rec and not trained  # counts like a failure
+        return state(p) is TrialState.SCREENED and not copy
 
     order = sorted(preps, key=lambda p: (state(p) is not TrialState.COMPLETE, screened(p),
                                          "copy_of" in p.rec, p.number))
