@@ -18,6 +18,7 @@ of them counting toward ``--trials`` (the fully fine-tuned ones, then failures).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -32,6 +33,12 @@ from autoprune.problem import Problem, plan_key
 from autoprune.settings import SearchSettings
 from autoprune.stages import Prepared, StageName, Stages
 from autoprune.trial import LEVEL, ParamSpec, TrialRecord, TrialState
+
+log = logging.getLogger(__name__)
+
+#: Generations in a row that train no new model (every promoted candidate a copy) before
+#: copies start to count toward ``--trials``, so a search whose space has run out ends.
+IDLE_GENERATIONS = 3
 
 __all__ = ["DuplicatePlan", "Progress", "Schedule", "allot", "duplicates", "optimize",
            "top_per_level"]
@@ -109,14 +116,15 @@ class Progress(Protocol):
         """Candidate ``done`` of ``total`` of stage ``name`` (trial ``trial``) starts."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Loop:
-    """What every step of a generation needs."""
+    """What every step of a generation needs, and how many generations found nothing new."""
 
     backend: SearchBackend
     stages: Stages
     schedule: Schedule
     progress: Progress | None = None
+    idle: int = 0  # generations in a row that fully fine-tuned no new model (only copies)
 
 
 def optimize(backend: SearchBackend, stages: Stages, total: int,
@@ -255,7 +263,14 @@ def _run(loop: _Loop, asked: list[Asked], k: int,
             alive = _halve(stages, _promotable(loop, alive, records, "proxy_acc"), k,
                            "proxy_acc")
         _full(loop, alive, "full")
-    _count(preps, k)
+    new = any(p.outcome is not None and p.outcome.state is TrialState.COMPLETE for p in preps)
+    loop.idle = 0 if new else loop.idle + any("copy_of" in p.rec for p in preps)
+    if loop.idle == IDLE_GENERATIONS:
+        log.warning("%d generations in a row proposed only models already fully fine-tuned "
+                    "(the same channels per group): their copies now count toward --trials, "
+                    "so the search may end with fewer distinct models; --round-to 1, a larger "
+                    "budget or a wider space gives it more", IDLE_GENERATIONS)
+    _count(preps, k, loop.idle >= IDLE_GENERATIONS)
     return preps
 
 
@@ -304,19 +319,17 @@ def _halve(stages: Stages, alive: list[Prepared], keep: int, key: str) -> list[P
     return [p for i, p in enumerate(alive) if i in kept]
 
 
-def _count(preps: list[Prepared], k: int) -> None:
+def _count(preps: list[Prepared], k: int, copies_count: bool = False) -> None:
     """Exactly ``k`` trials of the generation count toward the total: the fully fine-tuned
     ones first, then failed or infeasible ones (so a generation where everything fails ends),
-    and copies of trained models only in a generation that trained nothing new (so a space
-    with fewer models than ``--trials`` ends, while one unlucky draw costs no full
-    fine-tune)."""
+    and, with ``copies_count`` (the sampler found no new model for
+    :data:`IDLE_GENERATIONS` generations in a row: the space holds fewer models than
+    ``--trials``, or the sampler has settled), copies of trained models."""
     def state(p: Prepared) -> TrialState:
         return p.outcome.state  # type: ignore[union-attr]
 
-    trained = any(state(p) is TrialState.COMPLETE for p in preps)
-
     def screened(p: Prepared) -> bool:
-        copy = "copy_of" in p.rec and not trained  # counts like a failure
+        copy = copies_count and "copy_of" in p.rec  # counts like a failure
         return state(p) is TrialState.SCREENED and not copy
 
     order = sorted(preps, key=lambda p: (state(p) is not TrialState.COMPLETE, screened(p),

@@ -159,7 +159,7 @@ def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
 
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("one_thread")
-def test_a_space_with_fewer_models_than_trials_ends(tmp_path):
+def test_a_space_with_fewer_models_than_trials_ends(tmp_path, caplog):
     """8-16 channels rounded to 8 at half the FLOPs: one model fits ((8, 8, 8)). The search
     trains it once and ends, its copies filling the remaining --trials, instead of asking
     forever."""
@@ -176,6 +176,7 @@ def test_a_space_with_fewer_models_than_trials_ends(tmp_path):
             if r.is_full}
     assert full == {(8, 8, 8)}
     assert len(result.trials) < 40  # it ended soon after the space ran out
+    assert "proposed only models already fully fine-tuned" in caplog.text
 
 
 @pytest.mark.usefixtures("one_thread")
