@@ -144,9 +144,8 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
             k = min(loop.schedule.generation, left)
             asked = _ask(backend, stages, specs, loop.schedule, k)
             records = backend.records()
-            copies = duplicates(records, asked)
         try:
-            preps = _run(loop, asked, k, (copies, records))
+            preps = _run(loop, asked, k, records)
         except KeyboardInterrupt:
             for a in asked:
                 backend.interrupt(a, "interrupted (Ctrl-C); retried on resume")
@@ -237,20 +236,19 @@ def _promotable(loop: _Loop, alive: list[Prepared], records: Sequence[TrialRecor
 
 
 def _run(loop: _Loop, asked: list[Asked], k: int,
-         known: tuple[dict[int, int], Sequence[TrialRecord]]) -> list[Prepared]:
+         records: Sequence[TrialRecord]) -> list[Prepared]:
     """Proxy every candidate, short-tune the proxy's best, fully tune the best of those that
-    are distinct models; ``known``: the duplicates among the asked trials by searched values,
-    and the finished trials."""
+    are distinct models (``records``: the trials finished before this generation)."""
     stages, schedule = loop.stages, loop.schedule
     preps = [stages.prepare(a.params, a.number, a.attrs) for a in asked]
-    copies, records = known
+    copies = duplicates(records, asked)
     for p in preps:
         if p.number in copies and p.outcome is None:
             stages.failed(p, DuplicatePlan(f"the plan of trial {copies[p.number]} again; not "
                                            "evaluated twice"))
     alive = [p for p in preps if p.outcome is None]
     if not schedule.staged:
-        _full(loop, _promotable(loop, alive, records, "level"), "full+proxy")
+        _full(loop, _promotable(loop, alive, records, "proxy_acc"), "full+proxy")
     else:
         alive = _stage(loop, alive, "proxy", 0.0)
         _, n_short, _ = schedule.counts(k)

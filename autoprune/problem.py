@@ -101,9 +101,7 @@ class Problem:
         try:
             plan = fit_latency(table, target, alloc, caps, self.space.round_to)
         except BudgetError:
-            fastest = table.predict(PruningPlan(
-                {n: min(caps[n], 0.999) for n in names if alloc[n] > 0 and caps[n] > 0},
-                round_to=self.space.round_to))
+            fastest = self._fastest_ms([n for n in names if alloc[n] > 0])
             top = self.budget.fraction * table.dense_ms / self.latency_scale
             if fastest * 1.01 > top:
                 raise
@@ -116,10 +114,7 @@ class Problem:
         table = self.latency_table
         if table is None:
             return 0.0
-        caps = self.resolved.caps()
-        fastest = PruningPlan({g.name: min(float(c), 0.999) for g, c in zip(self.groups, caps)
-                               if c > 0}, round_to=self.space.round_to)
-        floor = table.predict(fastest) / table.dense_ms
+        floor = self._fastest_ms([g.name for g in self.groups]) / table.dense_ms
         if self.budget.fraction < floor:
             raise BudgetError(
                 f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
@@ -127,6 +122,14 @@ class Problem:
                 "it with every group at its cap; give a larger budget, time a larger batch "
                 "(--latency-batch), or --no-latency-table to search on FLOPs levels anyway")
         return floor
+
+    def _fastest_ms(self, names: list[str]) -> float:
+        """The predicted latency with the groups ``names`` at their caps (the rest dense)."""
+        assert self.latency_table is not None
+        caps = dict(zip((g.name for g in self.groups), map(float, self.resolved.caps())))
+        return self.latency_table.predict(PruningPlan(
+            {n: min(caps[n], 0.999) for n in names if caps[n] > 0},
+            round_to=self.space.round_to))
 
     @property
     def latency_scale(self) -> float:

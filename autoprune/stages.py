@@ -80,9 +80,14 @@ class Timer:
     def __post_init__(self) -> None:
         self.run = RunDir(self.run.path.absolute())  # the same lock from any working directory
 
+    @property
+    def target(self) -> LatencyTarget:
+        return LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
+
     def __call__(self, model: nn.Module, repeats: int = 10, label: str = "candidate") -> Timed:
         """The guarded latency of ``model`` (a cached figure when its architecture was timed)."""
-        key = (shape_signature(model), self.device, self.batch_size, self.dtype, self.runtime)
+        t = self.target
+        key = (shape_signature(model), t.device, self.batch_size, t.dtype, t.runtime)
         with self._turn() as log:
             hit = self.cache.get(key)
             if hit is not None:
@@ -123,23 +128,20 @@ class Timer:
         from autoprune.latency import LatencyTable, build_table
 
         path = self.run.latency_table_path
-        target = LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
+        wanted = {"signature": shape_signature(analysis.model), "device": self.device,
+                  "runtime": self.runtime, "batch": self.batch_size, "dtype": self.dtype}
         if path.is_file():
             cached = LatencyTable.from_json(path.read_text(encoding="utf-8"))
-            if cached.key.get("signature") == shape_signature(analysis.model) and all(
-                    cached.key.get(k) == v for k, v in (("device", self.device), (
-                        "runtime", self.runtime), ("batch", self.batch_size),
-                        ("dtype", self.dtype))):
+            if all(cached.key.get(k) == v for k, v in wanted.items()):
                 return cached
         with self._turn():
-            table = build_table(analysis, target)
+            table = build_table(analysis, self.target)
         atomic_write_text(path, table.to_json())
         return table
 
     def alternating(self, models: dict[str, nn.Module], rounds: int,
                     repeats: int) -> dict[str, tuple[float, float]]:
-        target = LatencyTarget(self.device, self.batch_size, self.dtype, self.runtime)
-        return time_alternating(models, self.example_inputs, target, rounds, repeats)
+        return time_alternating(models, self.example_inputs, self.target, rounds, repeats)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[dict[str, Timed]]:
