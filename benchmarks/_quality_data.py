@@ -29,6 +29,21 @@ from autoprune.tasks._data import stratified_split
 from autoprune.tasks.fashion_mnist import find_files, read_idx
 from autoprune.tasks.models import cifar_resnet, vgg_small, vit_small
 
+# MobileNetV2's inverted residuals for 28x28 inputs: (expansion, channels, blocks, stride)
+MBV2_SETTING = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 2, 1), (4, 96, 1, 1))
+
+
+def mobilenet_v2_small(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """torchvision's MobileNetV2 (width 1.0, last conv 1280) with a stride-1 stem for 1-channel
+    28x28 images and four inverted-residual stages (28 -> 14 -> 7): 15 MMACs, 0.27 M params."""
+    from torchvision.models import MobileNetV2
+
+    model = MobileNetV2(num_classes=num_classes,
+                        inverted_residual_setting=[list(row) for row in MBV2_SETTING])
+    stem = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)
+    return model
+
 MEAN, STD = 0.2860, 0.3530
 BATCH = 64
 CACHE_VERSION = 1  # bump when the data split or the dense recipe changes
@@ -45,6 +60,8 @@ class Arch:
     weight_decay: float = 5e-4  # dense and fine-tune weight decay
     ft_lr: float = 0.01  # fine-tune learning rate (searches and the final fine-tune)
     shape: str = ""  # a one-line description for the report (default: the widths)
+    batch: int = BATCH  # dense-training batch size
+
 
     def recipe(self) -> str:
         """The dense-training recipe in words."""
@@ -59,6 +76,16 @@ ARCHS: dict[str, Arch] = {
                    0.1, (16, 32, 64), 1.0),
     "vgg": Arch(functools.partial(vgg_small, widths=(16, 32, 64, 64, 128, 128), in_channels=1),
                 0.05, (16, 32, 64, 64, 128, 128), 1.6),
+    # the deployment regime (search_regime.py): trained to convergence on the full training set
+    "resnet20": Arch(functools.partial(cifar_resnet, depth=20, widths=(16, 32, 64),
+                                       in_channels=1), 0.1, (16, 32, 64), 2.0, batch=128,
+                     shape="CIFAR ResNet-20, widths 16/32/64"),
+    "mbv2": Arch(mobilenet_v2_small, 0.1, (16, 24, 32, 64, 96, 1280), 2.0, weight_decay=1e-4,
+                 batch=128, shape="MobileNetV2 inverted residuals (expansion 4), 16..96, "
+                 "last conv 1280"),
+    "vgg8": Arch(functools.partial(vgg_small, widths=(32, 32, 64, 64, 128, 128, 256, 256),
+                                   in_channels=1), 0.05, (32, 32, 64, 64, 128, 128, 256, 256),
+                 2.0, batch=128, shape="VGG, 8 convs 32..256 (over-parameterised)"),
     # autoprune's own Fashion-MNIST recipe for the ViT (tasks/fashion_mnist.py RECIPES)
     "vit": Arch(functools.partial(vit_small, img_size=28, in_channels=1), 2e-3, (128,), 3.0,
                 optimizer="adamw", weight_decay=0.05, ft_lr=5e-4,
@@ -109,8 +136,8 @@ class Data:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
 
-    def loader(self, seed: int) -> TensorLoader:
-        return TensorLoader(self.train_x, self.train_y, BATCH, seed)
+    def loader(self, seed: int, batch: int = BATCH) -> TensorLoader:
+        return TensorLoader(self.train_x, self.train_y, batch, seed)
 
 
 @functools.lru_cache(maxsize=2)
@@ -213,6 +240,8 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
            f"-n{sizes['train']}-v{sizes['val']}-lr{spec.lr:g}")
     if spec.optimizer != "sgd":  # the SGD keys (resnet, vgg) stay as they were
         key += f"-{spec.optimizer}-wd{spec.weight_decay:g}"
+    if spec.batch != BATCH:
+        key += f"-b{spec.batch}-wd{spec.weight_decay:g}"
     path = CACHE_DIR / f"dense-{key}.pt"
     torch.manual_seed(seed)
     model = spec.build()
@@ -220,7 +249,7 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
         model.load_state_dict(torch.load(path, weights_only=True))
         log(f"dense {arch} seed {seed}: cached {path.name}")
         return model.eval()
-    loader = data.loader(seed)
+    loader = data.loader(seed, spec.batch)
     steps = epochs * len(loader)
     model.to(device)
     opt: torch.optim.Optimizer
@@ -238,13 +267,17 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     start = time.perf_counter()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+        if epochs >= 5:  # long trainings say how they go
+            log(f"dense {arch} seed {seed}: epoch {epoch + 1}/{epochs} val "
+                f"{accuracy(model, data.val_x, data.val_y):.4f} "
+                f"({time.perf_counter() - start:.0f} s)")
     model.cpu().eval()  # analysed and pruned on the CPU; candidates move to the device
     CACHE_DIR.mkdir(exist_ok=True)
     ignore = CACHE_DIR / ".gitignore"
@@ -300,11 +333,17 @@ def random_plans(analysis: Any, space_name: str, budget: float, count: int,
 def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count: int,
                 seed: int, search_steps: int, short_fidelities: list[float], lr: float,
                 log: Callable[[str], None] = print, device: str = "cpu", optimizer: str = "sgd",
-                weight_decay: float = 5e-4) -> dict[str, Any]:
+                weight_decay: float = 5e-4, ceiling: bool = False, distill: bool = False,
+                batch: int = BATCH) -> dict[str, Any]:
     """How well the cheap scores rank candidates at one budget: for ``count`` random plans, the
     adaptive-BN proxy, short fine-tunes (one per fidelity) and the search's full fine-tune (each
     from a fresh prune, each candidate on the same batches) on the validation split; Spearman
-    rho of each cheap score against the full one."""
+    rho of each cheap score against the full one.
+
+    ``ceiling``: also the full fine-tune again under another seed (other batches, other torch
+    seed): its rho against the first is the noise ceiling no cheap score can beat.
+    ``distill``: each short fine-tune also with distillation from the dense model.
+    """
     from autoprune.pipeline import finetune_model, reestimate_bn
     from autoprune.settings import FinetuneSettings
 
@@ -312,23 +351,32 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     shorts = {f"short@{f:g}": max(1, round(f * search_steps)) for f in short_fidelities}
     settings = FinetuneSettings(steps=search_steps, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
                                 weight_decay=weight_decay, bn_batches=20, device=device)
+    teacher = analysis.model.to(device).eval() if distill else None
+    # (score, steps, batch seed, distil): the full fine-tune last, its repeat after it
+    plan_of: list[tuple[str, int, int, bool]] = [("proxy", 0, 1, False)]
+    plan_of += [(k, n, 1, False) for k, n in shorts.items()]
+    plan_of += [(f"{k}+kd", n, 1, True) for k, n in shorts.items() if distill]
+    plan_of.append(("full", search_steps, 1, False))
+    if ceiling:
+        plan_of.append(("full (other seed)", search_steps, 2, False))
     rows: list[dict[str, Any]] = []
     dense_macs = analysis.cost_model.dense_macs()
     start = time.perf_counter()
     for i, plan in enumerate(random_plans(analysis, space_name, budget, count, seed)):
         row: dict[str, Any] = {"flops_ratio": analysis.macs(plan) / dense_macs,
                                "plan": plan.to_dict()}
-        for key, steps in [("proxy", 0), *shorts.items(), ("full", search_steps)]:
+        for key, steps, batch_seed, kd in plan_of:
             model = analysis.apply(plan).to(device)
-            loader = data.loader(seed * 7919 + 1)  # identical batches for every candidate
-            torch.manual_seed(seed * 1000 + i)
+            loader = TensorLoader(data.train_x, data.train_y, batch,  # same batches for all
+                                  seed * 7919 + batch_seed)
+            torch.manual_seed(seed * 1000 + i + 100_000 * (batch_seed - 1))
             reestimate_bn(model, loader, settings.bn_batches, device)
             if steps:
-                finetune_model(model, loader, settings, steps=steps)
+                finetune_model(model, loader, settings, teacher if kd else None, steps=steps)
             row[key] = evaluate(model, "val")
         rows.append(row)
         log(f"  spearman candidate {i + 1}: flops {row['flops_ratio']:.3f} "
-            + " ".join(f"{k} {row[k]:.4f}" for k in ["proxy", *shorts, "full"])
+            + " ".join(f"{k} {row[k]:.4f}" for k, *_ in plan_of)
             + f" ({time.perf_counter() - start:.0f} s)")
     full = [r["full"] for r in rows]
     flops = [r["flops_ratio"] for r in rows]
@@ -336,7 +384,9 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
             "full_steps": search_steps,
             "rho_proxy": spearman([r["proxy"] for r in rows], full),
             "rho_short": {f"{k} ({n} steps)": spearman([r[k] for r in rows], full)
-                          for k, n in shorts.items()},
+                          for k, n, _, _ in plan_of[1:-1 - int(ceiling)]},
+            "rho_ceiling": spearman([r["full (other seed)"] for r in rows], full)
+            if ceiling else None,
             "flops_min": min(flops, default=float("nan")),
             "flops_max": max(flops, default=float("nan")),
             "seconds": time.perf_counter() - start, "rows": rows}

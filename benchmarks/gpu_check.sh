@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# GPU checks in at most 9.5 minutes: latency on CUDA (issue 13), then the search-quality
-# benchmark on CUDA (issue 4).
+# GPU checks in at most 9.5 minutes: latency on CUDA (issue 13), then the deployment-regime
+# search benchmark's FLOPs cells on CUDA (issue 14).
 #
 #   bash benchmarks/gpu_check.sh   # writes benchmarks/results/latency_gpu.md and
-#                                  # benchmarks/results/search_quality_gpu.md
+#                                  # benchmarks/results/search_regime_gpu.md
 #
 # Latency: benchmarks/latency.py --device cuda times dense and uniform plans (round_to None / 8)
 # of ResNet-18 and MobileNetV2 in eager PyTorch and torch.compile with CUDA events, alternating
 # rounds, and writes each figure's robust CV (at most 2 minutes).
 #
-# Fine-tunes, dense training and latency run on the GPU (the data stays on the CPU and moves
-# batch by batch; candidates are fitted with round_to=8 for tensor cores). The full benchmark
-# (both architectures, 3 budgets, 3 seeds) is tried first with a 5.5-minute limit; if it does not
-# fit, the largest slice that does (1 seed) runs in what is left. Needs the project's
+# Search: benchmarks/search_regime.py --device cuda trains the dense ResNet-20 and VGG-8 to
+# convergence and runs the FLOPs cells (uniform, global, the group-norm recipe, autoprune) with
+# fine-tunes on the GPU (the data stays on the CPU and moves batch by batch). 3 seeds are tried
+# first (6.7 minutes); if they do not fit, 1 seed in what is left. Needs the project's
 # dependencies importable (pip install -e . or a carried virtual environment).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,16 +26,18 @@ start=$(date +%s)
 timeout 120 python benchmarks/latency.py --device cuda --models resnet18 mobilenet_v2 \
     --runtimes eager compile --batches 1 64 --rounds 3 --out benchmarks/results/latency_gpu.md
 echo "gpu_check: latency exit $? after $(( $(date +%s) - start )) s"
-out=benchmarks/results/search_quality_gpu.md
-timeout 330 python benchmarks/search_quality.py --device cuda --arch resnet vgg \
-    --budgets 0.4 0.2 0.1 --seeds 3 --trials 12 --jobs 2 --out "$out"
+out=benchmarks/results/search_regime_gpu.md
+# the deployment regime's FLOPs cells (issue 14): dense nets trained to convergence on the GPU,
+# searches and final fine-tunes there; every finished cell is kept, so a second call with fewer
+# seeds renders what the first one finished
+args=(--device cuda --arch resnet20 vgg8 --flops 0.3 0.15 0.07 --latency --jobs 2
+      --proxy-arch none --out "$out")
+timeout 400 python benchmarks/search_regime.py "${args[@]}" --seeds 3
 rc=$?
 if [ "$rc" -eq 124 ]; then
     left=$(( 560 - ($(date +%s) - start) ))
-    echo "gpu_check: the full run did not fit in 5.5 min; 1 seed in the ${left} s left" >&2
-    timeout "$left" python benchmarks/search_quality.py --device cuda --arch resnet vgg \
-        --budgets 0.4 0.2 0.1 --seeds 1 --trials 12 --jobs 2 --spearman-candidates 32 \
-        --out "$out"
+    echo "gpu_check: 3 seeds did not fit; 1 seed in the ${left} s left" >&2
+    timeout "$left" python benchmarks/search_regime.py "${args[@]}" --seeds 1
     rc=$?
 fi
 echo "gpu_check: exit $rc after $(( $(date +%s) - start )) s; table in $out"

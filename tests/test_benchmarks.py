@@ -38,3 +38,68 @@ def test_search_quality_pipeline_on_digits(tmp_path):
         full = [t for t in run["trials"] if t["state"] == "COMPLETE"]
         assert len(full) >= 2 and all(t["fidelity"] == 1.0 for t in full)
     assert raw["results"][0]["spearman"]["n"] == 4
+
+
+def _peers():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _regime_peers
+
+    return _regime_peers
+
+
+def test_paired_interval_matches_scipy_t_interval():
+    from scipy import stats
+
+    diffs = [0.012, 0.004, 0.019, -0.002, 0.008]
+    mean, half = _peers().paired_interval(diffs)
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=stats.tmean(diffs),
+                                 scale=stats.sem(diffs))
+    assert mean == pytest.approx((low + high) / 2)
+    assert half == pytest.approx((high - low) / 2)
+    assert _peers().paired_interval([0.01])[1] != _peers().paired_interval([0.01])[1]  # NaN
+
+
+def test_groupnorm_recipe_lands_under_the_flops_budget_and_runs():
+    import torch
+    import torch_pruning as tp
+
+    from autoprune.tasks.models import cifar_resnet
+
+    torch.manual_seed(0)
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    batches = [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))) for _ in range(3)]
+    before = [p.clone() for p in dense.parameters()]
+    model, info = _peers().groupnorm_recipe(dense, x, batches, 0.5, sl_steps=3, log=lambda m: None)
+    base = tp.utils.count_ops_and_params(dense, example_inputs=x)[0]
+    macs = tp.utils.count_ops_and_params(model, example_inputs=x)[0]
+    assert 0.4 < macs / base <= 0.5  # 1/400 steps: it stops on the first step under
+    assert model(x).shape == (1, 10) and info["sl_steps"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, dense.parameters()))  # dense untouched
+
+
+def test_latency_matched_uniform_finds_the_largest_fraction_within_budget(monkeypatch):
+    import torch
+
+    from autoprune.engine import analyze
+    from autoprune.tasks.models import cifar_resnet
+
+    peers = _peers()
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    an = analyze(dense, x)
+    dense_macs = an.cost_model.dense_macs()
+
+    def fake_ratio(model, dense_model, example, target):  # latency = 0.2 + 0.8 x FLOPs share
+        from autoprune.engine.count import count_macs_params
+
+        share = count_macs_params(model, example)[0] / count_macs_params(dense_model, example)[0]
+        return 0.2 + 0.8 * share, 0.0, 0.0
+
+    monkeypatch.setattr(peers, "measured_ratio", fake_ratio)
+    plan, info = peers.latency_matched_uniform(an, dense, x, 0.6, None, round_to=1, iters=8,
+                                               log=lambda m: None)
+    share = an.macs(plan) / dense_macs
+    assert 0.2 + 0.8 * share <= 0.6  # within the budget ...
+    assert share > 0.5 - 0.05  # ... and close to the largest share that is (0.5)
+    assert info["bisection"] and info["uniform_flops_fraction"] > 0.45

@@ -104,3 +104,27 @@ def test_search_beside_a_cpu_burner_retimes_noisy_figures_and_reports_the_final_
     assert "stayed noisy" in proc.stdout and "stayed noisy" in terminal_summary(str(run.path))
     html = Path(run.report_path).read_text(encoding="utf-8")
     assert f"{ms(final['dense']['ms'])} ms" in html and "noisy" in html
+
+
+def test_a_cached_noisy_figure_is_taken_again_not_trusted(tmp_path):
+    import torch
+    from torch import nn
+
+    from autoprune.stages import Timer
+
+    timer = Timer(RunDir(tmp_path), torch.randn(1, 4), "cpu")
+    figures = iter([(0.48, 0.3)] * 3 + [(0.20, 0.004)])  # noisy three times, then steady
+    calls = []
+
+    def fake(models, rounds, repeats):
+        calls.append(repeats)
+        return {label: next(figures) for label in models}
+
+    timer.alternating = fake  # type: ignore[method-assign]
+    model = nn.Linear(4, 2)
+    first = timer(model)
+    assert first.noisy and first.ms == 0.48 and len(calls) == 3
+    second = timer(nn.Linear(4, 2))  # the same shape: a cache hit, but a noisy one
+    assert not second.noisy and second.ms == 0.20 and len(calls) == 4
+    third = timer(model)  # now steady in the cache: no timing
+    assert third.ms == 0.20 and len(calls) == 4

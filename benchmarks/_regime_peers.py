@@ -1,0 +1,129 @@
+"""The peers of ``search_regime.py`` that are not in ``search_quality.py``, and its statistics.
+
+- :func:`groupnorm_recipe`: torch-pruning's strongest recipe, as its ``reproduce/`` scripts run it
+  (DepGraph, "group_sl"): ``GroupNormPruner`` with group-L2 importance, global pruning and the
+  group sparsity regulariser during a sparsity-learning phase, then progressive pruning in
+  1/400 steps until the counted MACs meet the budget.
+- :func:`latency_matched_uniform`: the uniform plan whose **measured** latency meets a latency
+  budget (the FLOPs fraction of a uniform plan bisected on latency timed alternately with dense).
+- :func:`paired_interval`: mean and 95 % t-interval half-width of paired differences.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+REG = 5e-4  # reproduce/main.py --reg default for CIFAR
+SL_LR = 0.01  # reproduce/main.py --sl-lr default
+ITERATIVE_STEPS = 400  # reproduce/main.py --iterative-steps default
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float]:
+    """Mean of ``diffs`` and the half-width of its two-sided 95 % t-interval (NaN for n < 2)."""
+    from scipy.stats import t
+
+    values = [d for d in diffs if d is not None and not math.isnan(d)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    half = float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, half
+
+
+def _classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)
+            and m.out_features == num_classes]
+
+
+def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[Any],
+                     flops: float, sl_steps: int, log: Callable[[str], None] = print,
+                     num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (SGD lr 0.01, momentum
+    0.9, wd 5e-4, cosine; ``pruner.regularize`` after every backward) and progressive global
+    group-L2 pruning down to ``flops`` of the dense MACs (torch-pruning's own counter)."""
+    import torch_pruning as tp
+
+    start = time.perf_counter()
+    model = copy.deepcopy(dense).train()
+    pruner = tp.pruner.GroupNormPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0,
+        iterative_steps=ITERATIVE_STEPS, reg=REG,
+        ignored_layers=_classifier_heads(model, num_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=SL_LR, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sl_steps))
+    for x, y in itertools.islice(itertools.cycle(batches), sl_steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pruner.regularize(model)
+        opt.step()
+        sched.step()
+    sl_s = time.perf_counter() - start
+    model.eval()
+    base, _ = tp.utils.count_ops_and_params(model, example_inputs=example)
+    macs, steps = float(base), 0
+    while macs > flops * base and pruner.current_step < pruner.iterative_steps:
+        pruner.step()
+        steps += 1
+        macs = float(tp.utils.count_ops_and_params(model, example_inputs=example)[0])
+    log(f"group-norm recipe: {sl_steps} sparsity steps ({sl_s:.0f} s), {steps} pruning steps "
+        f"to {macs / base:.3f} of the MACs")
+    return model, {"search_s": time.perf_counter() - start, "sl_steps": sl_steps,
+                   "prune_steps": steps}
+
+
+def measured_ratio(model: nn.Module, dense: nn.Module, example: torch.Tensor, target: Any,
+                   rounds: int = 5, repeats: int = 20) -> tuple[float, float, float]:
+    """(latency ratio to dense, model ms, dense ms), timed alternately on ``target``."""
+    from autoprune.latency import time_alternating
+
+    res = time_alternating({"dense": dense, "model": model}, example, target, rounds=rounds,
+                           repeats=repeats)
+    return res["model"][0] / res["dense"][0], res["model"][0], res["dense"][0]
+
+
+def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tensor,
+                            budget: float, target: Any, round_to: int, iters: int = 7,
+                            log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+    """The uniform L2 plan with the largest FLOPs fraction whose latency, measured alternately
+    with ``dense`` on ``target``, is at most ``budget`` of dense (bisection over the fraction;
+    ``None`` when even the smallest uniform plan is over)."""
+    import autoprune as ap
+    from autoprune.errors import BudgetError
+
+    start = time.perf_counter()
+
+    def plan_at(fraction: float) -> Any:
+        return ap.fit_budget(dense, example, allocation=1.0, flops=fraction, caps=0.95,
+                             importance="l2", round_to=round_to, analysis=analysis)
+
+    lo, hi, best, tried = 0.0, 1.0, None, []
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        try:
+            plan = plan_at(mid)
+        except BudgetError:  # below the smallest uniform model
+            lo = mid
+            continue
+        ratio = measured_ratio(analysis.apply(plan).eval(), dense, example, target)[0]
+        tried.append((round(mid, 4), round(ratio, 4)))
+        if ratio <= budget:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    log(f"latency-matched uniform at {budget:g}: fraction {lo:.3f} ({len(tried)} timings: "
+        f"{tried})")
+    return best, {"search_s": time.perf_counter() - start, "bisection": tried,
+                  "uniform_flops_fraction": lo if best is not None else None}

@@ -1,0 +1,558 @@
+"""Search quality where users deploy: converged nets, the full training set, FLOPs and measured
+latency budgets, and torch-pruning's strongest recipe among the peers.
+
+Fashion-MNIST: 55,000 training images, a 5,000-image validation split carved from the training
+set (the searches select on it) and the 10,000-image test set, scored once at the end. One dense
+model per architecture, trained to convergence and cached (``benchmarks/.cache``); seeds vary the
+searches and the final fine-tune. Every method's model is pruned from the same dense weights and
+fine-tuned with the same recipe, seed and batches.
+
+Cells:
+- FLOPs budgets (default 0.3 0.15 0.07; every method unrounded): uniform-l2, global-l2,
+  torch-pruning's group-norm + sparsity-learning recipe (``groupnorm-sl``), autoprune
+  (``random`` too with ``--random-in all``);
+- measured latency budgets (default 0.5 0.3; batch 1, ``--latency-runtime``, default
+  onnxruntime; channel widths rounded to 8, autoprune's default): the uniform plan whose measured
+  latency meets the budget (``uniform-lat``, bisected), random search and autoprune
+  (``--budget-latency``). At batch 1 in eager PyTorch these nets sit on an overhead floor (a
+  uniform MobileNetV2 at 7 % of the FLOPs still takes 71 % of the dense time), so budgets of 0.5
+  and 0.3 are only reachable in a runtime that fuses (ONNX Runtime: 23 %).
+
+    python benchmarks/search_regime.py                # the full table (hours on 2 cores)
+    python benchmarks/search_regime.py --arch mbv2 --flops --latency 0.5 0.3   # latency cells
+    python benchmarks/search_regime.py --quick        # the whole pipeline in minutes
+
+Every (arch, seed, cell, method) result is kept under ``benchmarks/.cache/regime`` as it
+finishes, so a killed run resumes where it stopped (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
+LATENCY_METHODS = ("uniform-lat", "random", "autoprune")
+ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
+DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
+SPACES = {"resnet20": "resnet", "mbv2": "mobilenet", "vgg8": "plain"}
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"seeds": 3, "train_size": 55000, "val_size": 5000, "test_size": None,
+             "flops": [0.3, 0.15, 0.07], "latency": [0.5, 0.3], "trials": 8,
+             "search_steps": 150, "final_epochs": 2.0, "sl_epochs": 1.0,
+             "proxy_candidates": 24, "bisect_iters": 7},
+    "quick": {"seeds": 1, "val_size": 500, "test_size": 1000,
+              "flops": [0.3], "latency": [0.5], "trials": 2, "search_steps": 15,
+              "final_epochs": 1.0, "sl_epochs": 0.1, "dense_epochs": 2, "arch": ["resnet20"],
+              "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4},
+}
+CACHE = Path(__file__).parent / ".cache" / "regime"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", nargs="+", choices=ARCH_NAMES,
+                   help="resnet20 | mbv2 | vgg8 (default all three; --quick: resnet20)")
+    p.add_argument("--flops", nargs="*", type=float, help="FLOPs budgets (default 0.3 0.15 "
+                   "0.07; give the flag alone for none)")
+    p.add_argument("--latency", nargs="*", type=float, help="measured latency budgets, "
+                   "fractions of dense (default 0.5 0.3; the flag alone for none)")
+    p.add_argument("--latency-runtime", default="onnxruntime", choices=["eager", "onnxruntime"])
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--trials", type=int, help="full fine-tunes per search (default 8)")
+    p.add_argument("--search-steps", type=int, help="fine-tune steps per search candidate")
+    p.add_argument("--final-epochs", type=float, help="the final fine-tune, in epochs of the "
+                   "training set (default 2)")
+    p.add_argument("--sl-epochs", type=float, help="group-norm recipe: sparsity-learning "
+                   "epochs before pruning (default 1)")
+    p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
+    p.add_argument("--methods", nargs="+", choices=sorted(set(FLOPS_METHODS + LATENCY_METHODS)),
+                   help="only these methods (default all that fit each cell)")
+    p.add_argument("--random-in", default="latency", choices=["latency", "all", "none"],
+                   help="cells that also run random search (default: the latency cells)")
+    p.add_argument("--distill", action="store_true", help="autoprune's searches distil from "
+                   "the dense model")
+    p.add_argument("--proxy-arch", default="resnet20", choices=[*ARCH_NAMES, "none"],
+                   help="arch of the proxy study (Spearman of each cheap score and of the full "
+                        "fine-tune under another seed, the noise ceiling); none: skip")
+    p.add_argument("--proxy-budget", type=float, default=0.15, help="its FLOPs budget")
+    p.add_argument("--proxy-candidates", type=int, help="its random candidates (default 24)")
+    p.add_argument("--bisect-iters", type=int, help="timings of the latency-matched uniform "
+                   "plan's bisection (default 7)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--jobs", type=int, default=2, help="processes, 1 torch thread each")
+    p.add_argument("--device", default="cpu", help="cpu | cuda: fine-tunes and dense training "
+                   "(latency stays on the CPU runtime it models)")
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--train-size", type=int)
+    p.add_argument("--val-size", type=int)
+    p.add_argument("--test-size", type=int)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--fresh", action="store_true", help="ignore kept results")
+    args = p.parse_args(argv)
+    for key, value in PRESETS["quick" if args.quick else "full"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.arch is None:
+        args.arch = list(ARCH_NAMES)
+    if args.out is None:
+        args.out = Path(__file__).parent / "results" / (
+            "search_regime_quick.md" if args.quick else "search_regime.md")
+    return args
+
+
+def cells(cfg: dict[str, Any]) -> list[tuple[str, float]]:
+    return [("flops", b) for b in cfg["flops"]] + [("latency", b) for b in cfg["latency"]]
+
+
+def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
+    names = list(FLOPS_METHODS if kind == "flops" else LATENCY_METHODS)
+    if cfg["random_in"] == "none" or (cfg["random_in"] == "latency" and kind == "flops"):
+        names.remove("random")
+    return [m for m in names if not cfg["methods"] or m in cfg["methods"]]
+
+
+# -- one (arch, seed) ---------------------------------------------------------------------------
+def _key(cfg: dict[str, Any], *parts: Any) -> str:
+    """What a kept result depends on: the data, the dense recipe and the per-method settings."""
+    wanted = {k: cfg[k] for k in ("train_size", "val_size", "test_size", "trials",
+                                   "search_steps", "final_epochs", "sl_epochs", "dense_epochs",
+                                   "latency_runtime", "distill", "device")}
+    raw = json.dumps([wanted, *parts], sort_keys=True, default=str)
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def _kept(cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
+    path = CACHE / f"{key}.json"
+    if cfg["fresh"] or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _keep(key: str, value: dict[str, Any]) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=CACHE, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(value, fh, default=str)
+    os.replace(tmp, CACHE / f"{key}.json")
+
+
+def _context(cfg: dict[str, Any], arch: str, log: Callable[[str], None]) -> dict[str, Any]:
+    import _quality_data as qd
+    import torch
+
+    from autoprune.engine import analyze
+    from autoprune.latency import LatencyTarget
+
+    data = qd.load_data(cfg["data_dir"], 0, cfg["train_size"], cfg["val_size"],
+                        cfg["test_size"])
+    epochs = cfg["dense_epochs"] or DENSE_EPOCHS[arch]
+    dense = qd.train_dense(arch, data, 0, epochs, log, cfg["device"]).eval()
+    example = qd.example_input()
+    spec = qd.ARCHS[arch]
+    torch.set_num_threads(1)
+    return {"data": data, "dense": dense, "example": example, "batch": spec.batch,
+            "analysis": analyze(dense, example), "evaluate": qd.make_evaluate(data, dense),
+            "ft": {"lr": spec.ft_lr, "optimizer": spec.optimizer,
+                   "weight_decay": spec.weight_decay},
+            "target": LatencyTarget(batch_size=1, runtime=cfg["latency_runtime"]),
+            "epoch_steps": len(data.loader(0, spec.batch))}
+
+
+def _space(arch: str, kind: str) -> Any:
+    from autoprune.space import load_space
+
+    space = load_space(SPACES[arch])
+    # FLOPs cells: every method unrounded (rounding only constrains a FLOPs budget); latency
+    # cells: the space's own rounding, i.e. autoprune's default of 8 when it leaves it open
+    return dataclasses.replace(space, round_to=1) if kind == "flops" else space
+
+
+def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
+            b: float, seed: int) -> tuple[Any, dict[str, Any]]:
+    import autoprune as ap
+    from autoprune.driver import search
+    from autoprune.settings import FinetuneSettings, SearchSettings
+
+    latency = kind == "latency"
+    common: dict[str, Any] = {"seed": seed, "progress": False, "levels": 1,
+                              "latency": latency, "latency_batch": 1,
+                              "latency_runtime": cfg["latency_runtime"]}
+    if method == "random":
+        settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
+    else:
+        settings = SearchSettings(**common)
+    budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
+    start = time.perf_counter()
+    result = search(ctx["dense"], ctx["example"], evaluate=ctx["evaluate"],
+                    train_loader=ctx["data"].loader(seed, ctx["batch"]), budget=budget,
+                    trials=cfg["trials"], run_dir=run_dir, space=_space(arch, kind),
+                    finetune_settings=FinetuneSettings(
+                        steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
+                        distill=cfg["distill"] and method == "autoprune", **ctx["ft"]),
+                    settings=settings)
+    shutil.rmtree(run_dir.parent, ignore_errors=True)
+    full = [r for r in result.front if r.is_full]
+    info: dict[str, Any] = {"search_s": time.perf_counter() - start,
+                            "n_full": sum(r.is_full for r in result.trials),
+                            "n_total": len(result.trials),
+                            "states": dict(Counter(r.state.value for r in result.trials)),
+                            "fail_reasons": sorted({r.fail_reason for r in result.trials
+                                                    if r.fail_reason})[:5]}
+    if not full:
+        return None, info
+    best = max(full, key=lambda r: r.val_acc or 0.0)
+    info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
+                search_latency_ms=best.latency_ms)
+    return ap.PruningPlan.from_dict(best.plan), info
+
+
+def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
+            b: float, seed: int, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The pruned (not yet fine-tuned) model ``method`` picks for the cell, and its info."""
+    import _regime_peers as peers
+    import numpy as np
+
+    import autoprune as ap
+    from autoprune.plan import PruningPlan, Widths, global_ratios
+
+    an, dense = ctx["analysis"], ctx["dense"]
+    start = time.perf_counter()
+    if method == "groupnorm-sl":
+        steps = max(1, round(cfg["sl_epochs"] * ctx["epoch_steps"]))
+        return peers.groupnorm_recipe(dense, ctx["example"],
+                                      ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
+                                      log)
+    if method == "uniform-lat":
+        plan, info = peers.latency_matched_uniform(an, dense, ctx["example"], b, ctx["target"],
+                                                   round_to=8, iters=cfg["bisect_iters"],
+                                                   log=log)
+    elif method == "uniform-l2":
+        plan = ap.fit_budget(dense, ctx["example"], allocation=1.0, flops=b, caps=0.95,
+                             importance="l2", analysis=an)
+        info = {"search_s": time.perf_counter() - start}
+    elif method == "global-l2":
+        groups, cm = an.groups, an.cost_model
+        ratios = global_ratios(an.importance_scores("l2"), Widths.of(cm, groups),
+                               b * cm.dense_macs(), "macs", np.full(len(groups), 0.95))
+        plan = PruningPlan({g.name: r for g, r in zip(groups, ratios) if r > 0}, "l2")
+        info = {"search_s": time.perf_counter() - start}
+    else:
+        plan, info = _search(method, cfg, ctx, arch, kind, b, seed)
+    if plan is None:
+        return None, info
+    info["plan"] = plan.to_dict()
+    info["engine_flops_ratio"] = an.macs(plan) / an.cost_model.dense_macs()
+    return an.apply(plan), info
+
+
+def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
+              ci: int) -> dict[str, Any]:
+    """The final fine-tune (same seed and batches for every method of the cell), then test."""
+    import torch
+
+    from autoprune.pipeline import finetune_model
+    from autoprune.settings import FinetuneSettings
+
+    steps = max(1, round(cfg["final_epochs"] * ctx["epoch_steps"]))
+    torch.manual_seed(seed * 1000 + ci)
+    loader = ctx["data"].loader(seed * 1000 + ci, ctx["batch"])
+    start = time.perf_counter()
+    model = model.to(cfg["device"])
+    finetune_model(model, loader, FinetuneSettings(steps=steps, device=cfg["device"],
+                                                   **ctx["ft"]), steps=steps)
+    model = model.cpu().eval()
+    return {"test_acc": ctx["evaluate"](model, "test"), "val_acc": ctx["evaluate"](model, "val"),
+            "finetune_s": time.perf_counter() - start, "final_steps": steps}
+
+
+def _counts(model: Any, ctx: dict[str, Any]) -> dict[str, float]:
+    from autoprune.engine.count import count_macs_params
+
+    macs, params = count_macs_params(model, ctx["example"])
+    dmacs, dparams = ctx.setdefault("dense_counts", count_macs_params(ctx["dense"],
+                                                                     ctx["example"]))
+    return {"flops_ratio": macs / dmacs, "params_ratio": params / dparams}
+
+
+def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci: int,
+             kind: str, b: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every method of one cell: pick, fine-tune, count; then time them all with dense."""
+    import torch
+
+    from autoprune.latency import time_alternating
+
+    rows, models = [], {}
+    for method in methods_of(cfg, kind):
+        key = _key(cfg, arch, seed, kind, b, method)
+        row = _kept(cfg, key)
+        if row is None:
+            row = {"arch": arch, "seed": seed, "kind": kind, "budget": b, "method": method}
+            try:
+                model, info = _choose(method, cfg, ctx, arch, kind, b, seed, log)
+            except Exception as exc:  # a benchmark row, not a crash
+                model, info = None, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            row.update(info)
+            if model is not None:
+                row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
+                CACHE.mkdir(parents=True, exist_ok=True)
+                torch.save(model, CACHE / f"{key}.pt")
+            _keep(key, row)
+        if row.get("test_acc") is not None:
+            models[method] = torch.load(CACHE / f"{key}.pt", weights_only=False)
+            log(f"seed {seed} {kind} {b:g}: {method:12s} test {row['test_acc']:.4f} "
+                f"flops {row['flops_ratio']:.3f} ({row.get('search_s') or 0:.0f} s)")
+        else:
+            log(f"seed {seed} {kind} {b:g}: {method}: {row.get('error', 'no feasible pick')}")
+        rows.append(row)
+    if models:
+        timed = time_alternating({"dense": ctx["dense"], **models}, ctx["example"],
+                                 ctx["target"], rounds=7, repeats=20)
+        for row in rows:
+            if row["method"] in timed:
+                row["latency_ms"], row["latency_iqr_ms"] = timed[row["method"]]
+                row["latency_ratio"] = row["latency_ms"] / timed["dense"][0]
+                row["dense_latency_ms"] = timed["dense"][0]
+    return rows
+
+
+def run_unit(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
+    import logging
+
+    import optuna
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING)
+
+    def log(msg: str) -> None:
+        print(f"[{arch} s{seed} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
+
+    ctx = _context(cfg, arch, log)
+    an, dense = ctx["analysis"], ctx["dense"]
+    out: dict[str, Any] = {"arch": arch, "seed": seed, "sizes": ctx["data"].sizes(),
+                           "dense": {"test_acc": ctx["evaluate"](dense, "test"),
+                                     "val_acc": ctx["evaluate"](dense, "val"),
+                                     "macs": an.cost_model.dense_macs(),
+                                     "params": sum(p.numel() for p in dense.parameters())},
+                           "runs": []}
+    for ci, (kind, b) in enumerate(cells(cfg)):
+        out["runs"] += run_cell(cfg, ctx, arch, seed, ci, kind, b, log)
+    return out
+
+
+def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The proxy study: every cheap score's rho against the full fine-tune, beside the full
+    fine-tune's rho with itself under another seed (the noise ceiling). Kept like a cell."""
+    import _quality_data as qd
+
+    key = _key(cfg, "proxy", arch, cfg["proxy_budget"], cfg["proxy_candidates"])
+    kept = _kept(cfg, key)
+    if kept is not None:
+        return kept
+
+    def log(msg: str) -> None:
+        print(f"[proxy {arch} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
+
+    ctx = _context(cfg, arch, log)
+    study = qd.proxy_study(ctx["analysis"], ctx["data"], SPACES[arch], cfg["proxy_budget"],
+                           cfg["proxy_candidates"], 0, cfg["search_steps"], [0.35],
+                           ctx["ft"]["lr"], log, cfg["device"], ctx["ft"]["optimizer"],
+                           ctx["ft"]["weight_decay"], ceiling=True, distill=True,
+                           batch=ctx["batch"])
+    out = {"arch": arch, "proxy": study}
+    _keep(key, out)
+    return out
+
+
+def run_all(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (arch, seed) unit and the proxy study over ``--jobs`` processes."""
+    seeds = range(cfg["first_seed"], cfg["first_seed"] + cfg["seeds"])
+    units: list[tuple[Any, ...]] = [(run_unit, cfg, arch, s) for s in seeds
+                                    for arch in cfg["arch"]]
+    if cfg["proxy_arch"] != "none" and cfg["proxy_candidates"]:
+        units.append((run_proxy, cfg, cfg["proxy_arch"]))
+    jobs = max(1, min(cfg["jobs"], len(units)))
+    if jobs == 1:
+        return [fn(*rest) for fn, *rest in units]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *rest) for fn, *rest in units]
+        return [f.result() for f in futures]
+
+
+# -- report -------------------------------------------------------------------------------------
+def _versions() -> str:
+    import optuna
+    import torch
+    import torch_pruning
+
+    return (f"torch {torch.__version__} · torch-pruning {torch_pruning.__version__} · "
+            f"optuna {optuna.__version__}")
+
+
+def _fmt(mean: float, half: float, scale: float = 100.0) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    if half != half:
+        return f"{mean * scale:+.2f}"
+    return f"{mean * scale:+.2f} [{(mean - half) * scale:+.2f}, {(mean + half) * scale:+.2f}]"
+
+
+def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (arch, cell): autoprune minus each peer over paired seeds, with 95 % intervals."""
+    import _regime_peers as peers
+
+    runs = [r for res in results for r in res.get("runs", [])]
+    out = []
+    for arch in dict.fromkeys(r["arch"] for r in runs):
+        for kind, b in dict.fromkeys((r["kind"], r["budget"]) for r in runs if r["arch"] == arch):
+            sel = [r for r in runs if (r["arch"], r["kind"], r["budget"]) == (arch, kind, b)
+                   and r.get("test_acc") is not None]
+            ours = {r["seed"]: r["test_acc"] for r in sel if r["method"] == "autoprune"}
+            for method in dict.fromkeys(r["method"] for r in sel):
+                if method == "autoprune":
+                    continue
+                theirs = {r["seed"]: r["test_acc"] for r in sel if r["method"] == method}
+                diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+                mean, half = peers.paired_interval(diffs)
+                out.append({"arch": arch, "kind": kind, "budget": b, "peer": method,
+                            "n": len(diffs), "diff": mean, "half": half})
+    return out
+
+
+def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The proxy study's table: each score's rho against the full fine-tune, and its share of
+    the noise ceiling."""
+    lines = []
+    for res in results:
+        sp = res.get("proxy")
+        if not sp:
+            continue
+        ceiling = sp["rho_ceiling"]
+        scores = {"adaptive-BN proxy (20 batches)": sp["rho_proxy"], **sp["rho_short"],
+                  f"full fine-tune, another seed ({sp['full_steps']} steps): the ceiling":
+                  ceiling}
+        lines += ["", f"## Proxy study: {res['arch']}, FLOPs {sp['budget']:g}", "",
+                  f"{sp['n']} random candidates of the `{sp['space']}` space fitted onto the "
+                  f"budget, each scored from a fresh prune on val; rho against the full search "
+                  f"fine-tune ({sp['full_steps']} steps). The same full fine-tune under another "
+                  "seed (other batches) gives the noise ceiling. '+kd': distilled from the "
+                  f"dense model. {sp['seconds'] / 60:.0f} min.", "",
+                  "| score | rho vs full fine-tune | share of the ceiling |", "|---|---|---|"]
+        for name, rho in scores.items():
+            share = rho / ceiling if ceiling and ceiling == ceiling and rho == rho else None
+            lines.append(f"| {name} | {rho:.3f} | "
+                         f"{'' if share is None else f'{share:.2f}'} |")
+    return lines
+
+
+def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> str:
+    import _quality_data as qd
+    from _quality_data import mean_std
+
+    runs = [r for res in results for r in res.get("runs", [])]
+    units = [res for res in results if "runs" in res]
+    sizes = units[0]["sizes"] if units else {}
+    lines = [f"# Search quality where users deploy{' (quick)' if cfg['quick'] else ''}", "",
+             f"`{cfg['command']}`", "",
+             f"{datetime.datetime.now():%Y-%m-%d %H:%M} · {platform.platform()} · "
+             f"{os.cpu_count()} CPUs · {_versions()} · total wall {wall / 60:.1f} min "
+             f"({cfg['jobs']} processes, 1 torch thread each)", "", "## Setup", "",
+             f"- data: Fashion-MNIST, train {sizes.get('train')}, val {sizes.get('val')} "
+             f"(carved from the training set; searches select on it), test {sizes.get('test')} "
+             "(scored once, after the final fine-tune)",
+             f"- seeds {cfg['first_seed']}..{cfg['first_seed'] + cfg['seeds'] - 1}: searches "
+             "and the final fine-tune; one dense model per arch (split seed 0)",
+             f"- searches: {cfg['trials']} full fine-tunes x {cfg['search_steps']} steps; "
+             "autoprune with its defaults (TPE, staged screening, priors); random: random "
+             "sampler, no screening, no priors",
+             f"- final fine-tune: {cfg['final_epochs']:g} epochs of the training set, same seed "
+             "and batches for every method of a cell",
+             f"- group-norm recipe: {cfg['sl_epochs']:g} epoch(s) of sparsity learning "
+             "(reg 5e-4, lr 0.01) on the dense model before progressive pruning, then the same "
+             "final fine-tune: it trains longer than the others",
+             f"- latency: batch 1, {cfg['latency_runtime']}, 1 thread, every model of a cell "
+             "timed alternately with dense after its fine-tune (7 rounds x 20 runs, medians); "
+             "latency cells: widths rounded to 8 for every method; FLOPs cells: unrounded", ""]
+    lines += ["## Dense models", "", "| arch | shape | test acc % | val acc % | MMACs | "
+              "params k |", "|---|---|---|---|---|---|"]
+    for res in {r["arch"]: r for r in units}.values():
+        d = res["dense"]
+        lines.append(f"| {res['arch']} | {qd.ARCHS[res['arch']].shape} | "
+                     f"{d['test_acc'] * 100:.2f} | {d['val_acc'] * 100:.2f} | "
+                     f"{d['macs'] / 1e6:.2f} | {d['params'] / 1e3:.1f} |")
+    lines += ["", "## Test accuracy after the same final fine-tune", "",
+              "Mean ± std over seeds. Latency ratio: measured, to dense, alternately timed.", "",
+              "| arch | budget | method | test acc % | FLOPs % | latency ratio | search s |",
+              "|---|---|---|---|---|---|---|"]
+    for arch in cfg["arch"]:
+        for kind, b in cells(cfg):
+            for method in methods_of(cfg, kind):
+                rs = [r for r in runs if (r["arch"], r["kind"], r["budget"], r["method"])
+                      == (arch, kind, b, method)]
+                ok = [r for r in rs if r.get("test_acc") is not None]
+                if not rs:
+                    continue
+                lines.append(f"| {arch} | {kind} {b:g} | {method} | "
+                             f"{mean_std([r['test_acc'] for r in ok])} | "
+                             f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
+                             f"{mean_std([r.get('latency_ratio') for r in ok], 1, 3)} | "
+                             f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
+    lines += ["", "## autoprune minus each peer", "",
+              "Paired by seed, points, mean [95 % t-interval].", "",
+              "| arch | budget | peer | n | autoprune − peer |", "|---|---|---|---|---|"]
+    for v in verdicts(results):
+        lines.append(f"| {v['arch']} | {v['kind']} {v['budget']:g} | {v['peer']} | {v['n']} | "
+                     f"{_fmt(v['diff'], v['half'])} |")
+    lines += proxy_lines(results)
+    errors = [f"{r['arch']} seed {r['seed']} {r['kind']} {r['budget']:g} {r['method']}: "
+              f"{r.get('error', 'no feasible full fine-tune')}"
+              for r in runs if r.get("test_acc") is None]
+    if errors:
+        lines += ["", "Without a result:", "", *[f"- {e}" for e in errors]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    cfg["t0"] = time.time()
+    cfg["command"] = "python " + shlex.join(["benchmarks/search_regime.py", *sys.argv[1:]])
+    print(f"search regime: {args.arch}, cells {cells(cfg)}, seeds {args.seeds}, "
+          f"{args.jobs} process(es)", flush=True)
+    results = run_all(cfg)
+    wall = time.time() - cfg["t0"]
+    text = report(results, cfg, wall)
+    print("\n" + text, flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"config": {k: v for k, v in cfg.items() if k != "t0"}, "wall_s": wall,
+         "results": results, "verdicts": verdicts(results)}, indent=1, default=str))
+    print(f"written to {out} and {out.with_suffix('.json')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
