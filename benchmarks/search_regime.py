@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int)
     p.add_argument("--out", type=Path)
     p.add_argument("--fresh", action="store_true", help="ignore kept results")
+    p.add_argument("--cache", type=Path, default=CACHE, help="where finished cells are kept "
+                   "(default benchmarks/.cache/regime)")
     args = p.parse_args(argv)
     for key, value in PRESETS["quick" if args.quick else "full"].items():
         if getattr(args, key, None) is None:
@@ -142,18 +144,19 @@ def _key(cfg: dict[str, Any], *parts: Any) -> str:
 
 
 def _kept(cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
-    path = CACHE / f"{key}.json"
+    path = Path(cfg["cache"]) / f"{key}.json"
     if cfg["fresh"] or not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
-def _keep(key: str, value: dict[str, Any]) -> None:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=CACHE, suffix=".tmp")
+def _keep(cfg: dict[str, Any], key: str, value: dict[str, Any]) -> None:
+    cache = Path(cfg["cache"])
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(value, fh, default=str)
-    os.replace(tmp, CACHE / f"{key}.json")
+    os.replace(tmp, cache / f"{key}.json")
 
 
 def _context(cfg: dict[str, Any], arch: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -315,11 +318,11 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci:
             row.update(info)
             if model is not None:
                 row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
-                CACHE.mkdir(parents=True, exist_ok=True)
-                torch.save(model, CACHE / f"{key}.pt")
-            _keep(key, row)
+                Path(cfg["cache"]).mkdir(parents=True, exist_ok=True)
+                torch.save(model, Path(cfg["cache"]) / f"{key}.pt")
+            _keep(cfg, key, row)
         if row.get("test_acc") is not None:
-            models[method] = torch.load(CACHE / f"{key}.pt", weights_only=False)
+            models[method] = torch.load(Path(cfg["cache"]) / f"{key}.pt", weights_only=False)
             log(f"seed {seed} {kind} {b:g}: {method:12s} test {row['test_acc']:.4f} "
                 f"flops {row['flops_ratio']:.3f} ({row.get('search_s') or 0:.0f} s)")
         else:
@@ -382,7 +385,7 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                            ctx["ft"]["weight_decay"], ceiling=True, distill=True,
                            batch=ctx["batch"])
     out = {"arch": arch, "proxy": study}
-    _keep(key, out)
+    _keep(cfg, key, out)
     return out
 
 

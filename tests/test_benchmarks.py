@@ -103,3 +103,41 @@ def test_latency_matched_uniform_finds_the_largest_fraction_within_budget(monkey
     assert 0.2 + 0.8 * share <= 0.6  # within the budget ...
     assert share > 0.5 - 0.05  # ... and close to the largest share that is (0.5)
     assert info["bisection"] and info["uniform_flops_fraction"] > 0.45
+
+
+@pytest.mark.slow
+def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
+    """Every kind of cell and peer once, tiny; then the same command again only renders what
+    the first kept (no cell is run twice)."""
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "regime.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "benchmarks/search_regime.py", "--quick", "--train-size", "1500",
+           "--val-size", "300", "--test-size", "300", "--trials", "1", "--search-steps", "4",
+           "--final-epochs", "0.3", "--flops", "0.3", "--latency", "0.9", "--bisect-iters", "2",
+           "--latency-runtime", "eager",
+           "--proxy-candidates", "3", "--random-in", "none", "--jobs", "1",
+           "--cache", str(tmp_path / "kept"), "--out", str(out)]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    raw = json.loads(out.with_suffix(".json").read_text())
+    runs = [r for res in raw["results"] for r in res.get("runs", [])]
+    assert {(r["kind"], r["method"]) for r in runs} == {
+        ("flops", "uniform-l2"), ("flops", "global-l2"), ("flops", "groupnorm-sl"),
+        ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune")}
+    for run in runs:
+        if run["kind"] == "flops":  # every FLOPs pick is tested within its budget
+            assert run["test_acc"] is not None and run["flops_ratio"] <= 0.3 * 1.01, run
+    lat = next(r for r in runs if r["method"] == "uniform-lat")
+    if lat.get("test_acc") is not None:  # timed beside dense after the fine-tune
+        assert lat["latency_ratio"] > 0 and lat["bisection"]
+    proxy = next(res["proxy"] for res in raw["results"] if "proxy" in res)
+    assert proxy["n"] == 3 and "rho_ceiling" in proxy
+    text = out.read_text()
+    assert "| resnet20 | flops 0.3 | groupnorm-sl |" in text and "Proxy study" in text
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sparsity steps (" in first.stdout
+    assert "sparsity steps (" not in again.stdout  # kept: not run again
+    assert "autoprune minus each peer" in out.read_text()
