@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import statistics
 import time
@@ -37,3 +38,11 @@ def write(name: str, command: str, table: str) -> Path:
     path = RESULTS / name
     path.write_text(f"# {name}\n\n`{command}`\n\n{environment()}\n\n{table}\n")
     return path
+
+
+def save_report(out: Path, text: str, payload: dict[str, Any]) -> None:
+    """Write a benchmark's markdown report to ``out`` and its raw figures beside it (.json)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+    print(f"written to {out} and {out.with_suffix('.json')}", flush=True)

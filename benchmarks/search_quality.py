@@ -577,13 +577,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg["finished"] = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     text = report(results, cfg, wall)
     print("\n" + text, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"config": {k: v for k, v in cfg.items() if k != "t0"}, "wall_s": wall,
-         "results": results}, indent=1, default=str))
-    print(f"written to {out} and {out.with_suffix('.json')}; total wall {wall:.0f} s", flush=True)
+    from _common import save_report
+
+    save_report(Path(args.out), text, {"config": {k: v for k, v in cfg.items() if k != "t0"},
+                                       "wall_s": wall, "results": results})
+    print(f"total wall {wall:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import save_report
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
 LATENCY_METHODS = ("uniform-lat", "random", "autoprune")
@@ -548,13 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.time() - cfg["t0"]
     text = report(results, cfg, wall)
     print("\n" + text, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"config": {k: v for k, v in cfg.items() if k != "t0"}, "wall_s": wall,
-         "results": results, "verdicts": verdicts(results)}, indent=1, default=str))
-    print(f"written to {out} and {out.with_suffix('.json')}", flush=True)
+    save_report(Path(args.out), text, {"config": {k: v for k, v in cfg.items() if k != "t0"},
+                                       "wall_s": wall, "results": results,
+                                       "verdicts": verdicts(results)})
 
 
 if __name__ == "__main__":
