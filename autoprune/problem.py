@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Problem", "perturb", "plan_key"]
 
 log = logging.getLogger(__name__)
+CAP_LIFTS = (0.0, 0.5, 1.0)  # how far caps rise toward 0.95 when a level is out of their reach
 
 
 class Problem:
@@ -96,21 +97,34 @@ class Problem:
         assert table is not None
         names = [g.name for g in self.groups]
         alloc = dict(zip(names, map(float, self.resolved.allocation(params))))
-        caps = dict(zip(names, map(float, self.resolved.caps())))
         target = self.level_of(params) * table.dense_ms / self.latency_scale
-        try:
-            plan = fit_latency(table, target, alloc, caps, self.space.round_to)
-        except BudgetError:
+        for lift in CAP_LIFTS:  # caps rise toward 0.95 only if the level needs it, as FLOPs fits
+            try:
+                plan = fit_latency(table, target, alloc, self._caps(lift), self.space.round_to)
+                break
+            except BudgetError:
+                continue
+        else:
             fastest = self._fastest_ms([n for n in names if alloc[n] > 0])
             top = self.budget.fraction * table.dense_ms / self.latency_scale
             if fastest * 1.01 > top:
-                raise
-            plan = fit_latency(table, fastest * 1.01, alloc, caps, self.space.round_to)
+                raise BudgetError(f"latency level {target:.4g} ms is below the fastest model "
+                                  f"this allocation reaches (predicted {fastest:.4g} ms)")
+            plan = fit_latency(table, fastest * 1.01, alloc, self._caps(1.0),
+                               self.space.round_to)
         return PruningPlan(plan.ratios, self.settings.importance, plan.round_to)
 
+    def _caps(self, lift: float) -> dict[str, float]:
+        """The space's caps, lifted ``lift`` of the way toward 0.95 (groups it leaves unpruned,
+        cap 0, stay so)."""
+        caps = np.asarray(self.resolved.caps(), dtype=float)
+        lifted = np.where(caps > 0, caps + lift * np.maximum(0.95 - caps, 0.0), 0.0)
+        return dict(zip((g.name for g in self.groups), map(float, lifted)))
+
     def _check_latency_floor(self) -> float:
-        """The fastest model the caps allow, as the table predicts it (a fraction of dense);
-        a latency budget under it is refused now rather than every candidate later."""
+        """The fastest model the caps allow once lifted to 0.95 (as for a FLOPs budget out of
+        their reach), as the table predicts it (a fraction of dense); a latency budget under it
+        is refused now rather than every candidate later."""
         table = self.latency_table
         if table is None:
             return 0.0
@@ -119,14 +133,15 @@ class Problem:
             raise BudgetError(
                 f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
                 f"fastest model this space allows: the latency table predicts {floor:.3g} of "
-                "it with every group at its cap; give a larger budget, time a larger batch "
+                "it with every group pruned to 0.95; give a larger budget, time a larger batch "
                 "(--latency-batch), or --no-latency-table to search on FLOPs levels anyway")
         return floor
 
     def _fastest_ms(self, names: list[str]) -> float:
-        """The predicted latency with the groups ``names`` at their caps (the rest dense)."""
+        """The predicted latency with the groups ``names`` at their fully lifted caps (the rest
+        dense)."""
         assert self.latency_table is not None
-        caps = dict(zip((g.name for g in self.groups), map(float, self.resolved.caps())))
+        caps = self._caps(1.0)
         return self.latency_table.predict(PruningPlan(
             {n: min(caps[n], 0.999) for n in names if caps[n] > 0},
             round_to=self.space.round_to))

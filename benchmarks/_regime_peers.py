@@ -125,5 +125,11 @@ def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tens
             hi = mid
     log(f"latency-matched uniform at {budget:g}: fraction {lo:.3f} ({len(tried)} timings: "
         f"{tried})")
-    return best, {"search_s": time.perf_counter() - start, "bisection": tried,
-                  "uniform_flops_fraction": lo if best is not None else None}
+    info: dict[str, Any] = {"search_s": time.perf_counter() - start, "bisection": tried,
+                            "uniform_flops_fraction": lo if best is not None else None}
+    if best is None:
+        fastest = min(tried, key=lambda t: t[1], default=None)
+        info["error"] = (f"no uniform plan is within {budget:g} of the dense latency"
+                         + (f" (the fastest timed, at {fastest[0]:g} of the FLOPs, takes "
+                            f"{fastest[1]:.3f})" if fastest else ""))
+    return best, info

@@ -66,6 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4},
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
+NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int)
     p.add_argument("--out", type=Path)
     p.add_argument("--fresh", action="store_true", help="ignore kept results")
+    p.add_argument("--kept-only", action="store_true", help="run nothing new: report what "
+                   "earlier runs kept (missing cells are left out)")
     p.add_argument("--cache", type=Path, default=CACHE, help="where finished cells are kept "
                    "(default benchmarks/.cache/regime)")
     args = p.parse_args(argv)
@@ -208,14 +211,16 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
     start = time.perf_counter()
-    result = search(ctx["dense"], ctx["example"], evaluate=ctx["evaluate"],
-                    train_loader=ctx["data"].loader(seed, ctx["batch"]), budget=budget,
-                    trials=cfg["trials"], run_dir=run_dir, space=_space(arch, kind),
-                    finetune_settings=FinetuneSettings(
-                        steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
-                        distill=cfg["distill"] and method == "autoprune", **ctx["ft"]),
-                    settings=settings)
-    shutil.rmtree(run_dir.parent, ignore_errors=True)
+    try:
+        result = search(ctx["dense"], ctx["example"], evaluate=ctx["evaluate"],
+                        train_loader=ctx["data"].loader(seed, ctx["batch"]), budget=budget,
+                        trials=cfg["trials"], run_dir=run_dir, space=_space(arch, kind),
+                        finetune_settings=FinetuneSettings(
+                            steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
+                            distill=cfg["distill"] and method == "autoprune", **ctx["ft"]),
+                        settings=settings)
+    finally:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
     full = [r for r in result.front if r.is_full]
     info: dict[str, Any] = {"search_s": time.perf_counter() - start,
                             "n_full": sum(r.is_full for r in result.trials),
@@ -299,37 +304,51 @@ def _counts(model: Any, ctx: dict[str, Any]) -> dict[str, float]:
     return {"flops_ratio": macs / dmacs, "params_ratio": params / dparams}
 
 
+def _pick(cfg: dict[str, Any], ctx: dict[str, Any], key: str, row: dict[str, Any],
+          seed: int, ci: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one method of a cell: pick, fine-tune, count; keep the row and the model."""
+    import torch
+
+    try:
+        model, info = _choose(row["method"], cfg, ctx, row["arch"], row["kind"], row["budget"],
+                              seed, log)
+    except Exception as exc:  # a benchmark row, not a crash
+        model, info = None, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    row.update(info)
+    if model is not None:
+        row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
+        Path(cfg["cache"]).mkdir(parents=True, exist_ok=True)
+        torch.save(model, Path(cfg["cache"]) / f"{key}.pt")
+    _keep(cfg, key, row)
+    return row
+
+
 def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci: int,
              kind: str, b: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every method of one cell: pick, fine-tune, count; then time them all with dense."""
+    """Every method of one cell (``--kept-only``: those kept), then all of them timed
+    alternately with dense once (the figures are kept with the rows)."""
     import torch
 
     from autoprune.latency import time_alternating
 
-    rows, models = [], {}
+    rows, models, keys = [], {}, {}
     for method in methods_of(cfg, kind):
         key = _key(cfg, arch, seed, kind, b, method)
         row = _kept(cfg, key)
+        if row is None and cfg["kept_only"]:
+            continue
         if row is None:
-            row = {"arch": arch, "seed": seed, "kind": kind, "budget": b, "method": method}
-            try:
-                model, info = _choose(method, cfg, ctx, arch, kind, b, seed, log)
-            except Exception as exc:  # a benchmark row, not a crash
-                model, info = None, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            row.update(info)
-            if model is not None:
-                row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
-                Path(cfg["cache"]).mkdir(parents=True, exist_ok=True)
-                torch.save(model, Path(cfg["cache"]) / f"{key}.pt")
-            _keep(cfg, key, row)
+            row = _pick(cfg, ctx, key, {"arch": arch, "seed": seed, "kind": kind, "budget": b,
+                                        "method": method}, seed, ci, log)
         if row.get("test_acc") is not None:
             models[method] = torch.load(Path(cfg["cache"]) / f"{key}.pt", weights_only=False)
+            keys[method] = key
             log(f"seed {seed} {kind} {b:g}: {method:12s} test {row['test_acc']:.4f} "
                 f"flops {row['flops_ratio']:.3f} ({row.get('search_s') or 0:.0f} s)")
         else:
             log(f"seed {seed} {kind} {b:g}: {method}: {row.get('error', 'no feasible pick')}")
         rows.append(row)
-    if models:
+    if models and any("latency_ratio" not in r for r in rows if r["method"] in models):
         timed = time_alternating({"dense": ctx["dense"], **models}, ctx["example"],
                                  ctx["target"], rounds=7, repeats=20)
         for row in rows:
@@ -337,6 +356,7 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci:
                 row["latency_ms"], row["latency_iqr_ms"] = timed[row["method"]]
                 row["latency_ratio"] = row["latency_ms"] / timed["dense"][0]
                 row["dense_latency_ms"] = timed["dense"][0]
+                _keep(cfg, keys[row["method"]], row)
     return rows
 
 
@@ -373,8 +393,8 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
 
     key = _key(cfg, "proxy", arch, cfg["proxy_budget"], cfg["proxy_candidates"])
     kept = _kept(cfg, key)
-    if kept is not None:
-        return kept
+    if kept is not None or cfg["kept_only"]:
+        return kept or {"arch": arch, "proxy": None}
 
     def log(msg: str) -> None:
         print(f"[proxy {arch} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
@@ -441,7 +461,7 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
                 mean, half = peers.paired_interval(diffs)
                 out.append({"arch": arch, "kind": kind, "budget": b, "peer": method,
-                            "n": len(diffs), "diff": mean, "half": half})
+                            "n": len(diffs), "diff": mean, "half": half, "diffs": diffs})
     return out
 
 
@@ -493,9 +513,13 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
              "sampler, no screening, no priors",
              f"- final fine-tune: {cfg['final_epochs']:g} epochs of the training set, same seed "
              "and batches for every method of a cell",
-             f"- group-norm recipe: {cfg['sl_epochs']:g} epoch(s) of sparsity learning "
-             "(reg 5e-4, lr 0.01) on the dense model before progressive pruning, then the same "
-             "final fine-tune: it trains longer than the others",
+             *([f"- group-norm recipe: {cfg['sl_epochs']:g} epoch(s) of sparsity learning "
+                "(reg 5e-4, lr 0.01) on the dense model before progressive pruning, then the "
+                "same final fine-tune: it trains longer than the others"]
+               if cfg["flops"] else []),
+             "- latency-matched uniform: the uniform L2 plan (widths rounded to 8) with the "
+             f"largest FLOPs share whose latency, timed alternately with dense, meets the "
+             f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed",
              f"- latency: batch 1, {cfg['latency_runtime']}, 1 thread, every model of a cell "
              "timed alternately with dense after its fine-tune (7 rounds x 20 runs, medians); "
              "latency cells: widths rounded to 8 for every method; FLOPs cells: unrounded", ""]
@@ -525,13 +549,15 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                              f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
     lines += ["", "## autoprune minus each peer", "",
               "Paired by seed, points, mean [95 % t-interval].", "",
-              "| arch | budget | peer | n | autoprune − peer |", "|---|---|---|---|---|"]
+              "| arch | budget | peer | n | autoprune − peer | per seed |",
+              "|---|---|---|---|---|---|"]
     for v in verdicts(results):
         lines.append(f"| {v['arch']} | {v['kind']} {v['budget']:g} | {v['peer']} | {v['n']} | "
-                     f"{_fmt(v['diff'], v['half'])} |")
+                     f"{_fmt(v['diff'], v['half'])} | "
+                     + " / ".join(f"{d * 100:+.2f}" for d in v["diffs"]) + " |")
     lines += proxy_lines(results)
     errors = [f"{r['arch']} seed {r['seed']} {r['kind']} {r['budget']:g} {r['method']}: "
-              f"{r.get('error', 'no feasible full fine-tune')}"
+              f"{r.get('error') or NO_PICK.get(r['method'], 'no feasible full fine-tune')}"
               for r in runs if r.get("test_acc") is None]
     if errors:
         lines += ["", "Without a result:", "", *[f"- {e}" for e in errors]]
