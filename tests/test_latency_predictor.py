@@ -275,7 +275,7 @@ def test_latency_levels_stop_at_the_fastest_model_and_a_lower_budget_is_refused(
 
     floor = table.predict(ap.PruningPlan(dict.fromkeys(  # as a FLOPs fit, caps rise to 0.95
         [g.name for g in analysis.groups], 0.95))) / table.dense_ms
-    assert 0.05 < floor < 0.9
+    assert 0 < floor < 0.9
     level = next(s for s in problem(min(1.0, floor * 1.3)).specs() if s.name == LEVEL)
     assert level.low == pytest.approx(floor * 1.02) and level.high == pytest.approx(floor * 1.3)
     with pytest.raises(ap.BudgetError, match="no-latency-table"):
@@ -287,3 +287,23 @@ def test_latency_levels_stop_at_the_fastest_model_and_a_lower_budget_is_refused(
     plan = tight.plan_for({**dict.fromkeys(names, 1.0), LEVEL: tight.budget.fraction})
     assert max(plan.ratios.values()) > 0.5  # the caps were lifted to get there
     assert table.predict(plan) <= tight.budget.fraction * table.dense_ms * (1 + 1e-9)
+
+
+def test_the_rest_is_not_extrapolated_below_zero_or_its_dense_value(wide):
+    """A steep slope fitted on noisy timings once predicted a negative latency for a plan
+    pruning every group 0.95 (CI); the rest now stops at ``min(0, its dense value)``."""
+    from dataclasses import replace
+
+    analysis, table, _ = wide
+    dense_kept = table.kept(_plan(analysis, 0.0))
+    thin = table.kept(_plan(analysis, 0.95))
+    act0, act = table.activations(dense_kept), table.activations(thin)
+    layers = float(np.sum(table.layer_ms(thin)))
+    for dense_rest, floor in ((0.05, 0.0), (-0.02, -0.02)):
+        steep = replace(table, rest=(dense_rest - 5.0 * act0, 5.0))
+        assert steep.predict_kept(dense_kept) == pytest.approx(
+            float(np.sum(table.layer_ms(dense_kept))) + dense_rest)
+        assert dense_rest - 5.0 * (act0 - act) < floor  # the line alone goes below the floor
+        assert steep.predict_kept(thin) == pytest.approx(layers + floor)
+    gentle = replace(table, rest=(0.05, 0.1))  # above its floor: the line as fitted
+    assert gentle.predict_kept(thin) == pytest.approx(layers + 0.05 + 0.1 * act)

@@ -110,9 +110,15 @@ class LatencyTable:
         return float(np.sum(self.positions * self.layer_widths(kept)[:, 1])) / 1e6
 
     def predict_kept(self, kept: Sequence[float] | np.ndarray) -> float:
-        """Predicted latency (ms) with ``kept`` root channels per group (in group order)."""
+        """Predicted latency (ms) with ``kept`` root channels per group (in group order).
+
+        The rest of the network (``a + b x activations``) is extrapolated down to narrower
+        models but never below ``min(0, its dense value)``: a slope fitted on noisy timings
+        would otherwise predict negative latencies for heavily pruned plans."""
         a, b = self.rest
-        return float(np.sum(self.layer_ms(kept))) + a + b * self.activations(kept)
+        dense_acts = float(np.sum(self.positions * self.dense[self.layers[:, 2]])) / 1e6
+        rest = max(a + b * self.activations(kept), min(0.0, a + b * dense_acts))
+        return float(np.sum(self.layer_ms(kept))) + rest
 
     def kept(self, plan: PruningPlan) -> list[int]:
         """Kept root channels per group under ``plan`` (as the analysis computes them)."""
