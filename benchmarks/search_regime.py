@@ -23,7 +23,9 @@ Cells:
     python benchmarks/search_regime.py --quick        # the whole pipeline in minutes
 
 Every (arch, seed, cell, method) result is kept under ``benchmarks/.cache/regime`` as it
-finishes, so a killed run resumes where it stopped (``--fresh`` starts over).
+finishes, so a killed run resumes where it stopped (``--fresh`` starts over; ``--kept-only``
+only renders). A cell's place in the ``--flops``/``--latency`` lists seeds its final fine-tune:
+resume or extend a run with the same lists, so every method of a cell sees the same batches.
 """
 
 from __future__ import annotations
