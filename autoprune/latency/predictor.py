@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -116,9 +117,14 @@ class LatencyTable:
         models but never below ``min(0, its dense value)``: a slope fitted on noisy timings
         would otherwise predict negative latencies for heavily pruned plans."""
         a, b = self.rest
-        dense_acts = float(np.sum(self.positions * self.dense[self.layers[:, 2]])) / 1e6
-        rest = max(a + b * self.activations(kept), min(0.0, a + b * dense_acts))
+        rest = max(a + b * self.activations(kept), min(0.0, self._dense_rest))
         return float(np.sum(self.layer_ms(kept))) + rest
+
+    @cached_property
+    def _dense_rest(self) -> float:
+        """The rest's value on the dense model (computed once per table)."""
+        a, b = self.rest
+        return a + b * self.activations(self.group_channels)
 
     def kept(self, plan: PruningPlan) -> list[int]:
         """Kept root channels per group under ``plan`` (as the analysis computes them)."""
