@@ -314,13 +314,16 @@ def _greedy_fill(cost: Callable[[Sequence[int]], float], kept: list[int],
 
 def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
                   metric: Metric = "macs",
-                  caps: Sequence[float] | np.ndarray | None = None) -> list[float]:
+                  caps: Sequence[float] | np.ndarray | None = None,
+                  round_to: int | None = None) -> list[float]:
     """Per-group ratios from one global importance threshold that lands on ``target``.
 
     torch-pruning's global ranking: every channel below the threshold goes, whatever its layer,
     bounded by each group's cap (None: 0.95 each). ``scores[g]`` has one entry per channel (per
     channel group for grouped convs). Bisects the threshold on the analytic cost; channels are
-    not rounded.
+    not rounded unless ``round_to`` (> 1) is given: then the threshold is bisected on the
+    rounded widths and the gap rounding leaves is closed one rounding step at a time, as
+    :func:`fit_allocation` does.
     """
     cost = widths.cost(metric)
     caps_arr = FitOptions(metric, caps).caps_for(len(scores))
@@ -331,8 +334,9 @@ def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
                 for s, c in zip(sorted_scores, caps_arr)]
 
     def kept_at(t: float) -> list[int]:
-        return [kept_channels(c, r, None, q)
-                for c, r, q in zip(widths.channels, ratios_at(t), widths.quanta)]
+        return [kept_channels(c, r, round_to, q, w)
+                for c, r, q, w in zip(widths.channels, ratios_at(t), widths.quanta,
+                                      widths.units)]
 
     lo, hi = 0.0, float(max(s[-1] for s in sorted_scores)) + 1.0
     if cost(kept_at(hi)) > target:
@@ -343,7 +347,11 @@ def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
             hi = mid
         else:
             lo = mid
-    return ratios_at(hi)
+    if not round_to or round_to == 1:  # one threshold, exactly
+        return ratios_at(hi)
+    kept = _greedy_fill(cost, kept_at(hi), _steps(widths, round_to), target,
+                        FIT_DEFAULTS.tol)
+    return [_ratio_for(c, k) for c, k in zip(widths.channels, kept)]
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Problem:
         self.resolved = space.resolve([g.name for g in self.groups])
         self.latency_floor = self._check_latency_floor()
         self._baselines: list[tuple[dict[str, float], dict[str, Any]]] | None = None
+        self._exact: dict[str, PruningPlan] = {}  # baseline -> its plan, where params approximate
 
     @property
     def weights_mode(self) -> bool:
@@ -73,11 +74,17 @@ class Problem:
     def level_of(self, params: dict[str, float]) -> float:
         return float(params.get(LEVEL, self.budget.fraction))
 
-    def plan_for(self, params: dict[str, float]) -> PruningPlan:
+    def plan_for(self, params: dict[str, float], baseline: str | None = None) -> PruningPlan:
+        """The plan of searched ``params``; a ``baseline`` candidate gets its exact plan where
+        the space's parameters can only approximate it (the global ranking)."""
         if self.weights_mode:  # no channels go; the weights are zeroed instead
             return PruningPlan({}, self.settings.importance, None)
         if self.latency_table is not None:
             return self._latency_plan(params)
+        if baseline is not None:
+            self.baseline_params()
+            if baseline in self._exact:
+                return self._exact[baseline]
         kept = fit_allocation_lifting_caps(
             Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
@@ -235,17 +242,46 @@ class Problem:
             return [({LEVEL: top}, {"baseline": "global-l1"})]
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"
         out = [({**self.resolved.uniform(), LEVEL: top}, {"baseline": f"uniform-{label}"})]
+        if self.latency_table is not None:  # latency candidates are fitted on the table: the
+            ratios = self._global_ratios(label, 0.0)  # ranking only shapes the allocation
+        else:
+            plan = self._global_plan(label)
+            ratios = None if plan is None else plan.ratios
+            if plan is not None:  # the sampler is told the nearest parameters; the candidate
+                # is the exact plan (through the space's per-parameter ranges it came out
+                # further from the global ranking than the uniform plan is on MobileNetV2)
+                self._exact[f"global-{label}"] = plan
+        if ratios is None:
+            log.warning("global-ranking baseline skipped: no global threshold reaches %s %.4g "
+                        "of dense within the caps", self.budget.metric, top)
+            return out
+        out.append(({**self.resolved.from_group_ratios(ratios), LEVEL: top},
+                    {"baseline": f"global-{label}"}))
+        return out
+
+    def _global_ratios(self, label: str, lift: float,
+                       round_to: int | None = None) -> dict[str, float] | None:
+        """Per-group ratios of one global threshold on ``label`` scores at the budget, within
+        the caps lifted ``lift`` of the way to 0.95; None when out of their reach."""
         try:
             ratios = global_ratios(
                 self.analysis.importance_scores(label),
                 Widths.of(self.analysis.cost_model, self.groups),
-                top * self.budget.dense_metric, self.budget.metric, self.resolved.caps())
-            by_name = {g.name: r for g, r in zip(self.groups, ratios)}
-            out.append(({**self.resolved.from_group_ratios(by_name), LEVEL: top},
-                        {"baseline": f"global-{label}"}))
-        except BudgetError as exc:
-            log.warning("global-ranking baseline skipped: %s", exc)
-        return out
+                self.budget.fraction * self.budget.dense_metric, self.budget.metric,
+                list(self._caps(lift).values()), round_to)
+        except BudgetError:
+            return None
+        return {g.name: r for g, r in zip(self.groups, ratios) if r > 0}
+
+    def _global_plan(self, label: str) -> PruningPlan | None:
+        """torch-pruning's global ranking at the budget, within the caps (lifted toward 0.95
+        only when the budget needs it, as for any candidate) and rounded like every candidate;
+        None when it cannot reach the budget."""
+        for lift in CAP_LIFTS:
+            ratios = self._global_ratios(label, lift, self.space.round_to)
+            if ratios is not None:
+                return PruningPlan(ratios, self.settings.importance, self.space.round_to)
+        return None
 
     def generation_level(self, index: int) -> float:
         """The cost level of generation ``index``: the budget, then lower levels in turn."""

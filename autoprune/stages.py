@@ -198,7 +198,7 @@ class Stages:
         prep = Prepared(PruningPlan(), {}, number, p.level_of(params), start,
                         baseline=bool(attrs.get("baseline")))
         try:
-            prep.plan = p.plan_for(params)
+            prep.plan = p.plan_for(params, attrs.get("baseline"))
         except BudgetError as exc:
             return prep.end(Outcome(TrialState.INFEASIBLE, (0.0, p.budget.fraction), 1.0,
                                     {"fail_reason": str(exc), "seconds": self._since(prep)}))

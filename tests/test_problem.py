@@ -1,0 +1,103 @@
+"""The search problem's baselines: the global-ranking candidate is torch-pruning's global ranking
+itself (one threshold across groups), not its nearest point in the space's parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import autoprune as ap
+from autoprune.budget import ResolvedBudget
+from autoprune.plan import Budget, PruningPlan, kept_channels
+from autoprune.problem import CAP_LIFTS, Problem
+from autoprune.trial import LEVEL
+
+
+class Net(nn.Module):
+    """Three convs whose channel norms are spread very differently: a global threshold prunes
+    the spread-out layer far more than the even ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 16, 3), nn.Conv2d(16, 24, 3), nn.Conv2d(24, 32, 3)
+        self.fc = nn.Linear(32, 4)
+        gen = torch.Generator().manual_seed(0)
+        spreads = {"c1": 0.05, "c2": 1.5, "c3": 0.3}  # log-normal sigma of the channel norms
+        with torch.no_grad():
+            for name, sigma in spreads.items():
+                conv = getattr(self, name)
+                scale = torch.exp(sigma * torch.randn(conv.out_channels, generator=gen))
+                weight = torch.randn(conv.weight.shape, generator=gen) * 0.1
+                conv.weight.copy_(weight * scale.view(-1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _problem(flops: float, round_to: int, high: float) -> Problem:
+    analysis = ap.analyze(Net().eval(), torch.zeros(1, 1, 12, 12))
+    cm = analysis.cost_model
+    space = ap.SearchSpace(round_to=round_to, high=high)
+    return Problem(analysis, space, ResolvedBudget(Budget(flops=flops), cm.dense_macs(),
+                                                   cm.dense_params()), ap.SearchSettings())
+
+
+def _global_plan(problem: Problem) -> tuple[dict[str, float], PruningPlan]:
+    by_name = {a["baseline"]: p for p, a in problem.baseline_params()}
+    assert set(by_name) == {"uniform-l2", "global-l2"}
+    searched = by_name["global-l2"]
+    return searched, problem.plan_for(searched, "global-l2")
+
+
+@pytest.mark.parametrize("high", [0.8, 0.4])  # 0.4: the budget is out of the caps' reach
+def test_the_global_baseline_is_one_threshold_across_groups(high):
+    problem = _problem(0.2, 1, high)
+    _, plan = _global_plan(problem)
+    scores = problem.analysis.importance_scores("l2")
+    groups = problem.analysis.groups
+    # the caps it ran under: the space's, lifted toward 0.95 only as far as the budget needed
+    caps = next(c for c in map(problem._caps, CAP_LIFTS)
+                if all(plan.ratios.get(g.name, 0.0) <= c[g.name] + 1e-9 for g in groups))
+    largest_pruned, smallest_kept = [], []
+    for group, s in zip(groups, scores):
+        ratio = plan.ratios.get(group.name, 0.0)
+        if kept_channels(group.channels, ratio) == kept_channels(group.channels,
+                                                                 caps[group.name]):
+            continue  # at its cap: the threshold would take more
+        pruned = group.channels - kept_channels(group.channels, ratio)
+        ordered = np.sort(s)
+        if pruned:
+            largest_pruned.append(ordered[pruned - 1])
+        smallest_kept.append(ordered[pruned])
+    assert len(smallest_kept) >= 2 and largest_pruned
+    assert max(largest_pruned) <= min(smallest_kept)  # the oracle: global ranking, by hand
+    flops = problem.costs(plan)["flops_ratio"]
+    assert 0.18 <= flops <= 0.2
+    ratios = sorted(plan.ratios.values())
+    assert ratios[-1] - ratios[0] > 0.2  # uneven, unlike the uniform plan
+
+
+def test_the_searched_params_alone_would_not_give_the_global_plan():
+    problem = _problem(0.2, 1, 0.4)
+    searched, plan = _global_plan(problem)
+    approx = problem.plan_for(searched)
+    assert approx.ratios != plan.ratios  # why the candidate carries its exact plan
+    assert searched[LEVEL] == pytest.approx(0.2)
+
+
+def test_a_rounded_global_baseline_stays_within_the_budget():
+    problem = _problem(0.3, 4, 0.8)
+    _, plan = _global_plan(problem)
+    assert plan.round_to == 4
+    kept = problem.analysis.kept(plan)
+    assert all(k % 4 == 0 for k in kept)
+    assert problem.costs(plan)["flops_ratio"] <= 0.3
+
+
+def test_a_budget_no_threshold_reaches_skips_the_global_baseline(caplog):
+    problem = _problem(0.001, 1, 0.8)
+    assert [a["baseline"] for _, a in problem.baseline_params()] == ["uniform-l2"]
+    assert "global-ranking baseline skipped" in caplog.text
