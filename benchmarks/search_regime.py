@@ -229,7 +229,10 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                             "n_total": len(result.trials),
                             "states": dict(Counter(r.state.value for r in result.trials)),
                             "fail_reasons": sorted({r.fail_reason for r in result.trials
-                                                    if r.fail_reason})[:5]}
+                                                    if r.fail_reason})[:5],
+                            "baselines": {r.baseline: {"state": r.state.value, "proxy": r.proxy_acc,
+                                                       "short": r.short_acc, "val": r.val_acc}
+                                          for r in result.trials if r.baseline}}
     if not full:
         return None, info
     best = max(full, key=lambda r: r.val_acc or 0.0)
