@@ -313,20 +313,19 @@ def _greedy_fill(cost: Callable[[Sequence[int]], float], kept: list[int],
 
 
 def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
-                  metric: Metric = "macs",
-                  caps: Sequence[float] | np.ndarray | None = None,
-                  round_to: int | None = None) -> list[float]:
+                  options: FitOptions = FIT_DEFAULTS) -> list[float]:
     """Per-group ratios from one global importance threshold that lands on ``target``.
 
     torch-pruning's global ranking: every channel below the threshold goes, whatever its layer,
-    bounded by each group's cap (None: 0.95 each). ``scores[g]`` has one entry per channel (per
-    channel group for grouped convs). Bisects the threshold on the analytic cost; channels are
-    not rounded unless ``round_to`` (> 1) is given: then the threshold is bisected on the
-    rounded widths and the gap rounding leaves is closed one rounding step at a time, as
-    :func:`fit_allocation` does.
+    bounded by each group's cap (``options.caps``; None: 0.95 each). ``scores[g]`` has one entry
+    per channel (per channel group for grouped convs). Bisects the threshold on the analytic
+    ``options.metric``; channels are not rounded unless ``options.round_to`` (> 1) is given:
+    then the threshold is bisected on the rounded widths and the gap rounding leaves is closed
+    one rounding step at a time (to within ``options.tol``), as :func:`fit_allocation` does.
     """
+    metric, round_to = options.metric, options.round_to
     cost = widths.cost(metric)
-    caps_arr = FitOptions(metric, caps).caps_for(len(scores))
+    caps_arr = options.caps_for(len(scores))
     sorted_scores = [np.sort(s) for s in scores]
 
     def ratios_at(t: float) -> list[float]:
@@ -349,8 +348,7 @@ def global_ratios(scores: list[np.ndarray], widths: Widths, target: float,
             lo = mid
     if not round_to or round_to == 1:  # one threshold, exactly
         return ratios_at(hi)
-    kept = _greedy_fill(cost, kept_at(hi), _steps(widths, round_to), target,
-                        FIT_DEFAULTS.tol)
+    kept = _greedy_fill(cost, kept_at(hi), _steps(widths, round_to), target, options.tol)
     return [_ratio_for(c, k) for c, k in zip(widths.channels, kept)]
 
 

@@ -267,8 +267,8 @@ class Problem:
             ratios = global_ratios(
                 self.analysis.importance_scores(label),
                 Widths.of(self.analysis.cost_model, self.groups),
-                self.budget.fraction * self.budget.dense_metric, self.budget.metric,
-                list(self._caps(lift).values()), round_to)
+                self.budget.fraction * self.budget.dense_metric,
+                FitOptions(self.budget.metric, list(self._caps(lift).values()), round_to))
         except BudgetError:
             return None
         return {g.name: r for g, r in zip(self.groups, ratios) if r > 0}

@@ -179,7 +179,7 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float,
     import numpy as np
 
     import autoprune as ap
-    from autoprune.plan import PruningPlan, Widths, global_ratios
+    from autoprune.plan import FitOptions, PruningPlan, Widths, global_ratios
 
     start = time.perf_counter()
     an = ctx["analysis"]
@@ -189,7 +189,7 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], b: float,
     elif method == "global-l2":
         groups, cm = an.groups, an.cost_model
         ratios = global_ratios(an.importance_scores("l2"), Widths.of(cm, groups),
-                               b * cm.dense_macs(), "macs", np.full(len(groups), CAPS))
+                               b * cm.dense_macs(), FitOptions("macs", np.full(len(groups), CAPS)))
         plan = PruningPlan({g.name: r for g, r in zip(groups, ratios) if r > 0}, "l2")
     else:
         return _search_plan(method, cfg, ctx, b, seed)

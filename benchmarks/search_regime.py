@@ -248,7 +248,7 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     import numpy as np
 
     import autoprune as ap
-    from autoprune.plan import PruningPlan, Widths, global_ratios
+    from autoprune.plan import FitOptions, PruningPlan, Widths, global_ratios
 
     an, dense = ctx["analysis"], ctx["dense"]
     start = time.perf_counter()
@@ -268,7 +268,7 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     elif method == "global-l2":
         groups, cm = an.groups, an.cost_model
         ratios = global_ratios(an.importance_scores("l2"), Widths.of(cm, groups),
-                               b * cm.dense_macs(), "macs", np.full(len(groups), 0.95))
+                               b * cm.dense_macs(), FitOptions("macs", np.full(len(groups), 0.95)))
         plan = PruningPlan({g.name: r for g, r in zip(groups, ratios) if r > 0}, "l2")
         info = {"search_s": time.perf_counter() - start}
     else:

@@ -151,11 +151,11 @@ def test_global_ratios_land_under_target_within_caps():
     rng = np.random.default_rng(0)
     scores = [rng.uniform(size=c) for c in channels]
     target = 0.4 * cm.dense_macs()
-    ratios = global_ratios(scores, widths, target, caps=[0.8, 0.8, 0.8])
+    ratios = global_ratios(scores, widths, target, FitOptions(caps=[0.8, 0.8, 0.8]))
     assert all(0.0 <= r <= 0.8 for r in ratios)
     assert cm.macs([kept_channels(c, r) for c, r in zip(channels, ratios)]) <= target
     with pytest.raises(BudgetError, match="within the caps"):
-        global_ratios(scores, widths, 0.01 * cm.dense_macs(), caps=[0.1, 0.1, 0.1])
+        global_ratios(scores, widths, 0.01 * cm.dense_macs(), FitOptions(caps=[0.1, 0.1, 0.1]))
 
 
 def test_widths_and_fit_options_are_checked_values():
