@@ -363,8 +363,10 @@ def test_latency_budget_front_is_remeasured_within_budget(tmp_path):
         assert f["latency_ms"] == pytest.approx(remeasured[str(f["trial"])])
         assert f["latency_ms"] <= limit
     for r in run.read_trials():
-        if r.state == "INFEASIBLE":  # over at the first timing: never fine-tuned
-            assert "over the budget" in r.fail_reason or "fastest reachable" in r.fail_reason
+        if r.state == "INFEASIBLE":  # over at the first timing, or out of the reach of its
+            # allocation on the latency table: never fine-tuned, for a latency reason
+            assert any(why in r.fail_reason for why in (
+                "over the budget", "fastest reachable", "fastest model this allocation reaches"))
             assert r.val_acc is None or r.fail_reason.startswith("re-measured")
 
 
