@@ -346,3 +346,35 @@ def test_a_finished_run_drops_its_queued_trials(tmp_path):
     (record,) = backend.records()
     assert record.state == "FAIL" and record.fail_reason == "queued, not run"
     assert backend.drop_queued("again") == 0  # nothing is queued any more
+
+
+def test_a_trial_whose_process_died_before_claiming_it_is_reaped(tmp_path, monkeypatch):
+    """A worker killed between Optuna creating its trial (or popping it from the queue) and
+    autoprune writing the trial's ``worker`` left it RUNNING with no owner; on a journal
+    nothing reaped it, and the launcher waited for it forever (a CI hang of
+    test_sigkill_one_of_two_workers). It is failed after the grace and its enqueued values
+    retried; a fresh trial with no values is failed only (nothing to redo)."""
+    from autoprune.backends import optuna as backend_module
+
+    journal = tmp_path / "study.journal"
+    backend = backend_module.OptunaBackend(backend_module.make_storage(None, journal), "s",
+                                           "tpe", 0)
+    backend.enqueue({"a": 0.25}, {"baseline": "uniform-l2"})
+    child = ("import optuna, sys\n"
+             "from pathlib import Path\n"
+             "from autoprune.backends.optuna import make_storage\n"
+             "storage = make_storage(None, Path(sys.argv[1]))\n"
+             "study = optuna.load_study(study_name='s', storage=storage)\n"
+             "study.ask()\n"  # pops the queued trial
+             "study.ask()\n"  # a fresh one
+             "import os; os._exit(0)\n")  # killed before either is claimed
+    subprocess.run([sys.executable, "-c", child, str(journal)], check=True, timeout=120, env=ENV)
+    assert backend.slots().running == 2
+    assert backend.reap() == 0  # within the grace: a live process may be claiming them
+    monkeypatch.setattr(backend_module, "UNCLAIMED_GRACE_S", 0)
+    assert backend.reap() == 2
+    slots = backend.slots()
+    assert (slots.running, slots.waiting, slots.done) == (0, 1, 0)
+    retry = backend.ask([])
+    assert retry.attrs.get("retry_of") == 0 and retry.attrs.get("baseline") == "uniform-l2"
+    assert retry.handle._cached_frozen_trial.system_attrs["fixed_params"] == {"a": 0.25}

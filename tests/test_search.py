@@ -416,6 +416,10 @@ def test_sigkill_one_of_two_workers(tmp_path):
     os.kill(victim, signal.SIGKILL)
     try:
         _, err = parent.communicate(timeout=400)
+    except subprocess.TimeoutExpired:  # say which trials it waits for
+        states = [(t.number, t.state.name, t.user_attrs.get("worker"))
+                  for t in _journal_trials(tmp_path / "run")]
+        pytest.fail(f"the search did not finish after worker {victim} was killed: {states}")
     finally:  # a search that never finishes must not outlive the test
         parent.kill()
     assert parent.returncode == 0, err

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _RECORD_FIELDS = {f for f in TrialRecord.__dataclass_fields__} - {"trial", "state", "searched"}
 _RDB = ("postgresql", "mysql", "sqlite")
 _HEARTBEAT_FAIL = "its worker stopped sending heartbeats (machine or process died)"
+UNCLAIMED_GRACE_S = 30  # journal storage: see OptunaBackend._unclaimed
 _TO_STATE = {TrialState.RUNNING: State.RUNNING, TrialState.WAITING: State.RUNNING,
              TrialState.FAIL: State.FAIL, TrialState.PRUNED: State.SCREENED}
 
@@ -158,8 +159,8 @@ class OptunaBackend:
                 self._fail_stored(t, "interrupted (process killed); retried")
             elif not (t.state == TrialState.FAIL and _to_retry(t)):
                 continue
-            if t.number not in retried and t.params:
-                retry.append((dict(t.params), _retry_attrs(t)))
+            if t.number not in retried and _plan_params(t):
+                retry.append((_plan_params(t), _retry_attrs(t)))
         return retry
 
     def reap(self) -> int:
@@ -171,27 +172,34 @@ class OptunaBackend:
         reaped = 0
         for t in self.study.get_trials(deepcopy=False):
             worker = str(t.user_attrs.get("worker", ""))
-            if t.state == TrialState.RUNNING and not worker and self._unclaimed(t):
-                self._fail_stored(t, "its process died while asking for it; retried")
-                self.enqueue(dict(t.params), _retry_attrs(t))
-                reaped += 1
-            if t.state != TrialState.RUNNING or not worker.startswith(f"{host}:"):
+            if t.state != TrialState.RUNNING:
                 continue
-            pid = int(worker.rsplit(":", 1)[1])
-            if pid == os.getpid() or _alive(pid):
+            if not worker:
+                if not self._unclaimed(t):
+                    continue
+                reason = "its process died while asking for it; retried"
+            elif worker.startswith(f"{host}:"):
+                pid = int(worker.rsplit(":", 1)[1])
+                if pid == os.getpid() or _alive(pid):
+                    continue
+                reason = f"worker {worker} died; retried"
+            else:  # another machine's: the heartbeat's (RDB storage)
                 continue
-            self._fail_stored(t, f"worker {worker} died; retried")
-            self.enqueue(dict(t.params), _retry_attrs(t))
+            self._fail_stored(t, reason)
+            if _plan_params(t):  # a trial killed before any value was fixed: nothing to redo
+                self.enqueue(_plan_params(t), _retry_attrs(t))
             reaped += 1
         return reaped
 
     def _unclaimed(self, t: optuna.trial.FrozenTrial) -> bool:
         """A RUNNING trial no process annotated within twice the grace period: its process
-        died between asking and its first heartbeat (RDB storage only)."""
-        grace = getattr(self.storage, "grace_period", None)
+        died between Optuna creating it (or popping it from the queue) and :meth:`ask`
+        writing its ``worker``. On RDB storage the grace is the heartbeat's; on a journal
+        :data:`UNCLAIMED_GRACE_S` (a live process claims within milliseconds, or within
+        Optuna's 30 s when it must break a dead process's journal lock first)."""
+        grace = getattr(self.storage, "grace_period", None) or UNCLAIMED_GRACE_S
         start = t.datetime_start
-        return bool(self._beat and grace and start) and \
-            (datetime.datetime.now() - start).total_seconds() > 2 * grace  # type: ignore[operator]
+        return start is not None and (datetime.datetime.now() - start).total_seconds() > 2 * grace
 
     def slots(self) -> Slots:
         """Finished trials that count toward the requested number (retried ones and screened
@@ -314,6 +322,12 @@ def _to_retry(t: optuna.trial.FrozenTrial) -> bool:
     that autoprune never told carries no ``state`` attribute)."""
     return t.state == TrialState.FAIL and (bool(t.user_attrs.get("retry"))
                                            or "state" not in t.user_attrs)
+
+
+def _plan_params(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The values a trial was enqueued with (Optuna keeps them in ``fixed_params`` until
+    they are suggested) and those it has suggested: what a retry must evaluate again."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 def _trial_id(t: optuna.trial.FrozenTrial) -> int:
