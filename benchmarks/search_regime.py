@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import save_report
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
+REFINE = "autoprune-refine"  # with --refine K
+OURS = ("autoprune", REFINE)
 LATENCY_METHODS = ("uniform-lat", "random", "autoprune")
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
 DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
@@ -89,10 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sl-epochs", type=float, help="group-norm recipe: sparsity-learning "
                    "epochs before pruning (default 1)")
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
-    p.add_argument("--methods", nargs="+", choices=sorted(set(FLOPS_METHODS + LATENCY_METHODS)),
+    p.add_argument("--methods", nargs="+", choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE}),
                    help="only these methods (default all that fit each cell)")
     p.add_argument("--random-in", default="latency", choices=["latency", "all", "none"],
                    help="cells that also run random search (default: the latency cells)")
+    p.add_argument("--refine", type=int, default=0, help="also autoprune-refine: the same "
+                   "search, then its REFINE best full fine-tunes (by val) fine-tuned again from "
+                   "the dense prune for --refine-epochs and the best on val picked (default 0: "
+                   "not run)")
+    p.add_argument("--refine-epochs", type=float, default=0.5)
     p.add_argument("--distill", action="store_true", help="autoprune's searches distil from "
                    "the dense model")
     p.add_argument("--proxy-arch", default="resnet20", choices=[*ARCH_NAMES, "none"],
@@ -134,6 +141,8 @@ def cells(cfg: dict[str, Any]) -> list[tuple[str, float]]:
 
 def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
     names = list(FLOPS_METHODS if kind == "flops" else LATENCY_METHODS)
+    if cfg.get("refine"):
+        names.append(REFINE)
     if cfg["random_in"] == "none" or (cfg["random_in"] == "latency" and kind == "flops"):
         names.remove("random")
     return [m for m in names if not cfg["methods"] or m in cfg["methods"]]
@@ -219,7 +228,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                         trials=cfg["trials"], run_dir=run_dir, space=_space(arch, kind),
                         finetune_settings=FinetuneSettings(
                             steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
-                            distill=cfg["distill"] and method == "autoprune", **ctx["ft"]),
+                            distill=cfg["distill"] and method in OURS, **ctx["ft"]),
                         settings=settings)
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
@@ -235,6 +244,11 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                                           for r in result.trials if r.baseline}}
     if not full:
         return None, info
+    if method == REFINE:  # FLOPs cells: every full fine-tune is in budget; latency: the front's
+        pool = full if kind == "latency" else [r for r in result.trials if r.is_full]
+        top = sorted(pool, key=lambda r: -(r.val_acc or 0.0))[:cfg["refine"]]
+        info["top"] = [{"trial": r.trial, "baseline": r.baseline, "search_val": r.val_acc,
+                        "plan": r.plan} for r in top]
     best = max(full, key=lambda r: r.val_acc or 0.0)
     info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
                 search_latency_ms=best.latency_ms, global_baseline="exact")
@@ -273,11 +287,41 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         info = {"search_s": time.perf_counter() - start}
     else:
         plan, info = _search(method, cfg, ctx, arch, kind, b, seed)
+        if plan is not None and method == REFINE:
+            plan = _refine(info, cfg, ctx, seed, log)
     if plan is None:
         return None, info
     info["plan"] = plan.to_dict()
     info["engine_flops_ratio"] = an.macs(plan) / an.cost_model.dense_macs()
     return an.apply(plan), info
+
+
+def _refine(info: dict[str, Any], cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
+            log: Callable[[str], None]) -> Any:
+    """The search's best full fine-tunes, each fine-tuned again from the dense prune for
+    ``--refine-epochs`` (other batches than the final fine-tune's): the plan best on val."""
+    import torch
+
+    import autoprune as ap
+    from autoprune.pipeline import finetune_model
+    from autoprune.settings import FinetuneSettings
+
+    steps = max(1, round(cfg["refine_epochs"] * ctx["epoch_steps"]))
+    start = time.perf_counter()
+    for cand in info["top"]:
+        torch.manual_seed(seed * 7919 + 1)
+        model = ctx["analysis"].apply(ap.PruningPlan.from_dict(cand["plan"])).to(cfg["device"])
+        finetune_model(model, ctx["data"].loader(seed * 7919 + 1, ctx["batch"]),
+                       FinetuneSettings(steps=steps, device=cfg["device"], **ctx["ft"]),
+                       steps=steps)
+        cand["refine_val"] = ctx["evaluate"](model.cpu().eval(), "val")
+        log(f"refine: trial {cand['trial']} ({cand['baseline'] or 'sampled'}) search val "
+            f"{cand['search_val']:.4f} -> {cand['refine_val']:.4f} after {steps} steps")
+    best = max(info["top"], key=lambda c: c["refine_val"])
+    info.update(refine_steps=steps, refine_s=time.perf_counter() - start,
+                chosen_trial=best["trial"], chosen_val=best["refine_val"],
+                chosen_baseline=best["baseline"])
+    return ap.PruningPlan.from_dict(best["plan"])
 
 
 def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
@@ -338,7 +382,8 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci:
 
     rows, models, keys = [], {}, {}
     for method in methods_of(cfg, kind):
-        key = _key(cfg, arch, seed, kind, b, method)
+        key = _key(cfg, arch, seed, kind, b, method,
+                   *((cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()))
         row = _kept(cfg, key)
         if row is None and cfg["kept_only"]:
             continue
@@ -458,15 +503,16 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for kind, b in dict.fromkeys((r["kind"], r["budget"]) for r in runs if r["arch"] == arch):
             sel = [r for r in runs if (r["arch"], r["kind"], r["budget"]) == (arch, kind, b)
                    and r.get("test_acc") is not None]
-            ours = {r["seed"]: r["test_acc"] for r in sel if r["method"] == "autoprune"}
-            for method in dict.fromkeys(r["method"] for r in sel):
-                if method == "autoprune":
-                    continue
-                theirs = {r["seed"]: r["test_acc"] for r in sel if r["method"] == method}
-                diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
-                mean, half = peers.paired_interval(diffs)
-                out.append({"arch": arch, "kind": kind, "budget": b, "peer": method,
-                            "n": len(diffs), "diff": mean, "half": half, "diffs": diffs})
+            acc = {m: {r["seed"]: r["test_acc"] for r in sel if r["method"] == m}
+                   for m in dict.fromkeys(r["method"] for r in sel)}
+            for us in (m for m in OURS if m in acc):
+                for method in (m for m in acc if m != us and (us, m) != OURS[::-1]):
+                    ours, theirs = acc[us], acc[method]
+                    diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+                    mean, half = peers.paired_interval(diffs)
+                    out.append({"arch": arch, "kind": kind, "budget": b, "ours": us,
+                                "peer": method, "n": len(diffs), "diff": mean, "half": half,
+                                "diffs": diffs})
     return out
 
 
@@ -559,10 +605,11 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "where the space's caps could not reach the budget); latency cells are unaffected.",
               "", "## autoprune minus each peer", "",
               "Paired by seed, points, mean [95 % t-interval].", "",
-              "| arch | budget | peer | n | autoprune − peer | per seed |",
-              "|---|---|---|---|---|---|"]
+              "| arch | budget | ours | peer | n | ours − peer | per seed |",
+              "|---|---|---|---|---|---|---|"]
     for v in verdicts(results):
-        lines.append(f"| {v['arch']} | {v['kind']} {v['budget']:g} | {v['peer']} | {v['n']} | "
+        lines.append(f"| {v['arch']} | {v['kind']} {v['budget']:g} | {v['ours']} | "
+                     f"{v['peer']} | {v['n']} | "
                      f"{_fmt(v['diff'], v['half'])} | "
                      + " / ".join(f"{d * 100:+.2f}" for d in v["diffs"]) + " |")
     lines += proxy_lines(results)

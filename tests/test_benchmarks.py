@@ -118,6 +118,7 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
            "--final-epochs", "0.3", "--flops", "0.3", "--latency", "0.9", "--bisect-iters", "2",
            "--latency-runtime", "eager",
            "--proxy-candidates", "3", "--random-in", "none", "--jobs", "1",
+           "--refine", "2", "--refine-epochs", "0.05",
            "--cache", str(tmp_path / "kept"), "--out", str(out)]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -125,7 +126,11 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     runs = [r for res in raw["results"] for r in res.get("runs", [])]
     assert {(r["kind"], r["method"]) for r in runs} == {
         ("flops", "uniform-l2"), ("flops", "global-l2"), ("flops", "groupnorm-sl"),
-        ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune")}
+        ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune"),
+        ("flops", "autoprune-refine"), ("latency", "autoprune-refine")}
+    refined = next(r for r in runs if (r["kind"], r["method"]) == ("flops", "autoprune-refine"))
+    assert refined["top"] and all("refine_val" in c for c in refined["top"])
+    assert refined["chosen_val"] == max(c["refine_val"] for c in refined["top"])
     for run in runs:
         if run["kind"] == "flops":  # every FLOPs pick is tested within its budget
             assert run["test_acc"] is not None and run["flops_ratio"] <= 0.3 * 1.01, run
