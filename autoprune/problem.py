@@ -81,10 +81,8 @@ class Problem:
             return PruningPlan({}, self.settings.importance, None)
         if self.latency_table is not None:
             return self._latency_plan(params)
-        if baseline is not None:
-            self.baseline_params()
-            if baseline in self._exact:
-                return self._exact[baseline]
+        if baseline is not None and baseline in self._computed_baselines()[1]:
+            return self._exact[baseline]
         kept = fit_allocation_lifting_caps(
             Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
@@ -232,9 +230,14 @@ class Problem:
     def baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """The uniform and global-ranking plans at the budget, as searched parameter values
         (computed once: the priors ask for them every generation until one has incumbents)."""
+        return [(dict(p), dict(a)) for p, a in self._computed_baselines()[0]]
+
+    def _computed_baselines(self) -> tuple[list[tuple[dict[str, float], dict[str, Any]]],
+                                           dict[str, PruningPlan]]:
+        """The baselines' parameters, and the exact plans of those they only approximate."""
         if self._baselines is None:
             self._baselines = self._compute_baseline_params()
-        return [(dict(p), dict(a)) for p, a in self._baselines]
+        return self._baselines, self._exact
 
     def _compute_baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
         top = self.budget.fraction
@@ -245,12 +248,11 @@ class Problem:
         if self.latency_table is not None:  # latency candidates are fitted on the table: the
             ratios = self._global_ratios(label, 0.0)  # ranking only shapes the allocation
         else:
-            plan = self._global_plan(label)
-            ratios = None if plan is None else plan.ratios
+            plan, ratios = self._global_plan(label), None
             if plan is not None:  # the sampler is told the nearest parameters; the candidate
-                # is the exact plan (through the space's per-parameter ranges it came out
-                # further from the global ranking than the uniform plan is on MobileNetV2)
-                self._exact[f"global-{label}"] = plan
+                ratios = plan.ratios  # is the exact plan (through the space's per-parameter
+                self._exact[f"global-{label}"] = plan  # ranges it came out further from the
+                # global ranking than the uniform plan is on MobileNetV2)
         if ratios is None:
             log.warning("global-ranking baseline skipped: no global threshold reaches %s %.4g "
                         "of dense within the caps", self.budget.metric, top)
