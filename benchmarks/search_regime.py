@@ -16,7 +16,10 @@ Cells:
   latency meets the budget (``uniform-lat``, bisected), random search and autoprune
   (``--budget-latency``). At batch 1 in eager PyTorch these nets sit on an overhead floor (a
   uniform MobileNetV2 at 7 % of the FLOPs still takes 71 % of the dense time), so budgets of 0.5
-  and 0.3 are only reachable in a runtime that fuses (ONNX Runtime: 23 %).
+  and 0.3 are only reachable in a runtime that fuses (ONNX Runtime: 23 %);
+- ``--refine K`` adds ``autoprune-refine`` to every cell: the same search, then its K best full
+  fine-tunes (on val) fine-tuned again from the dense prune for ``--refine-epochs`` and the best
+  on val picked (does a longer look at the finalists fix the search's selection?).
 
     python benchmarks/search_regime.py                # the full table (hours on 2 cores)
     python benchmarks/search_regime.py --arch mbv2 --flops --latency 0.5 0.3   # latency cells
@@ -91,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sl-epochs", type=float, help="group-norm recipe: sparsity-learning "
                    "epochs before pruning (default 1)")
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
-    p.add_argument("--methods", nargs="+", choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE}),
+    p.add_argument("--methods", nargs="+",
+                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE}),
                    help="only these methods (default all that fit each cell)")
     p.add_argument("--random-in", default="latency", choices=["latency", "all", "none"],
                    help="cells that also run random search (default: the latency cells)")
