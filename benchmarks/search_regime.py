@@ -510,7 +510,7 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             acc = {m: {r["seed"]: r["test_acc"] for r in sel if r["method"] == m}
                    for m in dict.fromkeys(r["method"] for r in sel)}
             for us in (m for m in OURS if m in acc):
-                for method in (m for m in acc if m != us and (us, m) != OURS[::-1]):
+                for method in (m for m in acc if m != us and (us, m) != OURS):
                     ours, theirs = acc[us], acc[method]
                     diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
                     mean, half = peers.paired_interval(diffs)
