@@ -589,6 +589,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "Mean ± std over seeds. Latency ratio: measured, to dense, alternately timed.", "",
               "| arch | budget | method | test acc % | FLOPs % | latency ratio | search s |",
               "|---|---|---|---|---|---|---|"]
+    any_old = False
     for arch in cfg["arch"]:
         for kind, b in cells(cfg):
             for method in methods_of(cfg, kind):
@@ -598,16 +599,19 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                 if not rs:
                     continue
                 old = kind == "flops" and any("global_baseline" not in r for r in rs
-                                              if r["method"] == "autoprune")
+                                              if r["method"] in OURS)
+                any_old = any_old or old
                 lines.append(f"| {arch} | {kind} {b:g} | {method}{'†' if old else ''} | "
                              f"{mean_std([r['test_acc'] for r in ok])} | "
                              f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
                              f"{mean_std([r.get('latency_ratio') for r in ok], 1, 3)} | "
                              f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
-    lines += ["", "† measured before autoprune's global-ranking baseline was the exact global "
-              "ranking (before it was the nearest point in the space's parameters, or skipped "
-              "where the space's caps could not reach the budget); latency cells are unaffected.",
-              "", "## autoprune minus each peer", "",
+    if any_old:
+        lines += ["", "† measured before autoprune's global-ranking baseline was the exact "
+                  "global ranking (before it was the nearest point in the space's parameters, or "
+                  "skipped where the space's caps could not reach the budget); latency cells are "
+                  "unaffected."]
+    lines += ["", "## autoprune minus each peer", "",
               "Paired by seed, points, mean [95 % t-interval].", "",
               "| arch | budget | ours | peer | n | ours − peer | per seed |",
               "|---|---|---|---|---|---|---|"]
