@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["Problem", "perturb", "plan_key"]
 
 log = logging.getLogger(__name__)
+# the baselines' searched parameters and attributes, and {baseline: exact plan} for those the
+# parameters only approximate
+_Baselines = tuple[list[tuple[dict[str, float], dict[str, Any]]], dict[str, PruningPlan]]
 CAP_LIFTS = (0.0, 0.5, 1.0)  # how far caps rise toward 0.95 when a level is out of their reach
 
 
@@ -52,8 +55,7 @@ class Problem:
         self.groups = analysis.groups
         self.resolved = space.resolve([g.name for g in self.groups])
         self.latency_floor = self._check_latency_floor()
-        self._baselines: list[tuple[dict[str, float], dict[str, Any]]] | None = None
-        self._exact: dict[str, PruningPlan] = {}  # baseline -> its plan, where params approximate
+        self._baselines: _Baselines | None = None
 
     @property
     def weights_mode(self) -> bool:
@@ -81,8 +83,9 @@ class Problem:
             return PruningPlan({}, self.settings.importance, None)
         if self.latency_table is not None:
             return self._latency_plan(params)
-        if baseline is not None and baseline in self._computed_baselines()[1]:
-            return self._exact[baseline]
+        exact = self._computed_baselines()[1].get(baseline) if baseline is not None else None
+        if exact is not None:
+            return exact
         kept = fit_allocation_lifting_caps(
             Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
@@ -232,34 +235,34 @@ class Problem:
         (computed once: the priors ask for them every generation until one has incumbents)."""
         return [(dict(p), dict(a)) for p, a in self._computed_baselines()[0]]
 
-    def _computed_baselines(self) -> tuple[list[tuple[dict[str, float], dict[str, Any]]],
-                                           dict[str, PruningPlan]]:
-        """The baselines' parameters, and the exact plans of those they only approximate."""
+    def _computed_baselines(self) -> _Baselines:
         if self._baselines is None:
-            self._baselines = self._compute_baseline_params()
-        return self._baselines, self._exact
+            self._baselines = self._compute_baselines()
+        return self._baselines
 
-    def _compute_baseline_params(self) -> list[tuple[dict[str, float], dict[str, Any]]]:
+    def _compute_baselines(self) -> _Baselines:
+        """The baselines' parameters, and the exact plans of those they only approximate."""
         top = self.budget.fraction
         if self.weights_mode:
-            return [({LEVEL: top}, {"baseline": "global-l1"})]
+            return [({LEVEL: top}, {"baseline": "global-l1"})], {}
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"
         out = [({**self.resolved.uniform(), LEVEL: top}, {"baseline": f"uniform-{label}"})]
+        exact: dict[str, PruningPlan] = {}
         if self.latency_table is not None:  # latency candidates are fitted on the table: the
             ratios = self._global_ratios(label, 0.0)  # ranking only shapes the allocation
         else:
             plan, ratios = self._global_plan(label), None
             if plan is not None:  # the sampler is told the nearest parameters; the candidate
                 ratios = plan.ratios  # is the exact plan (through the space's per-parameter
-                self._exact[f"global-{label}"] = plan  # ranges it came out further from the
-                # global ranking than the uniform plan is on MobileNetV2)
+                exact[f"global-{label}"] = plan  # ranges it came out further from the global
+                # ranking than the uniform plan is on MobileNetV2)
         if ratios is None:
             log.warning("global-ranking baseline skipped: no global threshold reaches %s %.4g "
                         "of dense within the caps", self.budget.metric, top)
-            return out
+            return out, exact
         out.append(({**self.resolved.from_group_ratios(ratios), LEVEL: top},
                     {"baseline": f"global-{label}"}))
-        return out
+        return out, exact
 
     def _global_ratios(self, label: str, lift: float,
                        round_to: int | None = None) -> dict[str, float] | None:

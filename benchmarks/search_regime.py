@@ -300,25 +300,35 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     return an.apply(plan), info
 
 
+def _train(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
+           epochs: float) -> tuple[Any, int]:
+    """Fine-tune ``model`` for ``epochs`` of the training set, seeded batches; (model on the
+    CPU in eval mode, steps)."""
+    import torch
+
+    from autoprune.pipeline import finetune_model
+    from autoprune.settings import FinetuneSettings
+
+    steps = max(1, round(epochs * ctx["epoch_steps"]))
+    torch.manual_seed(seed)
+    loader = ctx["data"].loader(seed, ctx["batch"])
+    model = model.to(cfg["device"])
+    finetune_model(model, loader, FinetuneSettings(steps=steps, device=cfg["device"],
+                                                   **ctx["ft"]), steps=steps)
+    return model.cpu().eval(), steps
+
+
 def _refine(info: dict[str, Any], cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
             log: Callable[[str], None]) -> Any:
     """The search's best full fine-tunes, each fine-tuned again from the dense prune for
     ``--refine-epochs`` (other batches than the final fine-tune's): the plan best on val."""
-    import torch
-
     import autoprune as ap
-    from autoprune.pipeline import finetune_model
-    from autoprune.settings import FinetuneSettings
 
-    steps = max(1, round(cfg["refine_epochs"] * ctx["epoch_steps"]))
     start = time.perf_counter()
     for cand in info["top"]:
-        torch.manual_seed(seed * 7919 + 1)
-        model = ctx["analysis"].apply(ap.PruningPlan.from_dict(cand["plan"])).to(cfg["device"])
-        finetune_model(model, ctx["data"].loader(seed * 7919 + 1, ctx["batch"]),
-                       FinetuneSettings(steps=steps, device=cfg["device"], **ctx["ft"]),
-                       steps=steps)
-        cand["refine_val"] = ctx["evaluate"](model.cpu().eval(), "val")
+        model = ctx["analysis"].apply(ap.PruningPlan.from_dict(cand["plan"]))
+        model, steps = _train(model, cfg, ctx, seed * 7919 + 1, cfg["refine_epochs"])
+        cand["refine_val"] = ctx["evaluate"](model, "val")
         log(f"refine: trial {cand['trial']} ({cand['baseline'] or 'sampled'}) search val "
             f"{cand['search_val']:.4f} -> {cand['refine_val']:.4f} after {steps} steps")
     best = max(info["top"], key=lambda c: c["refine_val"])
@@ -331,19 +341,8 @@ def _refine(info: dict[str, Any], cfg: dict[str, Any], ctx: dict[str, Any], seed
 def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
               ci: int) -> dict[str, Any]:
     """The final fine-tune (same seed and batches for every method of the cell), then test."""
-    import torch
-
-    from autoprune.pipeline import finetune_model
-    from autoprune.settings import FinetuneSettings
-
-    steps = max(1, round(cfg["final_epochs"] * ctx["epoch_steps"]))
-    torch.manual_seed(seed * 1000 + ci)
-    loader = ctx["data"].loader(seed * 1000 + ci, ctx["batch"])
     start = time.perf_counter()
-    model = model.to(cfg["device"])
-    finetune_model(model, loader, FinetuneSettings(steps=steps, device=cfg["device"],
-                                                   **ctx["ft"]), steps=steps)
-    model = model.cpu().eval()
+    model, steps = _train(model, cfg, ctx, seed * 1000 + ci, cfg["final_epochs"])
     return {"test_acc": ctx["evaluate"](model, "test"), "val_acc": ctx["evaluate"](model, "val"),
             "finetune_s": time.perf_counter() - start, "final_steps": steps}
 

@@ -159,8 +159,9 @@ class OptunaBackend:
                 self._fail_stored(t, "interrupted (process killed); retried")
             elif not (t.state == TrialState.FAIL and _to_retry(t)):
                 continue
-            if t.number not in retried and _plan_params(t):
-                retry.append((_plan_params(t), _retry_attrs(t)))
+            params = _plan_params(t)
+            if t.number not in retried and params:
+                retry.append((params, _retry_attrs(t)))
         return retry
 
     def reap(self) -> int:
@@ -186,8 +187,9 @@ class OptunaBackend:
             else:  # another machine's: the heartbeat's (RDB storage)
                 continue
             self._fail_stored(t, reason)
-            if _plan_params(t):  # a trial killed before any value was fixed: nothing to redo
-                self.enqueue(_plan_params(t), _retry_attrs(t))
+            params = _plan_params(t)
+            if params:  # a trial killed before any value was fixed: nothing to redo
+                self.enqueue(params, _retry_attrs(t))
             reaped += 1
         return reaped
 
