@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from autoprune.plan import (
     FitOptions,
     PruningPlan,
     Widths,
+    fit_allocation,
     fit_allocation_lifting_caps,
     global_ratios,
 )
@@ -87,12 +89,49 @@ class Problem:
         if exact is not None:
             return exact
         kept = fit_allocation_lifting_caps(
-            Widths.of(self.analysis.cost_model, self.groups), self.resolved.allocation(params),
+            self._widths, self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
-            FitOptions(self.budget.metric, self.resolved.caps(), self.space.round_to))
+            FitOptions(self.budget.metric, self._space_caps, self.space.round_to))
+        return self._plan_of(kept)
+
+    def _plan_of(self, kept: list[int]) -> PruningPlan:
         ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
                   if k < g.channels}
         return PruningPlan(ratios, self.settings.importance, self.space.round_to)
+
+    @cached_property
+    def _widths(self) -> Widths:
+        return Widths.of(self.analysis.cost_model, self.groups)
+
+    @cached_property
+    def _uniform_kept(self) -> list[int] | None:
+        """Kept channels of torch-pruning's uniform plan at the budget: one ratio for every
+        group the space prunes (up to 0.95), rounded like every candidate. None under a latency
+        budget (its FLOPs levels are a guess), in weights mode, or out of its reach."""
+        caps = np.asarray(self.resolved.caps(), dtype=float)
+        if self.budget.latency_bound or self.weights_mode or not caps.any():
+            return None
+        try:
+            return fit_allocation(self._widths, (caps > 0).astype(float),
+                                  self.budget.fraction * self.budget.dense_metric,
+                                  FitOptions(self.budget.metric, np.where(caps > 0, 0.95, 0.0),
+                                             self.space.round_to))
+        except BudgetError:
+            return None
+
+    @cached_property
+    def _space_caps(self) -> np.ndarray:
+        """The space's caps, each raised to its group's ratio in the uniform plan at the budget:
+        a cap (a prior that a group is sensitive) never forbids what the one-liner does. Caps
+        written for mild budgets otherwise force the rest harder at severe ones (VGG-8 at 7 %
+        FLOPs: the first conv capped at 0.5 where uniform prunes 0.75, every other conv pruned
+        deeper; benchmarks/results/search_regime.md)."""
+        caps = np.asarray(self.resolved.caps(), dtype=float)
+        kept = self._uniform_kept
+        if kept is None:
+            return caps
+        uniform = np.array([1.0 - k / g.channels for g, k in zip(self.groups, kept)])
+        return np.where(caps > 0, np.maximum(caps, uniform), 0.0)
 
     def _latency_plan(self, params: dict[str, float]) -> PruningPlan:
         """The allocation fitted onto its level of the dense latency, as the latency table
@@ -125,7 +164,7 @@ class Problem:
     def _caps(self, lift: float) -> dict[str, float]:
         """The space's caps, lifted ``lift`` of the way toward 0.95 (groups it leaves unpruned,
         cap 0, stay so)."""
-        caps = np.asarray(self.resolved.caps(), dtype=float)
+        caps = self._space_caps
         lifted = np.where(caps > 0, caps + lift * np.maximum(0.95 - caps, 0.0), 0.0)
         return dict(zip((g.name for g in self.groups), map(float, lifted)))
 
@@ -248,6 +287,8 @@ class Problem:
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"
         out = [({**self.resolved.uniform(), LEVEL: top}, {"baseline": f"uniform-{label}"})]
         exact: dict[str, PruningPlan] = {}
+        if self._uniform_kept is not None:  # one ratio everywhere, whatever the space's caps
+            exact[f"uniform-{label}"] = self._plan_of(self._uniform_kept)
         if self.latency_table is not None:  # latency candidates are fitted on the table: the
             ratios = self._global_ratios(label, 0.0)  # ranking only shapes the allocation
         else:
@@ -271,22 +312,19 @@ class Problem:
         try:
             ratios = global_ratios(
                 self.analysis.importance_scores(label),
-                Widths.of(self.analysis.cost_model, self.groups),
-                self.budget.fraction * self.budget.dense_metric,
+                self._widths, self.budget.fraction * self.budget.dense_metric,
                 FitOptions(self.budget.metric, list(self._caps(lift).values()), round_to))
         except BudgetError:
             return None
         return {g.name: r for g, r in zip(self.groups, ratios) if r > 0}
 
     def _global_plan(self, label: str) -> PruningPlan | None:
-        """torch-pruning's global ranking at the budget, within the caps (lifted toward 0.95
-        only when the budget needs it, as for any candidate) and rounded like every candidate;
-        None when it cannot reach the budget."""
-        for lift in CAP_LIFTS:
-            ratios = self._global_ratios(label, lift, self.space.round_to)
-            if ratios is not None:
-                return PruningPlan(ratios, self.settings.importance, self.space.round_to)
-        return None
+        """torch-pruning's global ranking at the budget, as its one-liner runs it: every group
+        the space prunes capped at 0.95 only (not at the space's caps), rounded like every
+        candidate; None when it cannot reach the budget."""
+        ratios = self._global_ratios(label, 1.0, self.space.round_to)
+        return None if ratios is None else \
+            PruningPlan(ratios, self.settings.importance, self.space.round_to)
 
     def generation_level(self, index: int) -> float:
         """The cost level of generation ``index``: the budget, then lower levels in turn."""

@@ -255,7 +255,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                         "plan": r.plan} for r in top]
     best = max(full, key=lambda r: r.val_acc or 0.0)
     info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
-                search_latency_ms=best.latency_ms, global_baseline="exact")
+                search_latency_ms=best.latency_ms, global_baseline="exact",
+                caps_floor="uniform")
     return ap.PruningPlan.from_dict(best.plan), info
 
 
@@ -545,6 +546,15 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _mark(kind: str, ours: list[dict[str, Any]]) -> str:
+    """The footnote of a FLOPs row of ours measured with an earlier search (none: current)."""
+    if kind != "flops" or not ours:
+        return ""
+    if any("global_baseline" not in r for r in ours):
+        return "†"
+    return "‡" if any("caps_floor" not in r for r in ours) else ""
+
+
 def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> str:
     import _quality_data as qd
     from _quality_data import mean_std
@@ -588,7 +598,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
               "Mean ± std over seeds. Latency ratio: measured, to dense, alternately timed.", "",
               "| arch | budget | method | test acc % | FLOPs % | latency ratio | search s |",
               "|---|---|---|---|---|---|---|"]
-    any_old = False
+    marks: set[str] = set()
     for arch in cfg["arch"]:
         for kind, b in cells(cfg):
             for method in methods_of(cfg, kind):
@@ -597,19 +607,22 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                 ok = [r for r in rs if r.get("test_acc") is not None]
                 if not rs:
                     continue
-                old = kind == "flops" and any("global_baseline" not in r for r in rs
-                                              if r["method"] in OURS)
-                any_old = any_old or old
-                lines.append(f"| {arch} | {kind} {b:g} | {method}{'†' if old else ''} | "
+                mark = _mark(kind, [r for r in rs if r["method"] in OURS])
+                marks.add(mark)
+                lines.append(f"| {arch} | {kind} {b:g} | {method}{mark} | "
                              f"{mean_std([r['test_acc'] for r in ok])} | "
                              f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
                              f"{mean_std([r.get('latency_ratio') for r in ok], 1, 3)} | "
                              f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
-    if any_old:
+    if "†" in marks:
         lines += ["", "† measured before autoprune's global-ranking baseline was the exact "
                   "global ranking (before it was the nearest point in the space's parameters, or "
                   "skipped where the space's caps could not reach the budget); latency cells are "
                   "unaffected."]
+    if "‡" in marks:
+        lines += ["", "‡ measured before the space's caps were raised to the uniform plan's "
+                  "ratios and the baselines became torch-pruning's one-liners (uniform and "
+                  "global ranking capped at 0.95 only); latency cells are unaffected."]
     lines += ["", "## autoprune minus each peer", "",
               "Paired by seed, points, mean [95 % t-interval].", "",
               "| arch | budget | ours | peer | n | ours − peer | per seed |",

@@ -1,5 +1,7 @@
-"""The search problem's baselines: the global-ranking candidate is torch-pruning's global ranking
-itself (one threshold across groups), not its nearest point in the space's parameters."""
+"""The search problem's baselines are torch-pruning's one-liners themselves: the global-ranking
+candidate is one threshold across groups, the uniform one one ratio everywhere, neither bent by the
+space's caps nor approximated by the nearest point in the space's parameters. The caps never
+forbid what the uniform plan does."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from torch import nn
 import autoprune as ap
 from autoprune.budget import ResolvedBudget
 from autoprune.plan import Budget, PruningPlan, kept_channels
-from autoprune.problem import CAP_LIFTS, Problem
+from autoprune.problem import Problem
+from autoprune.space import Rule
 from autoprune.trial import LEVEL
 
 
@@ -37,10 +40,13 @@ class Net(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _problem(flops: float, round_to: int, high: float) -> Problem:
+def _problem(flops: float, round_to: int, high: float, cap: tuple[str, float] | None = None
+             ) -> Problem:
+    torch.manual_seed(0)  # the biases
     analysis = ap.analyze(Net().eval(), torch.zeros(1, 1, 12, 12))
     cm = analysis.cost_model
-    space = ap.SearchSpace(round_to=round_to, high=high)
+    rules = () if cap is None else (Rule(cap[0], high=cap[1]),)
+    space = ap.SearchSpace(round_to=round_to, high=high, rules=rules)
     return Problem(analysis, space, ResolvedBudget(Budget(flops=flops), cm.dense_macs(),
                                                    cm.dense_params()), ap.SearchSettings())
 
@@ -58,9 +64,7 @@ def test_the_global_baseline_is_one_threshold_across_groups(high):
     _, plan = _global_plan(problem)
     scores = problem.analysis.importance_scores("l2")
     groups = problem.analysis.groups
-    # the caps it ran under: the space's, lifted toward 0.95 only as far as the budget needed
-    caps = next(c for c in map(problem._caps, CAP_LIFTS)
-                if all(plan.ratios.get(g.name, 0.0) <= c[g.name] + 1e-9 for g in groups))
+    caps = {g.name: 0.95 for g in groups}  # torch-pruning's, whatever the space's caps
     largest_pruned, smallest_kept = [], []
     for group, s in zip(groups, scores):
         ratio = plan.ratios.get(group.name, 0.0)
@@ -101,3 +105,47 @@ def test_a_budget_no_threshold_reaches_skips_the_global_baseline(caplog):
     problem = _problem(0.001, 1, 0.8)
     assert [a["baseline"] for _, a in problem.baseline_params()] == ["uniform-l2"]
     assert "global-ranking baseline skipped" in caplog.text
+
+
+def test_the_global_baseline_is_not_bent_by_the_space_caps():
+    capped = _global_plan(_problem(0.3, 1, 0.8, cap=("c2", 0.1)))[1]
+    free = _global_plan(_problem(0.3, 1, 0.8))[1]
+    assert capped.ratios == free.ratios
+    assert capped.ratios["c2"] > 0.5  # the spread-out layer, far through the space's cap
+
+
+def _kept(problem: Problem, plan: PruningPlan) -> list[int]:
+    return problem.analysis.kept(plan)
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_the_uniform_baseline_is_the_uniform_one_liner_whatever_the_caps(round_to):
+    problem = _problem(0.2, round_to, 0.8, cap=("c1", 0.3))  # uniform at 20 % FLOPs prunes ~0.55
+    params = {a["baseline"]: p for p, a in problem.baseline_params()}["uniform-l2"]
+    plan = problem.plan_for(params, "uniform-l2")
+    oracle = ap.fit_budget(Net().eval(), torch.zeros(1, 1, 12, 12), allocation=1.0, flops=0.2,
+                           caps=0.95, round_to=round_to, analysis=problem.analysis)
+    assert _kept(problem, plan) == _kept(problem, oracle)
+    assert plan.ratios["c1"] > 0.3  # through the space's cap
+    assert problem.costs(plan)["flops_ratio"] <= 0.2
+
+
+def test_a_cap_below_the_uniform_ratio_is_raised_to_it_for_sampled_candidates():
+    problem = _problem(0.2, 1, 0.8, cap=("c1", 0.3))
+    uniform = problem.plan_for({a["baseline"]: p for p, a in problem.baseline_params()}
+                               ["uniform-l2"], "uniform-l2")
+    # a sampled candidate that leans on c1 may prune it as far as the uniform plan does ...
+    leaning = problem.plan_for({"c1": 0.8, "c2": 0.05, "c3": 0.05, LEVEL: 0.2})
+    assert leaning.ratios["c1"] == pytest.approx(uniform.ratios["c1"], abs=1 / 16)
+    assert leaning.ratios["c1"] > 0.3
+    # ... and equal parameters give the uniform plan itself: the caps no longer bend it
+    equal = problem.plan_for({"c1": 0.3, "c2": 0.3, "c3": 0.3, LEVEL: 0.2})
+    assert _kept(problem, equal) == _kept(problem, uniform)
+
+
+def test_caps_above_the_uniform_ratio_are_kept():
+    problem = _problem(0.6, 1, 0.8, cap=("c1", 0.3))  # uniform at 60 % FLOPs prunes ~0.2
+    caps = dict(zip((g.name for g in problem.groups), problem._space_caps))
+    assert caps == {"c1": 0.3, "c2": 0.8, "c3": 0.8}
+    leaning = problem.plan_for({"c1": 0.8, "c2": 0.05, "c3": 0.05, LEVEL: 0.6})
+    assert leaning.ratios["c1"] == pytest.approx(0.3, abs=1 / 16)  # the cap, to one channel
