@@ -343,9 +343,11 @@ def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
               ci: int) -> dict[str, Any]:
     """The final fine-tune (same seed and batches for every method of the cell), then test."""
     start = time.perf_counter()
-    model, steps = _train(model, cfg, ctx, seed * 1000 + ci, cfg["final_epochs"])
+    final_seed = seed * 1000 + ci
+    model, steps = _train(model, cfg, ctx, final_seed, cfg["final_epochs"])
     return {"test_acc": ctx["evaluate"](model, "test"), "val_acc": ctx["evaluate"](model, "val"),
-            "finetune_s": time.perf_counter() - start, "final_steps": steps}
+            "finetune_s": time.perf_counter() - start, "final_steps": steps,
+            "final_seed": final_seed}
 
 
 def _counts(model: Any, ctx: dict[str, Any]) -> dict[str, float]:
@@ -507,16 +509,18 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for kind, b in dict.fromkeys((r["kind"], r["budget"]) for r in runs if r["arch"] == arch):
             sel = [r for r in runs if (r["arch"], r["kind"], r["budget"]) == (arch, kind, b)
                    and r.get("test_acc") is not None]
-            acc = {m: {r["seed"]: r["test_acc"] for r in sel if r["method"] == m}
+            acc = {m: {r["seed"]: r for r in sel if r["method"] == m}
                    for m in dict.fromkeys(r["method"] for r in sel)}
             for us in (m for m in OURS if m in acc):
                 for method in (m for m in acc if m != us and (us, m) != OURS):
-                    ours, theirs = acc[us], acc[method]
-                    diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+                    pairs = [(acc[us][s], acc[method][s]) for s in sorted(acc[us])
+                             if s in acc[method]]
+                    same = [(a, c) for a, c in pairs if a.get("final_seed") == c.get("final_seed")]
+                    diffs = [a["test_acc"] - c["test_acc"] for a, c in same]
                     mean, half = peers.paired_interval(diffs)
                     out.append({"arch": arch, "kind": kind, "budget": b, "ours": us,
                                 "peer": method, "n": len(diffs), "diff": mean, "half": half,
-                                "diffs": diffs})
+                                "diffs": diffs, "unpaired": len(pairs) - len(same)})
     return out
 
 
@@ -624,14 +628,17 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                   "ratios and the baselines became torch-pruning's one-liners (uniform and "
                   "global ranking capped at 0.95 only); latency cells are unaffected."]
     lines += ["", "## autoprune minus each peer", "",
-              "Paired by seed, points, mean [95 % t-interval].", "",
+              "Paired by seed (the same final fine-tune seed and batches), points, mean "
+              "[95 % t-interval].", "",
               "| arch | budget | ours | peer | n | ours − peer | per seed |",
               "|---|---|---|---|---|---|---|"]
     for v in verdicts(results):
         lines.append(f"| {v['arch']} | {v['kind']} {v['budget']:g} | {v['ours']} | "
                      f"{v['peer']} | {v['n']} | "
                      f"{_fmt(v['diff'], v['half'])} | "
-                     + " / ".join(f"{d * 100:+.2f}" for d in v["diffs"]) + " |")
+                     + " / ".join(f"{d * 100:+.2f}" for d in v["diffs"])
+                     + (f" ({v['unpaired']} seed(s) left out: fine-tuned with other seeds)"
+                        if v["unpaired"] else "") + " |")
     lines += proxy_lines(results)
     errors = [f"{r['arch']} seed {r['seed']} {r['kind']} {r['budget']:g} {r['method']}: "
               f"{r.get('error') or NO_PICK.get(r['method'], 'no feasible full fine-tune')}"

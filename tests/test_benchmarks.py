@@ -59,6 +59,26 @@ def test_paired_interval_matches_scipy_t_interval():
     assert _peers().paired_interval([0.01])[1] != _peers().paired_interval([0.01])[1]  # NaN
 
 
+def _regime():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import search_regime
+
+    return search_regime
+
+
+def test_verdicts_pair_only_rows_fine_tuned_with_the_same_seed():
+    def row(method, seed, acc, final_seed):
+        return {"arch": "a", "kind": "flops", "budget": 0.1, "method": method, "seed": seed,
+                "test_acc": acc, "final_seed": final_seed}
+
+    runs = [row("autoprune", 0, 0.90, 2), row("uniform-l2", 0, 0.89, 2),
+            row("autoprune", 1, 0.91, 1002), row("uniform-l2", 1, 0.80, 1000),  # another seed
+            row("autoprune", 2, 0.92, 2002), row("uniform-l2", 2, 0.90, 2002)]
+    (v,) = _regime().verdicts([{"runs": runs}])
+    assert v["n"] == 2 and v["unpaired"] == 1
+    assert v["diffs"] == pytest.approx([0.01, 0.02])
+
+
 def test_groupnorm_recipe_lands_under_the_flops_budget_and_runs():
     import torch
     import torch_pruning as tp
@@ -132,6 +152,8 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     assert refined["top"] and all("refine_val" in c for c in refined["top"])
     assert refined["chosen_val"] == max(c["refine_val"] for c in refined["top"])
     for run in runs:
+        if run.get("test_acc") is not None:  # pairs only with rows fine-tuned the same way
+            assert run["final_seed"] == run["seed"] * 1000 + (run["kind"] == "latency"), run
         if run["kind"] == "flops":  # every FLOPs pick is tested within its budget
             assert run["test_acc"] is not None and run["flops_ratio"] <= 0.3 * 1.01, run
     lat = next(r for r in runs if r["method"] == "uniform-lat")
