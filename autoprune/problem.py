@@ -91,7 +91,7 @@ class Problem:
         kept = fit_allocation_lifting_caps(
             self._widths, self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
-            FitOptions(self.budget.metric, self._space_caps, self.space.round_to))
+            FitOptions(self.budget.metric, self.resolved.caps(), self.space.round_to))
         return self._plan_of(kept)
 
     def _plan_of(self, kept: list[int]) -> PruningPlan:
@@ -118,20 +118,6 @@ class Problem:
                                              self.space.round_to))
         except BudgetError:
             return None
-
-    @cached_property
-    def _space_caps(self) -> np.ndarray:
-        """The space's caps, each raised to its group's ratio in the uniform plan at the budget:
-        a cap (a prior that a group is sensitive) never forbids what the one-liner does. Caps
-        written for mild budgets otherwise force the rest harder at severe ones (VGG-8 at 7 %
-        FLOPs: the first conv capped at 0.5 where uniform prunes 0.75, every other conv pruned
-        deeper; benchmarks/results/search_regime.md)."""
-        caps = np.asarray(self.resolved.caps(), dtype=float)
-        kept = self._uniform_kept
-        if kept is None:
-            return caps
-        uniform = np.array([1.0 - k / g.channels for g, k in zip(self.groups, kept)])
-        return np.where(caps > 0, np.maximum(caps, uniform), 0.0)
 
     def _latency_plan(self, params: dict[str, float]) -> PruningPlan:
         """The allocation fitted onto its level of the dense latency, as the latency table
@@ -164,7 +150,7 @@ class Problem:
     def _caps(self, lift: float) -> dict[str, float]:
         """The space's caps, lifted ``lift`` of the way toward 0.95 (groups it leaves unpruned,
         cap 0, stay so)."""
-        caps = self._space_caps
+        caps = np.asarray(self.resolved.caps(), dtype=float)
         lifted = np.where(caps > 0, caps + lift * np.maximum(0.95 - caps, 0.0), 0.0)
         return dict(zip((g.name for g in self.groups), map(float, lifted)))
 

@@ -256,7 +256,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     best = max(full, key=lambda r: r.val_acc or 0.0)
     info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
                 search_latency_ms=best.latency_ms, global_baseline="exact",
-                caps_floor="uniform")
+                baselines_kind="one-liners")
     return ap.PruningPlan.from_dict(best.plan), info
 
 
@@ -556,7 +556,7 @@ def _mark(kind: str, ours: list[dict[str, Any]]) -> str:
         return ""
     if any("global_baseline" not in r for r in ours):
         return "†"
-    return "‡" if any("caps_floor" not in r for r in ours) else ""
+    return "‡" if any("baselines_kind" not in r for r in ours) else ""
 
 
 def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> str:
@@ -624,9 +624,9 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                   "skipped where the space's caps could not reach the budget); latency cells are "
                   "unaffected."]
     if "‡" in marks:
-        lines += ["", "‡ measured before the space's caps were raised to the uniform plan's "
-                  "ratios and the baselines became torch-pruning's one-liners (uniform and "
-                  "global ranking capped at 0.95 only); latency cells are unaffected."]
+        lines += ["", "‡ measured before autoprune's baselines were torch-pruning's one-liners "
+                  "(uniform and global ranking capped at 0.95 only; before, both were held to "
+                  "the space's caps); latency cells are unaffected."]
     lines += ["", "## autoprune minus each peer", "",
               "Paired by seed (the same final fine-tune seed and batches), points, mean "
               "[95 % t-interval].", "",
