@@ -46,3 +46,16 @@ def save_report(out: Path, text: str, payload: dict[str, Any]) -> None:
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
     print(f"written to {out} and {out.with_suffix('.json')}", flush=True)
+
+
+def die_with_parent() -> None:
+    """A pool worker's initializer: on Linux the worker gets SIGTERM when the process that
+    started it dies, so killing a benchmark never leaves its workers computing (and writing kept
+    results) behind it. Elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -321,7 +321,10 @@ def run_all(cfg: dict[str, Any], jobs: int) -> list[dict[str, Any]]:
     if jobs == 1:
         parts = [fn(*rest) for fn, *rest in units]
     else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        from _common import die_with_parent
+
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                                 initializer=die_with_parent) as pool:
             futures = [pool.submit(fn, *rest) for fn, *rest in units]
             parts = [f.result() for f in futures]
     results = []

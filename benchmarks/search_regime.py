@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import save_report
+from _common import die_with_parent, save_report
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
 REFINE = "autoprune-refine"  # with --refine K
@@ -476,7 +476,8 @@ def run_all(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = max(1, min(cfg["jobs"], len(units)))
     if jobs == 1:
         return [fn(*rest) for fn, *rest in units]
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                             initializer=die_with_parent) as pool:
         futures = [pool.submit(fn, *rest) for fn, *rest in units]
         return [f.result() for f in futures]
 

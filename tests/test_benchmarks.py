@@ -168,3 +168,48 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     assert "sparsity steps (" in first.stdout
     assert "sparsity steps (" not in again.stdout  # kept: not run again
     assert "autoprune minus each peer" in out.read_text()
+
+
+_POOL = """
+import os, sys, time
+sys.path.insert(0, {bench!r})
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from _common import die_with_parent
+
+def work(out):
+    open(os.path.join(out, str(os.getpid())), "w").close()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"),
+                             initializer=die_with_parent) as pool:
+        pool.submit(work, {out!r}).result()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_killed_benchmark_takes_its_pool_workers_with_it(tmp_path):
+    """Killed benchmark parents left spawn workers computing (and writing kept rows) for an hour."""
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL.format(bench=str(ROOT / "benchmarks"), out=str(tmp_path)))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.time() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.isdigit()] and time.time() < deadline:
+        time.sleep(0.1)
+    (marker,) = [p for p in tmp_path.iterdir() if p.name.isdigit()]
+    parent.kill()
+    parent.wait()
+    child = int(marker.name)
+    stat = Path(f"/proc/{child}/stat")
+    for _ in range(100):
+        try:  # gone, or a zombie no init has reaped yet
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    pytest.fail("the pool worker outlived its benchmark")
