@@ -103,19 +103,18 @@ class Problem:
     def _widths(self) -> Widths:
         return Widths.of(self.analysis.cost_model, self.groups)
 
-    @cached_property
-    def _uniform_kept(self) -> list[int] | None:
-        """Kept channels of torch-pruning's uniform plan at the budget: one ratio for every
-        group the space prunes (up to 0.95), rounded like every candidate. None under a latency
-        budget (its FLOPs levels are a guess), in weights mode, or out of its reach."""
-        caps = np.asarray(self.resolved.caps(), dtype=float)
-        if self.budget.latency_bound or self.weights_mode or not caps.any():
+    def _uniform_plan(self) -> PruningPlan | None:
+        """torch-pruning's uniform plan at the budget: one ratio for every group the space
+        prunes, capped at 0.95 only (the global plan's caps), rounded like every candidate. None
+        under a latency budget (its FLOPs levels are a guess) or out of its reach."""
+        if self.budget.latency_bound:
             return None
+        caps = np.array(list(self._caps(1.0).values()))
         try:
-            return fit_allocation(self._widths, (caps > 0).astype(float),
-                                  self.budget.fraction * self.budget.dense_metric,
-                                  FitOptions(self.budget.metric, np.where(caps > 0, 0.95, 0.0),
-                                             self.space.round_to))
+            return self._plan_of(fit_allocation(
+                self._widths, (caps > 0).astype(float),
+                self.budget.fraction * self.budget.dense_metric,
+                FitOptions(self.budget.metric, caps, self.space.round_to)))
         except BudgetError:
             return None
 
@@ -273,8 +272,9 @@ class Problem:
         label = self.settings.importance if self.settings.importance != "taylor" else "l2"
         out = [({**self.resolved.uniform(), LEVEL: top}, {"baseline": f"uniform-{label}"})]
         exact: dict[str, PruningPlan] = {}
-        if self._uniform_kept is not None:  # one ratio everywhere, whatever the space's caps
-            exact[f"uniform-{label}"] = self._plan_of(self._uniform_kept)
+        uniform = self._uniform_plan()
+        if uniform is not None:  # one ratio everywhere, whatever the space's caps
+            exact[f"uniform-{label}"] = uniform
         if self.latency_table is not None:  # latency candidates are fitted on the table: the
             ratios = self._global_ratios(label, 0.0)  # ranking only shapes the allocation
         else:
