@@ -249,17 +249,16 @@ def _run(loop: _Loop, asked: list[Asked], k: int,
     alive = [p for p in preps if p.outcome is None]
     if not schedule.staged:
         _full(loop, _promotable(loop, alive, records, "proxy_acc"), "full+proxy")
-    else:
-        alive = _stage(loop, alive, "proxy", 0.0)
+    else:  # copies of trained models leave after the proxy: no short fine-tune is spent on
+        # them, and the short stage's slots go to distinct models
+        alive = _promotable(loop, _stage(loop, alive, "proxy", 0.0), records, "proxy_acc")
         _, n_short, _ = schedule.counts(k)
         if schedule.short_fidelity > 0:
             alive = _halve(stages, alive, n_short, "proxy_acc")
             alive = _stage(loop, alive, "short", schedule.short_fidelity)
-            alive = _halve(stages, _promotable(loop, alive, records, "short_acc"), k,
-                           "short_acc")
+            alive = _halve(stages, alive, k, "short_acc")
         else:
-            alive = _halve(stages, _promotable(loop, alive, records, "proxy_acc"), k,
-                           "proxy_acc")
+            alive = _halve(stages, alive, k, "proxy_acc")
         _full(loop, alive, "full")
     new = any(p.outcome is not None and p.outcome.state is TrialState.COMPLETE for p in preps)
     loop.idle = 0 if new else loop.idle + any("copy_of" in p.rec for p in preps)

@@ -157,6 +157,33 @@ def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
                if r.state == "SCREENED")  # there were copies, screened out
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_copies_of_trained_models_get_no_short_fine_tune(tmp_path):
+    """With a short stage: a candidate whose widths a fully fine-tuned trial already has leaves
+    after the proxy (SCREENED, naming that trial) and is never short-tuned; every short-tuned
+    candidate is a model not trained before its generation."""
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0.5,
+                                 promote=1, generation=2, seed=1)
+    result = ap.search(Net(16), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=lambda m, steps: None, train_loader=loader,
+                       budget=ap.Budget(flops=0.5), trials=8, run_dir=tmp_path / "run",
+                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
+                       space=ap.SearchSpace(round_to=8))
+    analysis = ap.analyze(Net(16), torch.zeros(1, 1, 8, 8))
+    copies = [r for r in result.trials if "same channels" in (r.fail_reason or "")]
+    assert copies  # the rounded space makes some
+    assert all(r.state == "SCREENED" and r.short_acc is None for r in copies)
+    trained: dict[tuple[int, ...], int] = {}  # widths -> first fully fine-tuned trial
+    for r in sorted(result.trials, key=lambda r: r.trial):
+        if r.plan and r.is_full:
+            trained.setdefault(tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))), r.trial)
+    for r in result.trials:
+        if r.short_acc is not None:  # short-tuned: not a model fully fine-tuned earlier
+            first = trained.get(tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))))
+            assert first is None or first >= r.generation, (r.trial, first)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("one_thread")
 def test_a_space_with_fewer_models_than_trials_ends(tmp_path, caplog):
