@@ -29,6 +29,10 @@ Every (arch, seed, cell, method) result is kept under ``benchmarks/.cache/regime
 finishes, so a killed run resumes where it stopped (``--fresh`` starts over; ``--kept-only``
 only renders). A cell's place in the ``--flops``/``--latency`` lists seeds its final fine-tune:
 resume or extend a run with the same lists, so every method of a cell sees the same batches.
+The cache is not committed: on a fresh checkout ``--restore benchmarks/results/search_regime.json
+--kept-only`` re-renders the committed table without training anything, and a run after
+``--restore`` adds new rows to it only if its dense models score exactly as the kept rows' did
+(the same weights; ``_regime_cache.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
-import json
 import os
 import platform
 import shlex
@@ -54,9 +56,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import die_with_parent, save_report
+from _regime_cache import (
+    REFINE,
+    DenseMismatch,
+    check_dense,
+    header_key,
+    keep,
+    kept,
+    proxy_key,
+    restore,
+    row_key,
+)
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
-REFINE = "autoprune-refine"  # with --refine K
 OURS = ("autoprune", REFINE)
 LATENCY_METHODS = ("uniform-lat", "random", "autoprune")
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
@@ -125,6 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="ignore kept results")
     p.add_argument("--kept-only", action="store_true", help="run nothing new: report what "
                    "earlier runs kept (missing cells are left out)")
+    p.add_argument("--restore", type=Path, metavar="RESULTS_JSON", help="first write the rows "
+                   "of a results file (e.g. benchmarks/results/search_regime.json) into the "
+                   "cache: with --kept-only a fresh checkout re-renders it without training; a "
+                   "run extends it if its dense models train to the same weights here")
     p.add_argument("--cache", type=Path, default=CACHE, help="where finished cells are kept "
                    "(default benchmarks/.cache/regime)")
     args = p.parse_args(argv)
@@ -153,31 +169,6 @@ def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
 
 
 # -- one (arch, seed) ---------------------------------------------------------------------------
-def _key(cfg: dict[str, Any], *parts: Any) -> str:
-    """What a kept result depends on: the data, the dense recipe and the per-method settings."""
-    wanted = {k: cfg[k] for k in ("train_size", "val_size", "test_size", "trials",
-                                   "search_steps", "final_epochs", "sl_epochs", "dense_epochs",
-                                   "latency_runtime", "distill", "device")}
-    raw = json.dumps([wanted, *parts], sort_keys=True, default=str)
-    return hashlib.sha1(raw.encode()).hexdigest()[:16]
-
-
-def _kept(cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
-    path = Path(cfg["cache"]) / f"{key}.json"
-    if cfg["fresh"] or not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
-def _keep(cfg: dict[str, Any], key: str, value: dict[str, Any]) -> None:
-    cache = Path(cfg["cache"])
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(value, fh, default=str)
-    os.replace(tmp, cache / f"{key}.json")
-
-
 def _context(cfg: dict[str, Any], arch: str, log: Callable[[str], None]) -> dict[str, Any]:
     import _quality_data as qd
     import torch
@@ -374,11 +365,11 @@ def _pick(cfg: dict[str, Any], ctx: dict[str, Any], key: str, row: dict[str, Any
         row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
         Path(cfg["cache"]).mkdir(parents=True, exist_ok=True)
         torch.save(model, Path(cfg["cache"]) / f"{key}.pt")
-    _keep(cfg, key, row)
+    keep(cfg, key, row)
     return row
 
 
-def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci: int,
+def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: int, ci: int,
              kind: str, b: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every method of one cell (``--kept-only``: those kept), then all of them timed
     alternately with dense once (the figures are kept with the rows)."""
@@ -388,23 +379,26 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci:
 
     rows, models, keys = [], {}, {}
     for method in methods_of(cfg, kind):
-        key = _key(cfg, arch, seed, kind, b, method,
-                   *((cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()))
-        row = _kept(cfg, key)
+        key = row_key(cfg, arch, seed, kind, b, method)
+        row = kept(cfg, key)
         if row is None and cfg["kept_only"]:
             continue
         if row is None:
+            assert ctx is not None  # only --kept-only runs without the dense model
             row = _pick(cfg, ctx, key, {"arch": arch, "seed": seed, "kind": kind, "budget": b,
                                         "method": method}, seed, ci, log)
         if row.get("test_acc") is not None:
-            models[method] = torch.load(Path(cfg["cache"]) / f"{key}.pt", weights_only=False)
+            model = Path(cfg["cache"]) / f"{key}.pt"  # restored rows have none (nor need
+            if ctx is not None and model.is_file():  # one: they keep their timing)
+                models[method] = torch.load(model, weights_only=False)
             keys[method] = key
             log(f"seed {seed} {kind} {b:g}: {method:12s} test {row['test_acc']:.4f} "
                 f"flops {row['flops_ratio']:.3f} ({row.get('search_s') or 0:.0f} s)")
         else:
             log(f"seed {seed} {kind} {b:g}: {method}: {row.get('error', 'no feasible pick')}")
         rows.append(row)
-    if models and any("latency_ratio" not in r for r in rows if r["method"] in models):
+    if ctx is not None and models and any("latency_ratio" not in r for r in rows
+                                          if r["method"] in models):
         timed = time_alternating({"dense": ctx["dense"], **models}, ctx["example"],
                                  ctx["target"], rounds=7, repeats=20)
         for row in rows:
@@ -412,7 +406,7 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any], arch: str, seed: int, ci:
                 row["latency_ms"], row["latency_iqr_ms"] = timed[row["method"]]
                 row["latency_ratio"] = row["latency_ms"] / timed["dense"][0]
                 row["dense_latency_ms"] = timed["dense"][0]
-                _keep(cfg, keys[row["method"]], row)
+                keep(cfg, keys[row["method"]], row)
     return rows
 
 
@@ -429,14 +423,18 @@ def run_unit(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{arch} s{seed} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
 
-    ctx = _context(cfg, arch, log)
-    an, dense = ctx["analysis"], ctx["dense"]
-    out: dict[str, Any] = {"arch": arch, "seed": seed, "sizes": ctx["data"].sizes(),
-                           "dense": {"test_acc": ctx["evaluate"](dense, "test"),
-                                     "val_acc": ctx["evaluate"](dense, "val"),
-                                     "macs": an.cost_model.dense_macs(),
-                                     "params": sum(p.numel() for p in dense.parameters())},
-                           "runs": []}
+    header = kept(cfg, header_key(cfg, arch, seed))
+    ctx = None
+    if header is None or not cfg["kept_only"]:  # --kept-only with a header: no dense needed
+        ctx = _context(cfg, arch, log)
+        an, dense = ctx["analysis"], ctx["dense"]
+        scores = {"test_acc": ctx["evaluate"](dense, "test"),
+                  "val_acc": ctx["evaluate"](dense, "val"), "macs": an.cost_model.dense_macs(),
+                  "params": sum(p.numel() for p in dense.parameters())}
+        check_dense(header, scores, arch)
+        header = {"arch": arch, "seed": seed, "sizes": ctx["data"].sizes(), "dense": scores}
+        keep(cfg, header_key(cfg, arch, seed), header)
+    out: dict[str, Any] = {**header, "runs": []}
     for ci, (kind, b) in enumerate(cells(cfg)):
         out["runs"] += run_cell(cfg, ctx, arch, seed, ci, kind, b, log)
     return out
@@ -447,10 +445,10 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     fine-tune's rho with itself under another seed (the noise ceiling). Kept like a cell."""
     import _quality_data as qd
 
-    key = _key(cfg, "proxy", arch, cfg["proxy_budget"], cfg["proxy_candidates"])
-    kept = _kept(cfg, key)
-    if kept is not None or cfg["kept_only"]:
-        return kept or {"arch": arch, "proxy": None}
+    key = proxy_key(cfg, arch)
+    study = kept(cfg, key)
+    if study is not None or cfg["kept_only"]:
+        return study or {"arch": arch, "proxy": None}
 
     def log(msg: str) -> None:
         print(f"[proxy {arch} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
@@ -462,7 +460,7 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                            ctx["ft"]["weight_decay"], ceiling=True, distill=True,
                            batch=ctx["batch"])
     out = {"arch": arch, "proxy": study}
-    _keep(cfg, key, out)
+    keep(cfg, key, out)
     return out
 
 
@@ -656,7 +654,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg["command"] = "python " + shlex.join(["benchmarks/search_regime.py", *sys.argv[1:]])
     print(f"search regime: {args.arch}, cells {cells(cfg)}, seeds {args.seeds}, "
           f"{args.jobs} process(es)", flush=True)
-    results = run_all(cfg)
+    if args.restore:
+        print(f"restored {restore(cfg, args.restore)} kept results from {args.restore}",
+              flush=True)
+    try:
+        results = run_all(cfg)
+    except DenseMismatch as exc:
+        sys.exit(f"search_regime: {exc}")
     wall = time.time() - cfg["t0"]
     text = report(results, cfg, wall)
     print("\n" + text, flush=True)

@@ -1,0 +1,109 @@
+"""What ``search_regime.py`` keeps between runs, and how a committed results file seeds it.
+
+Every finished (arch, seed, cell, method) row, each (arch, seed)'s dense model scores (its
+*header*) and each proxy study are one JSON file under ``--cache``, named by a hash of what
+they depend on. The cache is not committed; ``--restore results.json`` writes the rows of a
+committed results file back into it, so a fresh checkout re-renders the table with
+``--kept-only`` (no dense model trained) and a re-run extends it with new rows only, after
+checking that the dense model it trains here is the one the kept rows were pruned from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REFINE = "autoprune-refine"
+#: The settings a kept result depends on (beside its own arch, seed, cell and method).
+KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "final_epochs",
+              "sl_epochs", "dense_epochs", "latency_runtime", "distill", "device")
+
+__all__ = ["KEY_FIELDS", "DenseMismatch", "check_dense", "header_key", "keep", "kept",
+           "proxy_key", "restore", "row_key"]
+
+
+class DenseMismatch(RuntimeError):
+    """The dense model trained here is not the one the kept rows were pruned from."""
+
+
+def _key(cfg: dict[str, Any], *parts: Any) -> str:
+    wanted = {k: cfg[k] for k in KEY_FIELDS}
+    raw = json.dumps([wanted, *parts], sort_keys=True, default=str)
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def row_key(cfg: dict[str, Any], arch: str, seed: int, kind: str, budget: float,
+            method: str) -> str:
+    """One method's row in one cell (``autoprune-refine`` also depends on its settings)."""
+    extra = (cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()
+    return _key(cfg, arch, seed, kind, budget, method, *extra)
+
+
+def header_key(cfg: dict[str, Any], arch: str, seed: int) -> str:
+    """An (arch, seed) unit's header: the data sizes and the dense model's scores."""
+    return _key(cfg, "unit", arch, seed)
+
+
+def proxy_key(cfg: dict[str, Any], arch: str) -> str:
+    return _key(cfg, "proxy", arch, cfg["proxy_budget"], cfg["proxy_candidates"])
+
+
+def kept(cfg: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The kept result ``key``; None when there is none or ``--fresh`` ignores it."""
+    path = Path(cfg["cache"]) / f"{key}.json"
+    if cfg["fresh"] or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def keep(cfg: dict[str, Any], key: str, value: dict[str, Any]) -> None:
+    """Write ``value`` as the result ``key`` (atomically: a killed run leaves no half file)."""
+    cache = Path(cfg["cache"])
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(value, fh, default=str)
+    os.replace(tmp, cache / f"{key}.json")
+
+
+def check_dense(header: dict[str, Any] | None, dense: dict[str, Any], arch: str) -> None:
+    """Refuse to mix new rows with kept ones pruned from another dense model (trained on
+    another machine or torch: bit-for-bit equal weights give equal scores)."""
+    if header is None:
+        return
+    was, now = header["dense"], dense
+    if (was["test_acc"], was["val_acc"]) != (now["test_acc"], now["val_acc"]):
+        raise DenseMismatch(
+            f"the dense {arch} trained here scores test {now['test_acc']:.4f} / val "
+            f"{now['val_acc']:.4f}, the one the kept rows were pruned from {was['test_acc']:.4f}"
+            f" / {was['val_acc']:.4f}: new rows would not pair with them; render the kept "
+            "rows with --kept-only, or start over with --fresh (or another --cache)")
+
+
+def restore(cfg: dict[str, Any], path: Path) -> int:
+    """Write the headers, rows and proxy studies of the results file ``path`` into the cache
+    (keyed by the settings of the run that made them; results already kept stay). Returns
+    how many were written."""
+    data = json.loads(Path(path).read_text())
+    made = {**cfg, **{k: data["config"].get(k) for k in (*KEY_FIELDS, "refine",
+                                                            "refine_epochs", "proxy_budget",
+                                                            "proxy_candidates")}}
+    found: list[tuple[str, dict[str, Any]]] = []
+    for res in data["results"]:
+        if "proxy" in res:
+            found.append((proxy_key(made, res["arch"]), res))
+            continue
+        found.append((header_key(made, res["arch"], res["seed"]),
+                      {k: v for k, v in res.items() if k != "runs"}))
+        found += [(row_key(made, r["arch"], r["seed"], r["kind"], r["budget"], r["method"]), r)
+                  for r in res["runs"]]
+    written = 0
+    for key, value in found:
+        if not (Path(cfg["cache"]) / f"{key}.json").is_file():
+            keep(cfg, key, value)
+            written += 1
+    return written
