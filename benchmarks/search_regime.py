@@ -410,7 +410,9 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
     return rows
 
 
-def run_unit(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
+def run_unit(cfg: dict[str, Any], arch: str, seed: int, ci: int) -> dict[str, Any]:
+    """One cell (index ``ci`` in the --flops/--latency list) of one (arch, seed): its header
+    (the dense model's scores) and its methods' rows."""
     import logging
 
     import optuna
@@ -434,10 +436,8 @@ def run_unit(cfg: dict[str, Any], arch: str, seed: int) -> dict[str, Any]:
         check_dense(header, scores, arch)
         header = {"arch": arch, "seed": seed, "sizes": ctx["data"].sizes(), "dense": scores}
         keep(cfg, header_key(cfg, arch, seed), header)
-    out: dict[str, Any] = {**header, "runs": []}
-    for ci, (kind, b) in enumerate(cells(cfg)):
-        out["runs"] += run_cell(cfg, ctx, arch, seed, ci, kind, b, log)
-    return out
+    kind, b = cells(cfg)[ci]
+    return {**header, "runs": run_cell(cfg, ctx, arch, seed, ci, kind, b, log)}
 
 
 def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -465,19 +465,37 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
 
 
 def run_all(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every (arch, seed) unit and the proxy study over ``--jobs`` processes."""
+    """Every (arch, seed, cell) unit and the proxy study over ``--jobs`` processes (one cell
+    per unit, so a short run's cells run side by side); one result per (arch, seed), its rows
+    in cell order."""
     seeds = range(cfg["first_seed"], cfg["first_seed"] + cfg["seeds"])
-    units: list[tuple[Any, ...]] = [(run_unit, cfg, arch, s) for s in seeds
-                                    for arch in cfg["arch"]]
+    units: list[tuple[Any, ...]] = [(run_unit, cfg, arch, s, ci) for s in seeds
+                                    for arch in cfg["arch"] for ci in range(len(cells(cfg)))]
     if cfg["proxy_arch"] != "none" and cfg["proxy_candidates"]:
         units.append((run_proxy, cfg, cfg["proxy_arch"]))
     jobs = max(1, min(cfg["jobs"], len(units)))
     if jobs == 1:
-        return [fn(*rest) for fn, *rest in units]
+        return merge_units([fn(*rest) for fn, *rest in units])
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
                              initializer=die_with_parent) as pool:
         futures = [pool.submit(fn, *rest) for fn, *rest in units]
-        return [f.result() for f in futures]
+        return merge_units([f.result() for f in futures])
+
+
+def merge_units(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of each (arch, seed) as one result (header once, rows in the given order);
+    proxy studies as they are."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for res in outputs:
+        if "runs" not in res:
+            out.append(res)
+        elif (res["arch"], res["seed"]) in merged:
+            merged[res["arch"], res["seed"]]["runs"] += res["runs"]
+        else:
+            merged[res["arch"], res["seed"]] = {**res, "runs": list(res["runs"])}
+            out.append(merged[res["arch"], res["seed"]])
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------

@@ -79,6 +79,21 @@ def test_verdicts_pair_only_rows_fine_tuned_with_the_same_seed():
     assert v["diffs"] == pytest.approx([0.01, 0.02])
 
 
+def test_merge_units_gives_one_result_per_arch_and_seed_with_its_cells_in_order():
+    head = {"sizes": {"train": 1}, "dense": {"test_acc": 0.9}}
+    units = [{"arch": "a", "seed": 0, **head, "runs": [{"ci": 0}]},
+             {"arch": "a", "seed": 0, **head, "runs": [{"ci": 1}, {"ci": 1.5}]},
+             {"arch": "b", "seed": 0, **head, "runs": [{"ci": 0}]},
+             {"arch": "a", "seed": 1, **head, "runs": []},
+             {"arch": "a", "seed": 0, **head, "runs": [{"ci": 2}]},
+             {"arch": "a", "proxy": {"n": 3}}]
+    merged = _regime().merge_units(units)
+    assert [(r["arch"], r.get("seed")) for r in merged] == [("a", 0), ("b", 0), ("a", 1),
+                                                             ("a", None)]
+    assert [r["ci"] for r in merged[0]["runs"]] == [0, 1, 1.5, 2]
+    assert merged[0]["dense"] == head["dense"] and units[0]["runs"] == [{"ci": 0}]  # a copy
+
+
 def test_groupnorm_recipe_lands_under_the_flops_budget_and_runs():
     import torch
     import torch_pruning as tp
