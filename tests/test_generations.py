@@ -137,19 +137,25 @@ def test_trained_widths_names_the_trial_with_the_same_model():
     assert trained_widths(weights, records, alive, "short_acc") == {}  # plans are empty there
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
-    """16-32 channels rounded to 8 at half the FLOPs: a handful of models, many searched values
-    for each; every model is fully fine-tuned at most once, and the search still ends."""
+def _rounded_search(tmp_path, short_fidelity: float):
+    """16-32 channels rounded to 8 at half the FLOPs, 8 trials: a handful of models, many
+    searched values for each."""
     loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
-    settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0,
-                                 promote=1, generation=2, seed=1)
+    settings = ap.SearchSettings(progress=False, latency=False, screen=2,
+                                 short_fidelity=short_fidelity, promote=1, generation=2, seed=1)
     result = ap.search(Net(16), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
                        finetune=lambda m, steps: None, train_loader=loader,
                        budget=ap.Budget(flops=0.5), trials=8, run_dir=tmp_path / "run",
                        settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
                        space=ap.SearchSpace(round_to=8))
-    analysis = ap.analyze(Net(16), torch.zeros(1, 1, 8, 8))
+    return result, ap.analyze(Net(16), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_rounded_search_never_trains_the_same_widths_twice(tmp_path):
+    """16-32 channels rounded to 8 at half the FLOPs: a handful of models, many searched values
+    for each; every model is fully fine-tuned at most once, and the search still ends."""
+    result, analysis = _rounded_search(tmp_path, short_fidelity=0)
     full = [tuple(analysis.kept(ap.PruningPlan.from_dict(r.plan))) for r in result.trials
             if r.is_full]
     assert full and len(full) == len(set(full))  # each model fully fine-tuned once
@@ -162,15 +168,7 @@ def test_copies_of_trained_models_get_no_short_fine_tune(tmp_path):
     """With a short stage: a candidate whose widths a fully fine-tuned trial already has leaves
     after the proxy (SCREENED, naming that trial) and is never short-tuned; every short-tuned
     candidate is a model not trained before its generation."""
-    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
-    settings = ap.SearchSettings(progress=False, latency=False, screen=2, short_fidelity=0.5,
-                                 promote=1, generation=2, seed=1)
-    result = ap.search(Net(16), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
-                       finetune=lambda m, steps: None, train_loader=loader,
-                       budget=ap.Budget(flops=0.5), trials=8, run_dir=tmp_path / "run",
-                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
-                       space=ap.SearchSpace(round_to=8))
-    analysis = ap.analyze(Net(16), torch.zeros(1, 1, 8, 8))
+    result, analysis = _rounded_search(tmp_path, short_fidelity=0.5)
     copies = [r for r in result.trials if "same channels" in (r.fail_reason or "")]
     assert copies  # the rounded space makes some
     assert all(r.state == "SCREENED" and r.short_acc is None for r in copies)
