@@ -410,6 +410,16 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
     return rows
 
 
+def _has_work(cfg: dict[str, Any], arch: str, seed: int, kind: str, b: float) -> bool:
+    """Whether the cell has a method to run or a kept pick still to time (never with
+    --kept-only): only then does its unit need the dense model."""
+    if cfg["kept_only"]:
+        return False
+    rows = [kept(cfg, row_key(cfg, arch, seed, kind, b, m)) for m in methods_of(cfg, kind)]
+    return any(r is None or (r.get("test_acc") is not None and "latency_ratio" not in r)
+               for r in rows)
+
+
 def run_unit(cfg: dict[str, Any], arch: str, seed: int, ci: int) -> dict[str, Any]:
     """One cell (index ``ci`` in the --flops/--latency list) of one (arch, seed): its header
     (the dense model's scores) and its methods' rows."""
@@ -426,8 +436,9 @@ def run_unit(cfg: dict[str, Any], arch: str, seed: int, ci: int) -> dict[str, An
         print(f"[{arch} s{seed} +{time.time() - cfg['t0']:6.0f}s] {msg}", flush=True)
 
     header = kept(cfg, header_key(cfg, arch, seed))
+    kind, b = cells(cfg)[ci]
     ctx = None
-    if header is None or not cfg["kept_only"]:  # --kept-only with a header: no dense needed
+    if header is None or _has_work(cfg, arch, seed, kind, b):  # else: no dense model needed
         ctx = _context(cfg, arch, log)
         an, dense = ctx["analysis"], ctx["dense"]
         scores = {"test_acc": ctx["evaluate"](dense, "test"),
@@ -436,7 +447,6 @@ def run_unit(cfg: dict[str, Any], arch: str, seed: int, ci: int) -> dict[str, An
         check_dense(header, scores, arch)
         header = {"arch": arch, "seed": seed, "sizes": ctx["data"].sizes(), "dense": scores}
         keep(cfg, header_key(cfg, arch, seed), header)
-    kind, b = cells(cfg)[ci]
     return {**header, "runs": run_cell(cfg, ctx, arch, seed, ci, kind, b, log)}
 
 
