@@ -9,6 +9,7 @@ than a ``DataLoader`` for 28x28 images on one thread.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
 import os
@@ -243,6 +244,20 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
     if spec.batch != BATCH:
         key += f"-b{spec.batch}-wd{spec.weight_decay:g}"
     path = CACHE_DIR / f"dense-{key}.pt"
+    CACHE_DIR.mkdir(exist_ok=True)
+    ignore = CACHE_DIR / ".gitignore"
+    if not ignore.is_file():
+        ignore.write_text("*\n")
+    # two units of one arch that start together (one unit per cell) train it once: the second
+    # waits for the first's file instead of training the same weights again
+    with open(CACHE_DIR / f"dense-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _load_or_train(arch, data, seed, epochs, path, log, device)
+
+
+def _load_or_train(arch: str, data: Data, seed: int, epochs: int, path: Path,
+                   log: Callable[[str], None], device: str) -> nn.Module:
+    spec = ARCHS[arch]
     torch.manual_seed(seed)
     model = spec.build()
     if path.is_file():
@@ -279,10 +294,6 @@ def train_dense(arch: str, data: Data, seed: int, epochs: int,
                 f"{accuracy(model, data.val_x, data.val_y):.4f} "
                 f"({time.perf_counter() - start:.0f} s)")
     model.cpu().eval()  # analysed and pruned on the CPU; candidates move to the device
-    CACHE_DIR.mkdir(exist_ok=True)
-    ignore = CACHE_DIR / ".gitignore"
-    if not ignore.is_file():
-        ignore.write_text("*\n")
     fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
     os.close(fd)
     torch.save(model.state_dict(), tmp)

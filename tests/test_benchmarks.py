@@ -59,6 +59,39 @@ def test_paired_interval_matches_scipy_t_interval():
     assert _peers().paired_interval([0.01])[1] != _peers().paired_interval([0.01])[1]  # NaN
 
 
+def test_units_starting_together_train_one_dense_model_at_a_time(tmp_path, monkeypatch):
+    """Two units of one arch that start together must not both train its dense model: the
+    second waits for the first (and then loads its file)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _quality_data as qd
+
+    spans: list[tuple[float, float]] = []
+
+    def slow_train(*args, **kwargs):
+        start = time.perf_counter()
+        time.sleep(0.3)
+        spans.append((start, time.perf_counter()))
+
+    monkeypatch.setattr(qd, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(qd, "_load_or_train", slow_train)
+    data = SimpleNamespace(sizes=lambda: {"train": 10, "val": 2},
+                           train_x=qd.torch.zeros(1, 1, 28, 28))
+    units = [threading.Thread(target=qd.train_dense, args=("resnet20", data, 0, 1))
+             for _ in range(2)]
+    for unit in units:
+        unit.start()
+    for unit in units:
+        unit.join()
+    assert len(spans) == 2
+    first, second = sorted(spans)
+    assert second[0] >= first[1]  # the second began after the first ended
+    assert (tmp_path / ".gitignore").read_text() == "*\n"  # the lock file is never committed
+
+
 def _regime():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import search_regime
