@@ -71,8 +71,9 @@ def keep(cfg: dict[str, Any], key: str, value: dict[str, Any]) -> None:
 
 
 def check_dense(header: dict[str, Any] | None, dense: dict[str, Any], arch: str) -> None:
-    """Refuse to mix new rows with kept ones pruned from another dense model (trained on
-    another machine or torch: bit-for-bit equal weights give equal scores)."""
+    """Refuse to mix new rows with kept ones pruned from another dense model (CPU training is
+    bit-for-bit repeatable only on the same machine, torch build and thread count: equal
+    weights give equal scores)."""
     if header is None:
         return
     was, now = header["dense"], dense

@@ -330,11 +330,10 @@ def _refine(info: dict[str, Any], cfg: dict[str, Any], ctx: dict[str, Any], seed
     return ap.PruningPlan.from_dict(best["plan"])
 
 
-def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
-              ci: int) -> dict[str, Any]:
+def _finetune(model: Any, cfg: dict[str, Any], ctx: dict[str, Any],
+              final_seed: int) -> dict[str, Any]:
     """The final fine-tune (same seed and batches for every method of the cell), then test."""
     start = time.perf_counter()
-    final_seed = seed * 1000 + ci
     model, steps = _train(model, cfg, ctx, final_seed, cfg["final_epochs"])
     return {"test_acc": ctx["evaluate"](model, "test"), "val_acc": ctx["evaluate"](model, "val"),
             "finetune_s": time.perf_counter() - start, "final_steps": steps,
@@ -351,7 +350,7 @@ def _counts(model: Any, ctx: dict[str, Any]) -> dict[str, float]:
 
 
 def _pick(cfg: dict[str, Any], ctx: dict[str, Any], key: str, row: dict[str, Any],
-          seed: int, ci: int, log: Callable[[str], None]) -> dict[str, Any]:
+          seed: int, final_seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Run one method of a cell: pick, fine-tune, count; keep the row and the model."""
     import torch
 
@@ -362,11 +361,23 @@ def _pick(cfg: dict[str, Any], ctx: dict[str, Any], key: str, row: dict[str, Any
         model, info = None, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     row.update(info)
     if model is not None:
-        row.update(_finetune(model, cfg, ctx, seed, ci), **_counts(model, ctx))
+        row.update(_finetune(model, cfg, ctx, final_seed), **_counts(model, ctx))
         Path(cfg["cache"]).mkdir(parents=True, exist_ok=True)
         torch.save(model, Path(cfg["cache"]) / f"{key}.pt")
     keep(cfg, key, row)
     return row
+
+
+def final_seed_of(cfg: dict[str, Any], arch: str, seed: int, ci: int, kind: str,
+                  b: float) -> int:
+    """The cell's final fine-tune seed: the one its kept rows were fine-tuned with (any
+    method's, run or not this time), so a new method pairs with them whatever the cell's
+    position in this run's --flops/--latency list; else ``seed * 1000 + ci``."""
+    for method in (*dict.fromkeys((*FLOPS_METHODS, *LATENCY_METHODS)), REFINE):
+        row = kept(cfg, row_key(cfg, arch, seed, kind, b, method))
+        if row is not None and row.get("final_seed") is not None:
+            return int(row["final_seed"])
+    return seed * 1000 + ci
 
 
 def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: int, ci: int,
@@ -378,6 +389,7 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
     from autoprune.latency import time_alternating
 
     rows, models, keys = [], {}, {}
+    final_seed = final_seed_of(cfg, arch, seed, ci, kind, b)
     for method in methods_of(cfg, kind):
         key = row_key(cfg, arch, seed, kind, b, method)
         row = kept(cfg, key)
@@ -386,7 +398,7 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
         if row is None:
             assert ctx is not None  # only --kept-only runs without the dense model
             row = _pick(cfg, ctx, key, {"arch": arch, "seed": seed, "kind": kind, "budget": b,
-                                        "method": method}, seed, ci, log)
+                                        "method": method}, seed, final_seed, log)
         if row.get("test_acc") is not None:
             model = Path(cfg["cache"]) / f"{key}.pt"  # restored rows have none (nor need
             if ctx is not None and model.is_file():  # one: they keep their timing)

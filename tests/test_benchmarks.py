@@ -112,6 +112,22 @@ def test_verdicts_pair_only_rows_fine_tuned_with_the_same_seed():
     assert v["diffs"] == pytest.approx([0.01, 0.02])
 
 
+def test_a_new_method_is_fine_tuned_with_the_seed_its_cells_kept_rows_used(tmp_path):
+    """A method added to a cell later pairs with the kept rows whatever the cell's position in
+    the new run's --flops/--latency list (the position only seeds a cell with no rows yet)."""
+    regime = _regime()
+    from _regime_cache import keep, row_key
+
+    cfg = {k: str(v) if isinstance(v, Path) else v
+           for k, v in vars(regime.parse_args(["--cache", str(tmp_path)])).items()}
+    assert regime.final_seed_of(cfg, "mbv2", 2, 4, "latency", 0.3) == 2004  # nothing kept
+    keep(cfg, row_key(cfg, "mbv2", 2, "latency", 0.3, "uniform-lat"),
+         {"method": "uniform-lat", "final_seed": 2001})  # ran when the cell was index 1
+    assert regime.final_seed_of(cfg, "mbv2", 2, 4, "latency", 0.3) == 2001
+    assert regime.final_seed_of(cfg, "mbv2", 2, 3, "latency", 0.5) == 2003  # another cell
+    assert regime.final_seed_of(cfg, "mbv2", 1, 4, "latency", 0.3) == 1004  # another seed
+
+
 def test_merge_units_gives_one_result_per_arch_and_seed_with_its_cells_in_order():
     head = {"sizes": {"train": 1}, "dense": {"test_acc": 0.9}}
     units = [{"arch": "a", "seed": 0, **head, "runs": [{"ci": 0}]},
