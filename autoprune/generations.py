@@ -207,8 +207,8 @@ def trained_widths(problem: Problem, records: Sequence[TrialRecord], alive: Sequ
     if problem.weights_mode:  # every plan is empty there: the level tells models apart
         return {}
 
-    def widths(plan: PruningPlan) -> tuple[int, ...]:
-        return tuple(problem.analysis.kept(plan))
+    def widths(plan: PruningPlan) -> tuple[Any, ...]:
+        return (*problem.analysis.kept(plan), plan.drop)
 
     seen = {widths(PruningPlan.from_dict(r.plan)): r.trial for r in reversed(records)
             if r.plan and r.is_full}

@@ -35,16 +35,19 @@ Metric = Literal["macs", "params"]  # the analytic costs a budget is fitted on
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """``{group name: ratio}`` plus the importance criterion and channel rounding.
+    """``{group name: ratio}`` plus the importance criterion and channel rounding, and the
+    residual blocks removed whole.
 
     A ratio ``r`` keeps ``round(C * (1 - r))`` of a group's ``C`` channels (at least one quantum;
     with ``round_to`` the kept count is rounded to a multiple of it). Groups not named keep all
-    their channels.
+    their channels. ``drop`` names blocks (``named_modules()`` names) that become the identity
+    before any channel goes; ratios of groups inside them do not apply.
     """
 
     ratios: Mapping[str, float] = field(default_factory=dict)
     importance: str = "l2"
     round_to: int | None = None
+    drop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, ratio in self.ratios.items():
@@ -62,23 +65,30 @@ class PruningPlan:
             )
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise ConfigError(f"round_to={self.round_to!r} must be a positive int or None")
+        if isinstance(self.drop, str) or not all(isinstance(n, str) and n for n in self.drop):
+            raise ConfigError(f"drop={self.drop!r} must be a list of block names (str), e.g. "
+                              "['features.3']")
         object.__setattr__(self, "ratios", {k: float(v) for k, v in self.ratios.items()})
+        object.__setattr__(self, "drop", tuple(sorted(set(self.drop))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratios": dict(self.ratios), "importance": self.importance,
-                "round_to": self.round_to}
+        data: dict[str, Any] = {"ratios": dict(self.ratios), "importance": self.importance,
+                                "round_to": self.round_to}
+        if self.drop:  # plans that remove no block serialise as before
+            data["drop"] = list(self.drop)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
-        unknown = set(data) - {"ratios", "importance", "round_to"}
+        unknown = set(data) - {"ratios", "importance", "round_to", "drop"}
         if unknown:
             raise ConfigError(f"plan has unknown keys {sorted(unknown)}; expected ratios, "
-                              "importance, round_to")
+                              "importance, round_to, drop")
         return cls(dict(data.get("ratios", {})), data.get("importance", "l2"),
-                   data.get("round_to"))
+                   data.get("round_to"), tuple(data.get("drop") or ()))
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:

@@ -37,13 +37,14 @@ if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
     from autoprune.latency import LatencyTable
 
-__all__ = ["Problem", "perturb", "plan_key"]
+__all__ = ["DROP", "Problem", "perturb", "plan_key"]
 
 log = logging.getLogger(__name__)
 # the baselines' searched parameters and attributes, and {baseline: exact plan} for those the
 # parameters only approximate
 _Baselines = tuple[list[tuple[dict[str, float], dict[str, Any]]], dict[str, PruningPlan]]
 CAP_LIFTS = (0.0, 0.5, 1.0)  # how far caps rise toward 0.95 when a level is out of their reach
+DROP = "drop:"  # a searched parameter per removable block: 1 removes it (--depth)
 
 
 class Problem:
@@ -63,12 +64,24 @@ class Problem:
     def weights_mode(self) -> bool:
         return self.settings.mode == "weights"
 
+    @cached_property
+    def removable(self) -> list[str]:
+        """The blocks the search may remove whole (``--depth``; none by default)."""
+        depth = self.settings.depth
+        wanted = depth == "on" or (depth == "latency" and self.latency_table is not None)
+        return list(self.analysis.removable) if wanted and not self.weights_mode else []
+
+    def drop_of(self, params: Mapping[str, float]) -> tuple[str, ...]:
+        """The blocks searched ``params`` remove."""
+        return tuple(n for n in self.removable if params.get(DROP + n, 0.0) >= 0.5)
+
     # -- parameters and plans -------------------------------------------------------------------
     def specs(self) -> list[ParamSpec]:
         """The searched parameters: one relative allocation per space parameter (none in weights
         mode: one global magnitude ranking), then the cost level."""
         specs = [] if self.weights_mode else [
             ParamSpec(p.name, p.low, p.high, p.step) for p in self.resolved.params]
+        specs += [ParamSpec(DROP + n, 0.0, 1.0, 1.0) for n in self.removable]
         low, high = self.budget.level_range(self.settings.level_low, self.settings.levels)
         if self.latency_table is not None:  # latency levels: no FLOPs-to-latency slack needed,
             low = high * self.settings.level_low if self.settings.levels > 1 else high
@@ -88,11 +101,31 @@ class Problem:
         exact = self._computed_baselines()[1].get(baseline) if baseline is not None else None
         if exact is not None:
             return exact
+        drop = self.drop_of(params)
+        if drop:
+            return self._plan_without(params, drop)
         kept = fit_allocation_lifting_caps(
             self._widths, self.resolved.allocation(params),
             self.level_of(params) * self.budget.dense_metric,
             FitOptions(self.budget.metric, self.resolved.caps(), self.space.round_to))
         return self._plan_of(kept)
+
+    def _plan_without(self, params: dict[str, float], drop: tuple[str, ...]) -> PruningPlan:
+        """The allocation fitted onto its FLOPs/params level on the model without ``drop``
+        (the groups left in it read their dense group's parameter and cap)."""
+        part, names = self.analysis.without(drop)
+        dense_names = [g.name for g in self.groups]
+        alloc = dict(zip(dense_names, self.resolved.allocation(params)))
+        caps = dict(zip(dense_names, self.resolved.caps()))
+        kept = fit_allocation_lifting_caps(
+            Widths.of(part.cost_model, part.groups),
+            np.array([alloc[names[g.name]] for g in part.groups]),
+            self.level_of(params) * self.budget.dense_metric,
+            FitOptions(self.budget.metric, [caps[names[g.name]] for g in part.groups],
+                       self.space.round_to))
+        ratios = {names[g.name]: 1.0 - k / g.channels for g, k in zip(part.groups, kept)
+                  if k < g.channels}
+        return PruningPlan(ratios, self.settings.importance, self.space.round_to, drop)
 
     def _plan_of(self, kept: list[int]) -> PruningPlan:
         ratios = {g.name: 1.0 - k / g.channels for g, k in zip(self.groups, kept)
@@ -130,21 +163,23 @@ class Problem:
         names = [g.name for g in self.groups]
         alloc = dict(zip(names, map(float, self.resolved.allocation(params))))
         target = self.level_of(params) * table.dense_ms / self.latency_scale
+        drop = self.drop_of(params)
         for lift in CAP_LIFTS:  # caps rise toward 0.95 only if the level needs it, as FLOPs fits
             try:
-                plan = fit_latency(table, target, alloc, self._caps(lift), self.space.round_to)
+                plan = fit_latency(table.without(drop), target, alloc, self._caps(lift),
+                                   self.space.round_to)
                 break
             except BudgetError:
                 continue
         else:
-            fastest = self._fastest_ms([n for n in names if alloc[n] > 0])
+            fastest = self._fastest_ms([n for n in names if alloc[n] > 0], drop)
             top = self.budget.fraction * table.dense_ms / self.latency_scale
             if fastest * 1.01 > top:
                 raise BudgetError(f"latency level {target:.4g} ms is below the fastest model "
                                   f"this allocation reaches (predicted {fastest:.4g} ms)")
-            plan = fit_latency(table, fastest * 1.01, alloc, self._caps(1.0),
+            plan = fit_latency(table.without(drop), fastest * 1.01, alloc, self._caps(1.0),
                                self.space.round_to)
-        return PruningPlan(plan.ratios, self.settings.importance, plan.round_to)
+        return PruningPlan(plan.ratios, self.settings.importance, plan.round_to, plan.drop)
 
     def _caps(self, lift: float) -> dict[str, float]:
         """The space's caps, lifted ``lift`` of the way toward 0.95 (groups it leaves unpruned,
@@ -160,7 +195,8 @@ class Problem:
         table = self.latency_table
         if table is None:
             return 0.0
-        floor = self._fastest_ms([g.name for g in self.groups]) / table.dense_ms
+        floor = self._fastest_ms([g.name for g in self.groups],
+                                 tuple(self.removable)) / table.dense_ms
         if self.budget.fraction < floor:
             raise BudgetError(
                 f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
@@ -169,14 +205,14 @@ class Problem:
                 "(--latency-batch), or --no-latency-table to search on FLOPs levels anyway")
         return floor
 
-    def _fastest_ms(self, names: list[str]) -> float:
+    def _fastest_ms(self, names: list[str], drop: tuple[str, ...] = ()) -> float:
         """The predicted latency with the groups ``names`` at their fully lifted caps (the rest
-        dense)."""
+        dense) and the blocks ``drop`` removed."""
         assert self.latency_table is not None
         caps = self._caps(1.0)
         return self.latency_table.predict(PruningPlan(
             {n: min(caps[n], 0.999) for n in names if caps[n] > 0},
-            round_to=self.space.round_to))
+            round_to=self.space.round_to, drop=drop))
 
     @property
     def latency_scale(self) -> float:
@@ -197,9 +233,7 @@ class Problem:
 
     def costs(self, plan: PruningPlan) -> dict[str, Any]:
         """Analytic MACs/params of ``plan`` and their ratios to the dense model."""
-        kept = self.analysis.kept(plan)
-        cm = self.analysis.cost_model
-        macs, n_params = cm.macs(kept), cm.params(kept)
+        macs, n_params = self.analysis.macs(plan), self.analysis.params(plan)
         return {"macs": macs, "params": n_params, "flops_ratio": macs / self.budget.dense_macs,
                 "params_ratio": n_params / self.budget.dense_params, "plan": plan.to_dict(),
                 "fidelity": 1.0}
@@ -286,10 +320,21 @@ class Problem:
         if ratios is None:
             log.warning("global-ranking baseline skipped: no global threshold reaches %s %.4g "
                         "of dense within the caps", self.budget.metric, top)
-            return out, exact
+            return self._with_depth(out, label), exact
         out.append(({**self.resolved.from_group_ratios(ratios), LEVEL: top},
                     {"baseline": f"global-{label}"}))
-        return out, exact
+        return self._with_depth(out, label), exact
+
+    def _with_depth(self, baselines: list[tuple[dict[str, float], dict[str, Any]]], label: str
+                    ) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        """The baselines remove no block; with ``--depth``, the uniform plan that removes every
+        removable block joins them (what depth buys, in its simplest form)."""
+        if not self.removable:
+            return baselines
+        keep = {DROP + n: 0.0 for n in self.removable}
+        out = [({**params, **keep}, attrs) for params, attrs in baselines]
+        deep = {**self.resolved.uniform(), **dict.fromkeys(keep, 1.0), LEVEL: self.budget.fraction}
+        return [*out, (deep, {"baseline": f"uniform-{label}-depth"})]
 
     def _global_ratios(self, label: str, lift: float,
                        round_to: int | None = None) -> dict[str, float] | None:
@@ -350,9 +395,15 @@ def plan_key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
 
 def perturb(values: dict[str, float], specs: list[ParamSpec], rng: np.random.Generator,
             sigma: float = 0.15) -> dict[str, float]:
-    """A neighbour of ``values``: Gaussian steps of ``sigma`` x each range, clipped, on grid."""
+    """A neighbour of ``values``: Gaussian steps of ``sigma`` x each range, clipped, on grid; a
+    yes/no parameter (two grid points, a block removed or not) flips with probability ``sigma``
+    (a missing one reads as the low value: no)."""
     out = {}
     for s in specs:
+        if s.step and round((s.high - s.low) / s.step) == 1:
+            v = float(values.get(s.name, s.low))
+            out[s.name] = (s.low + s.high - v) if rng.random() < sigma else v
+            continue
         v = float(values.get(s.name, (s.low + s.high) / 2))
         v = min(max(v + rng.normal(0.0, sigma * (s.high - s.low)), s.low), s.high)
         if s.step:

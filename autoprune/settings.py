@@ -32,6 +32,7 @@ Dtype = Literal["float32", "float16", "bfloat16"]
 LatencyRuntime = Literal["eager", "compile", "onnxruntime"]
 Importance = Literal["l2", "l1", "bn", "random"]
 Optimizer = Literal["sgd", "adamw"]
+Depth = Literal["off", "latency", "on"]
 
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -192,6 +193,10 @@ class SearchSettings:
         "candidates onto latency levels on that table, so they are within the budget by "
         "construction", "--no-latency-table", negate=True, group="latency",
         flag_help="fit FLOPs levels instead and drop candidates found over the latency budget"))
+    depth: Depth = field(default="off", metadata=meta(
+        "also search which residual blocks to remove whole (a block's layers and the work "
+        "around them go, which channel pruning cannot do): off | latency (under a latency "
+        "budget fitted on the latency table) | on", "--depth", group="strategy"))
     latency_max_cv: float = field(default=0.10, metadata=meta(
         "a timing whose robust CV (IQR / 1.349 / median) is above this is taken again (twice "
         "at most) and flagged noisy if it stays above", "--latency-max-cv", group="latency",

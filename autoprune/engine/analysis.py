@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 from autoprune.engine.adapters import adapt_attention
 from autoprune.engine.attention import find_attention
 from autoprune.engine.count import count_macs_params, count_matmul_macs
+from autoprune.engine.depth import drop_blocks, residual_blocks
 from autoprune.engine.groups import (
     CoupledGroup,
     FrozenGroup,
@@ -90,6 +92,8 @@ class PrunableModel:
         self.cost_model = cost_model
         self.groups: list[Group] = describe_groups(groups, cost_model)
         self._by_name = {g.name: g for g in self.groups}
+        # drop -> its analysis and {its group name: the dense group's}
+        self._parts: dict[tuple[str, ...], tuple[PrunableModel, dict[str, str]]] = {}
 
     def _candidates(self, deadline: float
                     ) -> tuple[Trace, list[CoupledGroup], list[FrozenGroup]]:
@@ -148,17 +152,51 @@ class PrunableModel:
                     f"available groups: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
             raise ConfigError(f"plan names group {name!r}, which this model does not have; {hint}")
 
-    def kept(self, plan: PruningPlan) -> list[int]:
-        """Kept root channels per group (in ``self.groups`` order) under ``plan``."""
+    @functools.cached_property
+    def removable(self) -> list[str]:
+        """Blocks a plan may remove whole (``drop``): see :mod:`autoprune.engine.depth`."""
+        return residual_blocks(self.model, self.example_inputs)
+
+    def part(self, plan: PruningPlan) -> tuple[PrunableModel, PruningPlan]:
+        """The analysis that prices and prunes ``plan`` and the plan as it reads it: ``self`` and
+        ``plan`` when no block goes, else the analysis of the model with ``plan.drop`` removed
+        (traced once per drop set) and the plan in its group names (a group whose root layer was
+        in a removed block is named by another of its layers there)."""
         self.check_plan(plan)
-        return [
-            kept_channels(g.channels, plan.ratios.get(g.name, 0.0), plan.round_to, g.quantum,
-                          g.unit_width)
-            for g in self.groups
-        ]
+        if not plan.drop:
+            return self, plan
+        part, names = self.without(plan.drop)
+        return part, PruningPlan({p: plan.ratios[d] for p, d in names.items() if d in plan.ratios},
+                                 plan.importance, plan.round_to)
+
+    def without(self, drop: tuple[str, ...]) -> tuple[PrunableModel, dict[str, str]]:
+        """The analysis without the blocks ``drop`` and {its group: the dense group it is}."""
+        unknown = sorted(set(drop) - set(self.removable))
+        if unknown:
+            raise ConfigError(
+                f"plan drops {unknown[0]!r}, which is not a removable block of "
+                f"{type(self._source).__name__}; removable: {', '.join(self.removable) or 'none'}")
+        if drop not in self._parts:
+            part = PrunableModel(drop_blocks(self.model, drop), self.example_inputs, self.ignore,
+                                 self.ignore_head, self.trace_timeout)
+            owner = {layer: g.name for g in self.groups for layer in (*g.layers, g.name)}
+            names = {g.name: owner[g.name] for g in part.groups if g.name in owner}
+            self._parts[drop] = part, names
+        return self._parts[drop]
+
+    def kept(self, plan: PruningPlan) -> list[int]:
+        """Kept root channels per group (in ``self.groups`` order) under ``plan``; 0 for the
+        groups of the blocks it removes."""
+        part, inner = self.part(plan)
+        names = self.without(plan.drop)[1] if plan.drop else {g.name: g.name for g in part.groups}
+        kept = {names.get(g.name): kept_channels(g.channels, inner.ratios.get(g.name, 0.0),
+                                                 inner.round_to, g.quantum, g.unit_width)
+                for g in part.groups}
+        return [kept.get(g.name, 0) for g in self.groups]
 
     def macs(self, plan: PruningPlan) -> float:
-        return self.cost_model.macs(self.kept(plan))
+        part, inner = self.part(plan)
+        return part.cost_model.macs(part.kept(inner))
 
     def layer_dims(self) -> tuple[list[LayerDims], np.ndarray, np.ndarray]:
         """Each traced conv/linear call with the channel dims its widths follow, and the dims'
@@ -166,7 +204,8 @@ class PrunableModel:
         return layer_dims(self._dg, self._coupled, self._trace)
 
     def params(self, plan: PruningPlan) -> float:
-        return self.cost_model.params(self.kept(plan))
+        part, inner = self.part(plan)
+        return part.cost_model.params(part.kept(inner))
 
     def importance_scores(self, criterion: str = "l2") -> list[np.ndarray]:
         """Per-channel importance of each group's root channels on the dense weights.
@@ -182,8 +221,14 @@ class PrunableModel:
         """A pruned deep copy of the dense model (``.autoprune_history`` holds its history).
 
         ``inplace=True`` prunes the analysed model itself (for hooks in a training loop); its
-        pruned parameters become new tensors.
+        pruned parameters become new tensors. Blocks the plan drops are removed first.
         """
+        if plan.drop:
+            if inplace:
+                raise ConfigError(f"plan drops blocks {list(plan.drop)}; removing blocks in place "
+                                  "(inplace=True, training hooks) is not supported: prune a copy")
+            part, inner = self.part(plan)
+            return part.apply(inner, taylor_batch, loss_fn)
         kept = self.kept(plan)
         ranking = Ranking(plan.importance, taylor_batch, loss_fn)
         if inplace:  # the caller's own model, its attention adapted like the analysed copy

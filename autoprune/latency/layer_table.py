@@ -204,16 +204,24 @@ def _luts(layers: Sequence[_Layer], removal: np.ndarray, fractions: Sequence[flo
     return luts, np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _calibrate(table: LatencyTable, kept: Sequence[Sequence[int]],
-               measured: Sequence[float]) -> tuple[float, float]:
-    """``(a, b)`` so that ``a + b x activations`` is the measured latency minus the layers'
-    entries: exact for the first (dense) model, least squares (b >= 0) over the others."""
-    resid = [m - float(np.sum(table.layer_ms(k))) for k, m in zip(kept, measured)]
-    acts = [table.activations(k) for k in kept]
-    de = np.asarray(acts[1:]) - acts[0]
-    dr = np.asarray(resid[1:]) - resid[0]
-    slope = max(float(de @ dr / (de @ de)), 0.0) if de.size and float(de @ de) > 0 else 0.0
-    return resid[0] - slope * acts[0], slope
+def _calibrate(table: LatencyTable, kept: Sequence[Sequence[int]], measured: Sequence[float],
+               lives: Sequence[np.ndarray]) -> tuple[float, float, float]:
+    """``(a, b, c)`` so that ``a + b x activations + c x layers running`` is the measured latency
+    minus the running layers' entries: exact for the first (dense) model; ``b`` by least squares
+    (``b >= 0``) over the models that run every layer, then ``c`` by least squares over those
+    that remove some (0 when none does)."""
+    resid = [m - float(np.sum(table.layer_ms(k)[lv])) for k, m, lv in zip(kept, measured, lives)]
+    acts = np.asarray([table.activations(k, lv) for k, lv in zip(kept, lives)]) - \
+        table.activations(kept[0], lives[0])
+    runs = np.asarray([float(np.sum(lv)) for lv in lives]) - float(np.sum(lives[0]))
+    dr = np.asarray(resid) - resid[0]
+    whole = runs == 0
+    de = acts[whole]
+    slope = max(float(de @ dr[whole] / (de @ de)), 0.0) if float(de @ de) > 0 else 0.0
+    dn = runs[~whole]
+    per_layer = float(dn @ (dr[~whole] - slope * acts[~whole]) / (dn @ dn)) if dn.size else 0.0
+    dense_acts, dense_runs = table.activations(kept[0], lives[0]), float(np.sum(lives[0]))
+    return resid[0] - slope * dense_acts - per_layer * dense_runs, slope, per_layer
 
 
 @dataclass(frozen=True)
@@ -261,13 +269,17 @@ def build_table(analysis: PrunableModel, target: LatencyTarget | None = None,
     lut_s = time.perf_counter() - start
     plans = [PruningPlan({}), *(PruningPlan(dict.fromkeys(table.group_names, r))
                                 for r in calibration)]
+    if analysis.removable:  # what a removed layer saves: every removable block gone
+        plans.append(PruningPlan({}, drop=tuple(analysis.removable)))
     slow, inputs = replace(clock, sample_s=0.02, samples=11), batched(analysis.example_inputs,
                                                                       batch_size)
-    measured = [slow.time(analysis.apply(p) if p.ratios else copy.deepcopy(analysis.model),
-                          inputs) for p in plans]
+    measured = [slow.time(analysis.apply(p) if p.ratios or p.drop else
+                          copy.deepcopy(analysis.model), inputs) for p in plans]
     kept = [table.kept(p) for p in plans]
-    rest = _calibrate(table, kept, measured)
+    rest = _calibrate(table, kept, measured, [table.live(p.drop) for p in plans])
     entries = sum(t.ms.size * (1 if t.odd is None else 2) for t in luts)
     info = {"build_s": time.perf_counter() - start, "lut_s": lut_s, "entries": entries,
-            "calibration": [[0.0, *map(float, calibration)], measured]}
+            "calibration": [[0.0, *map(float, calibration)], measured[:len(calibration) + 1]],
+            "calibration_drop": [list(p.drop) for p in plans[len(calibration) + 1:]],
+            "calibration_drop_ms": measured[len(calibration) + 1:]}
     return replace(table, rest=rest, dense_ms=measured[0], info=info)

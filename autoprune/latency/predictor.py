@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -69,7 +69,10 @@ def _cell(grid: Sequence[int], value: float) -> tuple[int, float]:
 class LatencyTable:
     """Predicted latency (ms) of any plan of one analysed model on one device and runtime:
     ``dense``/``removal`` give each dim's channels (as :meth:`CostModel.sizes`); ``layers`` rows
-    are ``(lut, in dim, out dim)``; the rest costs ``rest[0] + rest[1] x`` activations."""
+    are ``(lut, in dim, out dim)``; the rest costs ``rest[0] + rest[1] x`` activations
+    ``+ rest[2] x`` layers that run (0 for tables built before blocks could be removed: a layer
+    timed alone carries a call overhead it does not have in the model, which only matters once
+    a plan removes layers)."""
 
     key: Mapping[str, Any]
     group_names: tuple[str, ...]
@@ -82,9 +85,15 @@ class LatencyTable:
     positions: np.ndarray
     luts: tuple[LayerLut, ...]
     layer_names: tuple[str, ...]
-    rest: tuple[float, float]
+    rest: tuple[float, ...]
     dense_ms: float
     info: Mapping[str, Any] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()  # blocks removed in every prediction (:meth:`without`)
+
+    def without(self, drop: Sequence[str]) -> LatencyTable:
+        """This table predicting with the blocks ``drop`` removed (and fitting plans that
+        remove them: :func:`fit_latency`)."""
+        return replace(self, drop=tuple(sorted(set(drop))))
 
     def sizes(self, kept: Sequence[float] | np.ndarray) -> np.ndarray:
         """Each dim's channels with ``kept`` root channels per group."""
@@ -106,25 +115,43 @@ class LatencyTable:
         return np.array([self.luts[int(t)].predict(i, o)
                          for t, (i, o) in zip(self.layers[:, 0], self.layer_widths(kept))])
 
-    def activations(self, kept: Sequence[float] | np.ndarray) -> float:
-        """Millions of elements the layers write (what the rest of the network scales with)."""
-        return float(np.sum(self.positions * self.layer_widths(kept)[:, 1])) / 1e6
+    def live(self, drop: Sequence[str] = ()) -> np.ndarray:
+        """Which layers (``layer_names`` order) run once the blocks ``drop`` are removed."""
+        return np.array([not any(n == d or n.startswith(d + ".") for d in drop)
+                         for n in self.layer_names], dtype=bool)
 
-    def predict_kept(self, kept: Sequence[float] | np.ndarray) -> float:
-        """Predicted latency (ms) with ``kept`` root channels per group (in group order).
+    def activations(self, kept: Sequence[float] | np.ndarray,
+                    live: np.ndarray | None = None) -> float:
+        """Millions of elements the (``live``) layers write (what the rest scales with)."""
+        written = self.positions * self.layer_widths(kept)[:, 1]
+        return float(np.sum(written if live is None else written[live])) / 1e6
+
+    def predict_kept(self, kept: Sequence[float] | np.ndarray,
+                     live: np.ndarray | None = None) -> float:
+        """Predicted latency (ms) with ``kept`` root channels per group (in group order), only
+        the ``live`` layers running (default: those :attr:`drop` leaves).
 
         The rest of the network (``a + b x activations``) is extrapolated down to narrower
         models but never below ``min(0, its dense value)``: a slope fitted on noisy timings
-        would otherwise predict negative latencies for heavily pruned plans."""
-        a, b = self.rest
-        rest = max(a + b * self.activations(kept), min(0.0, self._dense_rest))
-        return float(np.sum(self.layer_ms(kept))) + rest
+        would otherwise predict negative latencies for heavily pruned plans. A removed block's
+        layers go, with the activations they write and their part of the rest's per-layer term
+        (fitted on the model without every removable block; candidates are timed before they
+        are trained, so an estimate that is off costs no fine-tune)."""
+        if live is None and self.drop:
+            live = self.live(self.drop)
+        rest = max(self._rest(kept, live), min(0.0, self._dense_rest))
+        ms = self.layer_ms(kept)
+        return float(np.sum(ms if live is None else ms[live])) + rest
+
+    def _rest(self, kept: Sequence[float] | np.ndarray, live: np.ndarray | None) -> float:
+        a, b, c = (*self.rest, 0.0)[:3]
+        running = len(self.layer_names) if live is None else int(np.sum(live))
+        return a + b * self.activations(kept, live) + c * running
 
     @cached_property
     def _dense_rest(self) -> float:
         """The rest's value on the dense model (computed once per table)."""
-        a, b = self.rest
-        return a + b * self.activations(self.group_channels)
+        return self._rest(self.group_channels, None)
 
     def kept(self, plan: PruningPlan) -> list[int]:
         """Kept root channels per group under ``plan`` (as the analysis computes them)."""
@@ -137,7 +164,18 @@ class LatencyTable:
 
     def predict(self, plan: PruningPlan) -> float:
         """Predicted latency (ms) of the model ``plan`` prunes to; nothing is built."""
-        return self.predict_kept(self.kept(plan))
+        drop = {*self.drop, *plan.drop}
+        return self.predict_kept(self.kept(plan), self.live(tuple(drop)) if drop else None)
+
+    def idle_groups(self, live: np.ndarray) -> np.ndarray:
+        """Which groups change the width of no ``live`` layer (all theirs are removed)."""
+        if not self.removal.size:
+            return np.ones(len(self.group_names), dtype=bool)
+        rows = self.layers[live]
+        touched = np.abs(self.removal[rows[:, 2]]).sum(0)
+        ins = rows[:, 1][rows[:, 1] >= 0]
+        touched = touched + np.abs(self.removal[ins]).sum(0)
+        return np.asarray(touched == 0)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
@@ -154,7 +192,8 @@ class LatencyTable:
                               "build the table again")
         kw: dict[str, Any] = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         kw.update({k: tuple(kw[k]) for k in ("group_names", "group_channels", "quanta",
-                                             "unit_widths", "layer_names", "rest")})
+                                             "unit_widths", "layer_names", "rest", "drop")
+                   if k in kw})
         kw.update(dense=np.asarray(kw["dense"], dtype=float), positions=np.asarray(
             kw["positions"], dtype=float), layers=np.asarray(kw["layers"], np.int64).reshape(
             -1, 3), removal=np.asarray(kw["removal"], float).reshape(len(kw["dense"]), -1))
@@ -199,9 +238,13 @@ def fit_latency(table: LatencyTable, target_ms: float,
     """The plan scaling ``allocation`` (per-group weights, groups a mapping omits stay dense) so
     its *predicted* latency is at most ``target_ms`` and within 1 % of it (channel rounding
     ``round_to`` honoured, ratios capped by ``caps``; the plan's importance is L2: replace it
-    for another). Pure given the table; measure the plan once to verify it."""
+    for another), with the blocks the table's :attr:`~LatencyTable.drop` removes removed (the
+    groups inside them get no ratio). Pure given the table; measure the plan once to verify
+    it."""
     alloc = _per_group(table, allocation, 0.0)
     cap_arr = _per_group(table, caps, 0.95)
+    if table.drop:
+        alloc = np.where(table.idle_groups(table.live(table.drop)), 0.0, alloc)
     model = CostModel(np.asarray(table.group_channels, dtype=float), table.dense, table.removal,
                       np.zeros((0, 4)), np.zeros((0, 3)))
     widths = _LatencyWidths(model, table.group_channels, table.quanta,
@@ -217,4 +260,4 @@ def fit_latency(table: LatencyTable, target_ms: float,
                           "with these caps and allocation)") from exc
     ratios = {n: 1.0 - k / c for n, c, k in zip(table.group_names, table.group_channels, kept)
               if k < c}
-    return PruningPlan(ratios, "l2", round_to)
+    return PruningPlan(ratios, "l2", round_to, table.drop)

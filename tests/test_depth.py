@@ -1,0 +1,205 @@
+"""Depth: residual blocks found from the autograd graph, removed whole by a plan, priced by the
+analysis and the latency table, and searched (``--depth``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import autoprune as ap
+from autoprune.budget import ResolvedBudget
+from autoprune.engine.count import count_macs_params
+from autoprune.engine.depth import drop_blocks, residual_blocks
+from autoprune.errors import ConfigError
+from autoprune.latency.layer_table import TableGrid, build_table
+from autoprune.latency.predictor import fit_latency
+from autoprune.plan import Budget, PruningPlan
+from autoprune.problem import DROP, Problem, perturb
+from autoprune.trial import LEVEL, ParamSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Inverted(nn.Module):
+    """``x + f(x)``: an inverted residual (expand, depthwise, project)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c),
+                                    nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(4 * c, 4 * c, 3, padding=1, groups=4 * c, bias=False),
+                                nn.BatchNorm2d(4 * c), nn.ReLU6())
+        self.project = nn.Conv2d(4 * c, c, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.dw(self.expand(x)))
+
+
+class Basic(nn.Module):
+    """``relu(x + f(x))``: a ResNet basic block."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class Net(nn.Module):
+    """Stem; an inverted residual; a basic block after a ReLU (removable); a basic block fed
+    a signed input (its identity would differ: not removable); a plain same-shape conv (no
+    sum: not removable); a widening conv; a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inv = Inverted(8)
+        self.post = nn.ReLU()
+        self.basic = Basic(8)
+        self.signed = nn.Conv2d(8, 8, 1)
+        self.basic_signed = Basic(8)
+        self.plain = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.widen = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.post(self.inv(self.stem(x)))
+        x = self.signed(self.basic(x))
+        x = torch.relu(self.widen(self.plain(self.basic_signed(x))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net() -> tuple[Net, torch.Tensor]:
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(2, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def analysis(net: tuple[Net, torch.Tensor]) -> ap.PrunableModel:
+    return ap.analyze(*net)
+
+
+def test_residual_blocks_are_the_sums_of_the_input_and_a_branch(net):
+    model, x = net
+    assert residual_blocks(model, x) == ["inv", "basic"]
+
+
+def test_a_removed_block_computes_what_the_block_does_with_its_branch_silenced(net):
+    model, x = net
+    for name, last in (("inv", "inv.project"), ("basic", "basic.conv2")):
+        silenced = drop_blocks(model, [])  # a copy whose branch adds nothing
+        layer = silenced.get_submodule(last)
+        with torch.no_grad():
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        removed = drop_blocks(model, [name])
+        assert isinstance(removed.get_submodule(name), nn.Identity)
+        assert not isinstance(model.get_submodule(name), nn.Identity)  # a copy
+        with torch.no_grad():
+            assert torch.allclose(removed(x), silenced(x), rtol=0, atol=1e-7)
+            assert (removed(x) - model(x)).abs().max() > 1e-5  # the block did something
+
+
+def test_drop_blocks_names_the_unknown_block():
+    with pytest.raises(ConfigError, match="'nope'"):
+        drop_blocks(Net(), ["nope"])
+
+
+def test_plan_serialises_drop_only_when_it_removes_blocks():
+    plain = PruningPlan({"a": 0.5})
+    assert "drop" not in plain.to_dict()
+    deep = PruningPlan({"a": 0.5}, drop=("inv", "basic", "inv"))
+    assert deep.drop == ("basic", "inv")
+    assert PruningPlan.from_json(deep.to_json()) == deep
+    with pytest.raises(ConfigError, match="drop="):
+        PruningPlan({}, drop="inv")  # type: ignore[arg-type]
+
+
+def test_a_plan_that_removes_blocks_costs_what_the_pruned_model_counts(net, analysis):
+    _, x = net
+    assert analysis.removable == ["inv", "basic"]
+    plan = PruningPlan({g.name: 0.5 for g in analysis.groups}, round_to=2,
+                       drop=("inv", "basic"))
+    pruned = analysis.apply(plan)
+    assert isinstance(pruned.inv, nn.Identity) and isinstance(pruned.basic, nn.Identity)
+    macs, params = count_macs_params(pruned, x)
+    assert analysis.macs(plan) == pytest.approx(macs)
+    assert analysis.params(plan) == pytest.approx(params)
+    assert analysis.macs(plan) < analysis.macs(PruningPlan(plan.ratios, round_to=2))
+    # the stem's group is named by a layer of a removed block (its root in the dense model):
+    # it keeps that name and its ratio, and its layers left are pruned to it
+    stream = next(g.name for g in analysis.groups if "stem" in g.layers)
+    assert stream == "basic.conv2"
+    kept = dict(zip((g.name for g in analysis.groups), analysis.kept(plan)))
+    assert pruned.stem.out_channels == kept[stream] == 4
+    assert kept["inv.dw.0"] == 0  # inside a removed block
+
+
+def test_removing_a_block_that_is_not_removable_names_the_removable_ones(analysis):
+    with pytest.raises(ConfigError, match=r"'plain'.*removable: inv, basic"):
+        analysis.macs(PruningPlan({}, drop=("plain",)))
+    with pytest.raises(ConfigError, match="in place"):
+        analysis.apply(PruningPlan({}, drop=("inv",)), inplace=True)
+
+
+def test_the_latency_table_prices_removed_blocks_from_a_measured_model(analysis):
+    table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=(0.5,)))
+    drop = ("basic", "inv")
+    assert table.info["calibration_drop"] == [list(drop)]
+    # exact on the two models the rest is fitted on exactly: dense, and every block removed
+    assert table.predict(PruningPlan({})) == pytest.approx(table.dense_ms)
+    assert table.predict(PruningPlan({}, drop=drop)) == pytest.approx(
+        table.info["calibration_drop_ms"][0])
+    live = table.live(drop)
+    assert [n for n, on in zip(table.layer_names, live) if not on] == [
+        n for n in table.layer_names if n.startswith(("inv.", "basic."))]
+    idle = dict(zip(table.group_names, table.idle_groups(live)))
+    assert idle["inv.dw.0"] and idle["basic.conv1"] and not idle["basic.conv2"]
+    target = 0.8 * table.predict(PruningPlan({}, drop=drop))
+    plan = fit_latency(table.without(drop), target, 1.0, 0.9)
+    assert plan.drop == drop and "inv.dw.0" not in plan.ratios
+    assert target * 0.98 <= table.predict(plan) <= target
+    assert table.without(drop).predict(PruningPlan(plan.ratios)) == table.predict(plan)
+    assert type(table).from_json(table.without(drop).to_json()).drop == drop
+
+
+def _problem(analysis: ap.PrunableModel, depth: str) -> Problem:
+    cm = analysis.cost_model
+    return Problem(analysis, ap.SearchSpace(), ResolvedBudget(
+        Budget(flops=0.5), cm.dense_macs(), cm.dense_params()), ap.SearchSettings(depth=depth))
+
+
+def test_depth_adds_a_removal_switch_per_block_and_a_uniform_baseline_without_them(analysis):
+    assert [s.name for s in _problem(analysis, "off").specs() if s.name.startswith(DROP)] == []
+    assert _problem(analysis, "latency").removable == []  # a FLOPs budget: no table
+    problem = _problem(analysis, "on")
+    specs = problem.specs()
+    assert [s.name for s in specs if s.name.startswith(DROP)] == [DROP + "inv", DROP + "basic"]
+    assert specs[-1].name == LEVEL
+    baselines = {a["baseline"]: p for p, a in problem.baseline_params()}
+    assert baselines["uniform-l2"][DROP + "inv"] == 0.0
+    deep = problem.plan_for(baselines["uniform-l2-depth"])
+    assert deep.drop == ("basic", "inv")
+    # fitted onto the budget on the model without them, within the fit's tolerance
+    dense = analysis.cost_model.dense_macs()
+    assert 0.5 * 0.98 <= analysis.macs(deep) / dense <= 0.5
+    assert set(deep.ratios) <= {g.name for g in analysis.groups}
+
+
+def test_perturb_flips_a_yes_no_parameter_with_probability_sigma():
+    spec = ParamSpec(DROP + "inv", 0.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    flips = [perturb({DROP + "inv": 0.0}, [spec], rng, sigma=0.2)[spec.name] for _ in range(2000)]
+    assert set(flips) == {0.0, 1.0}
+    assert np.mean(flips) == pytest.approx(0.2, abs=0.03)
+    assert perturb({}, [spec], np.random.default_rng(1), sigma=0.0)[spec.name] == 0.0
+
+
+def test_depth_setting_refuses_unknown_values():
+    with pytest.raises(ConfigError, match="depth"):
+        ap.SearchSettings(depth="all")  # type: ignore[arg-type]
