@@ -96,18 +96,25 @@ def measured_ratio(model: nn.Module, dense: nn.Module, example: torch.Tensor, ta
 
 def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tensor,
                             budget: float, target: Any, round_to: int, iters: int = 7,
-                            log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+                            log: Callable[[str], None] = print,
+                            drop: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
     """The uniform L2 plan with the largest FLOPs fraction whose latency, measured alternately
     with ``dense`` on ``target``, is at most ``budget`` of dense (bisection over the fraction;
-    ``None`` when even the smallest uniform plan is over)."""
+    ``None`` when even the smallest uniform plan is over). ``drop``: the blocks removed first
+    (the fraction is then of the model without them)."""
     import autoprune as ap
     from autoprune.errors import BudgetError
 
     start = time.perf_counter()
+    part, names = analysis.without(drop) if drop else (analysis, {})
 
     def plan_at(fraction: float) -> Any:
-        return ap.fit_budget(dense, example, allocation=1.0, flops=fraction, caps=0.95,
-                             importance="l2", round_to=round_to, analysis=analysis)
+        plan = ap.fit_budget(part.model, example, allocation=1.0, flops=fraction, caps=0.95,
+                             importance="l2", round_to=round_to, analysis=part)
+        if not drop:
+            return plan
+        return ap.PruningPlan({names[n]: r for n, r in plan.ratios.items()}, plan.importance,
+                              plan.round_to, drop)
 
     lo, hi, best, tried = 0.0, 1.0, None, []
     for _ in range(iters):
@@ -123,7 +130,8 @@ def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tens
             lo, best = mid, plan
         else:
             hi = mid
-    log(f"latency-matched uniform at {budget:g}: fraction {lo:.3f} ({len(tried)} timings: "
+    log(f"latency-matched uniform{' without ' + str(len(drop)) + ' blocks' if drop else ''} "
+        f"at {budget:g}: fraction {lo:.3f} ({len(tried)} timings: "
         f"{tried})")
     info: dict[str, Any] = {"search_s": time.perf_counter() - start, "bisection": tried,
                             "uniform_flops_fraction": lo if best is not None else None}

@@ -13,8 +13,10 @@ Cells:
   (``random`` too with ``--random-in all``);
 - measured latency budgets (default 0.5 0.3; batch 1, ``--latency-runtime``, default
   onnxruntime; channel widths rounded to 8, autoprune's default): the uniform plan whose measured
-  latency meets the budget (``uniform-lat``, bisected), random search and autoprune
-  (``--budget-latency``). At batch 1 in eager PyTorch these nets sit on an overhead floor (a
+  latency meets the budget (``uniform-lat``, bisected), the same with every residual block
+  removed first (``uniform-lat-depth``), random search, autoprune (``--budget-latency``) and
+  autoprune searching which residual blocks to remove as well (``autoprune-depth``,
+  ``--depth latency``). At batch 1 in eager PyTorch these nets sit on an overhead floor (a
   uniform MobileNetV2 at 7 % of the FLOPs still takes 71 % of the dense time), so budgets of 0.5
   and 0.3 are only reachable in a runtime that fuses (ONNX Runtime: 23 %);
 - ``--refine K`` adds ``autoprune-refine`` to every cell: the same search, then its K best full
@@ -69,8 +71,9 @@ from _regime_cache import (
 )
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
-OURS = ("autoprune", REFINE)
-LATENCY_METHODS = ("uniform-lat", "random", "autoprune")
+DEPTH = "autoprune-depth"  # latency cells: --depth latency (residual blocks may go whole)
+OURS = ("autoprune", REFINE, DEPTH)
+LATENCY_METHODS = ("uniform-lat", "uniform-lat-depth", "random", "autoprune", DEPTH)
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
 DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
 SPACES = {"resnet20": "resnet", "mbv2": "mobilenet", "vgg8": "plain"}
@@ -85,7 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4},
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
-NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured"}
+NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured",
+           "uniform-lat-depth": "no uniform plan without the residual blocks meets the budget"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -213,7 +217,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     if method == "random":
         settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
     else:
-        settings = SearchSettings(**common)
+        settings = SearchSettings(depth="latency" if method == DEPTH else "off", **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
     start = time.perf_counter()
@@ -267,10 +271,10 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         return peers.groupnorm_recipe(dense, ctx["example"],
                                       ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
                                       log)
-    if method == "uniform-lat":
-        plan, info = peers.latency_matched_uniform(an, dense, ctx["example"], b, ctx["target"],
-                                                   round_to=8, iters=cfg["bisect_iters"],
-                                                   log=log)
+    if method in ("uniform-lat", "uniform-lat-depth"):
+        plan, info = peers.latency_matched_uniform(
+            an, dense, ctx["example"], b, ctx["target"], round_to=8, iters=cfg["bisect_iters"],
+            log=log, drop=tuple(an.removable) if method == "uniform-lat-depth" else ())
     elif method == "uniform-l2":
         plan = ap.fit_budget(dense, ctx["example"], allocation=1.0, flops=b, caps=0.95,
                              importance="l2", analysis=an)
@@ -550,8 +554,9 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    and r.get("test_acc") is not None]
             acc = {m: {r["seed"]: r for r in sel if r["method"] == m}
                    for m in dict.fromkeys(r["method"] for r in sel)}
-            for us in (m for m in OURS if m in acc):
-                for method in (m for m in acc if m != us and (us, m) != OURS):
+            for us in (m for m in OURS if m in acc):  # ours against the peers; a variant of
+                for method in (m for m in acc if m not in OURS  # ours against autoprune
+                               or (us != "autoprune" and m == "autoprune")):
                     pairs = [(acc[us][s], acc[method][s]) for s in sorted(acc[us])
                              if s in acc[method]]
                     same = [(a, c) for a, c in pairs if a.get("final_seed") == c.get("final_seed")]
@@ -626,7 +631,10 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                if cfg["flops"] else []),
              "- latency-matched uniform: the uniform L2 plan (widths rounded to 8) with the "
              f"largest FLOPs share whose latency, timed alternately with dense, meets the "
-             f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed",
+             f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed; "
+             "uniform-lat-depth: the same on the model without its residual blocks; "
+             "autoprune-depth: autoprune with `--depth latency` (which residual blocks go is "
+             "searched too)",
              f"- latency: batch 1, {cfg['latency_runtime']}, 1 thread, every model of a cell "
              "timed alternately with dense after its fine-tune (7 rounds x 20 runs, medians); "
              "latency cells: widths rounded to 8 for every method; FLOPs cells: unrounded", ""]
