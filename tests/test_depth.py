@@ -203,3 +203,56 @@ def test_perturb_flips_a_yes_no_parameter_with_probability_sigma():
 def test_depth_setting_refuses_unknown_values():
     with pytest.raises(ConfigError, match="depth"):
         ap.SearchSettings(depth="all")  # type: ignore[arg-type]
+
+
+class _Scripted:
+    """A timer that answers the figures it is given, in turn."""
+
+    def __init__(self, *ms: float) -> None:
+        self.ms, self.calls = list(ms), 0
+
+    def __call__(self, model: nn.Module, *args, **kwargs):
+        from autoprune.latency.guard import Timed
+
+        self.calls += 1
+        return Timed(self.ms.pop(0), 0.0)
+
+
+def _stages(analysis: ap.PrunableModel, tmp_path, timer: _Scripted):
+    from autoprune.results import RunDir
+    from autoprune.stages import Stages
+
+    table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=(0.5,)))
+    cm = analysis.cost_model
+    budget = ResolvedBudget(Budget(latency=0.7), cm.dense_macs(), cm.dense_params(),
+                            table.dense_ms)
+    problem = Problem(analysis, ap.SearchSpace(), budget, ap.SearchSettings(depth="latency"),
+                      latency_table=table)
+    return Stages(problem, RunDir.create(tmp_path / "run"), timer, lambda m, s: None,
+                  (None, ap.FinetuneSettings(), None)), problem
+
+
+def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_again(
+        analysis, tmp_path):
+    from autoprune.stages import REFITS
+    from autoprune.trial import TrialState
+
+    params = {**{s.name: s.high for s in _stages(analysis, tmp_path / "a", _Scripted())[1]
+                 .specs()[:-1]}, LEVEL: 0.7}
+    stages, problem = _stages(analysis, tmp_path / "b", _Scripted())
+    limit = problem.budget.latency_limit_ms
+    first = problem.plan_for(params)
+    stages.timer = _Scripted(limit * 1.10, limit * 0.97)
+    prep = stages.prepare(params, 0, {})
+    assert prep.outcome is None and stages.timer.calls == 2
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.97)
+    assert prep.rec["refits"] == 1 and prep.rec["refit_from_ms"] == pytest.approx(limit * 1.1)
+    # fitted onto 0.99 / 1.10 of the level: a faster plan, and the one the run keeps
+    assert problem.latency_table.predict(prep.plan) < problem.latency_table.predict(first)
+    assert stages.run.read_plan(0) == prep.plan.to_dict()
+    # over every time: INFEASIBLE after REFITS more timings; within at once: timed once
+    stages.timer = _Scripted(*[limit * 1.2] * (REFITS + 1))
+    prep = stages.prepare(params, 1, {})
+    assert prep.outcome.state is TrialState.INFEASIBLE and prep.rec["refits"] == REFITS
+    stages.timer = _Scripted(limit * 0.9)
+    assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
