@@ -112,6 +112,19 @@ def test_verdicts_pair_only_rows_fine_tuned_with_the_same_seed():
     assert v["diffs"] == pytest.approx([0.01, 0.02])
 
 
+def test_variants_of_ours_are_compared_with_the_peers_and_with_autoprune():
+    def row(method, seed, acc):
+        return {"arch": "a", "kind": "latency", "budget": 0.3, "method": method, "seed": seed,
+                "test_acc": acc, "final_seed": seed}
+
+    runs = [row(m, s, acc + s / 100) for s in (0, 1) for m, acc in (
+        ("uniform-lat", 0.80), ("autoprune", 0.81), ("autoprune-depth", 0.83))]
+    pairs = {(v["ours"], v["peer"]): v["diff"] for v in _regime().verdicts([{"runs": runs}])}
+    assert pairs == pytest.approx({("autoprune", "uniform-lat"): 0.01,
+                                   ("autoprune-depth", "uniform-lat"): 0.03,
+                                   ("autoprune-depth", "autoprune"): 0.02})
+
+
 def test_a_new_method_is_fine_tuned_with_the_seed_its_cells_kept_rows_used(tmp_path):
     """A method added to a cell later pairs with the kept rows whatever the cell's position in
     the new run's --flops/--latency list (the position only seeds a cell with no rows yet)."""
@@ -211,7 +224,11 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     assert {(r["kind"], r["method"]) for r in runs} == {
         ("flops", "uniform-l2"), ("flops", "global-l2"), ("flops", "groupnorm-sl"),
         ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune"),
-        ("flops", "autoprune-refine"), ("latency", "autoprune-refine")}
+        ("flops", "autoprune-refine"), ("latency", "autoprune-refine"),
+        ("latency", "uniform-lat-depth"), ("latency", "autoprune-depth")}
+    deep = next(r for r in runs if r["method"] == "uniform-lat-depth")
+    assert "without 7 blocks" in first.stdout  # ResNet-20's removable blocks, all removed
+    assert deep.get("test_acc") is None or len(deep["plan"]["drop"]) == 7
     refined = next(r for r in runs if (r["kind"], r["method"]) == ("flops", "autoprune-refine"))
     assert refined["top"] and all("refine_val" in c for c in refined["top"])
     assert refined["chosen_val"] == max(c["refine_val"] for c in refined["top"])
