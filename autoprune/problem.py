@@ -201,9 +201,21 @@ class Problem:
             raise BudgetError(
                 f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
                 f"fastest model this space allows: the latency table predicts {floor:.3g} of "
-                "it with every group pruned to 0.95; give a larger budget, time a larger batch "
-                "(--latency-batch), or --no-latency-table to search on FLOPs levels anyway")
+                f"it with every group pruned to 0.95; {self._depth_hint()}give a larger budget, "
+                "time a larger batch (--latency-batch), or --no-latency-table to search on "
+                "FLOPs levels anyway")
         return floor
+
+    def _depth_hint(self) -> str:
+        """Where depth is off but residual blocks could go: what removing them all predicts."""
+        blocks = [] if self.removable or self.weights_mode else self.analysis.removable
+        if not blocks:
+            return ""
+        assert self.latency_table is not None
+        floor = self._fastest_ms([g.name for g in self.groups],
+                                 tuple(blocks)) / self.latency_table.dense_ms
+        return (f"--depth latency may also remove its {len(blocks)} residual blocks (all "
+                f"removed: {floor:.3g} predicted); ")
 
     def _fastest_ms(self, names: list[str], drop: tuple[str, ...] = ()) -> float:
         """The predicted latency with the groups ``names`` at their fully lifted caps (the rest

@@ -256,3 +256,26 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     assert prep.outcome.state is TrialState.INFEASIBLE and prep.rec["refits"] == REFITS
     stages.timer = _Scripted(limit * 0.9)
     assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
+
+
+def test_a_latency_budget_out_of_reach_without_depth_names_depth_and_what_it_predicts(analysis):
+    from autoprune.errors import BudgetError
+
+    table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=(0.5,)))
+    cm = analysis.cost_model
+
+    def problem(depth: str, fraction: float) -> Problem:
+        budget = ResolvedBudget(Budget(latency=fraction), cm.dense_macs(), cm.dense_params(),
+                                table.dense_ms)
+        return Problem(analysis, ap.SearchSpace(), budget, ap.SearchSettings(depth=depth),
+                       latency_table=table)
+
+    with pytest.raises(BudgetError, match=r"--depth latency may also remove its 2 residual") as e:
+        problem("off", 0.01)
+    with pytest.raises(BudgetError) as deep:
+        problem("latency", 0.01)
+    assert "--depth" not in str(deep.value)  # already searched: nothing to suggest
+    # the figure it names is the floor the depth search itself reports
+    predicted = float(str(e.value).split("all removed: ")[1].split(" predicted")[0])
+    assert predicted == pytest.approx(float(str(deep.value).split("predicts ")[1].split()[0]),
+                                      rel=1e-2)
