@@ -37,8 +37,8 @@ __all__ = [
 #: trials.csv / front.csv columns, in order; searched parameters follow as ``p:<name>`` columns.
 COLUMNS = (
     "trial", "state", "flops_ratio", "params_ratio", "macs", "params", "latency_ms",
-    "latency_cv", "latency_flag", "proxy_acc", "short_acc", "val_acc", "test_acc", "fidelity",
-    "seconds", "fail_reason", "baseline", "generation",
+    "latency_cv", "latency_flag", "refits", "proxy_acc", "short_acc", "val_acc", "test_acc",
+    "fidelity", "seconds", "fail_reason", "baseline", "generation",
 )
 
 

@@ -247,6 +247,13 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     assert prep.outcome is None and stages.timer.calls == 2
     assert prep.rec["latency_ms"] == pytest.approx(limit * 0.97)
     assert prep.rec["refits"] == 1 and prep.rec["refit_from_ms"] == pytest.approx(limit * 1.1)
+    import optuna
+
+    from autoprune.backends.optuna import to_record
+
+    trial = optuna.trial.create_trial(value=0.0, params={}, distributions={},
+                                      user_attrs=prep.rec)
+    assert to_record(trial).refits == 1  # and so into trials.csv
     # fitted onto 0.99 / 1.10 of the level: a faster plan, and the one the run keeps
     assert problem.latency_table.predict(prep.plan) < problem.latency_table.predict(first)
     assert stages.run.read_plan(0) == prep.plan.to_dict()

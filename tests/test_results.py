@@ -34,6 +34,7 @@ def _records() -> list[TrialRecord]:
             macs=123456789.0,
             params=1.5e-300,
             latency_ms=rng.random(),
+            refits=2.0,
             proxy_acc=rng.random(),
             val_acc=rng.random(),
             test_acc=None,
