@@ -195,8 +195,7 @@ class Problem:
         table = self.latency_table
         if table is None:
             return 0.0
-        floor = self._fastest_ms([g.name for g in self.groups],
-                                 tuple(self.removable)) / table.dense_ms
+        floor = self._floor(tuple(self.removable))
         if self.budget.fraction < floor:
             raise BudgetError(
                 f"latency budget {self.budget.fraction:.3g} of the dense model is below the "
@@ -211,11 +210,14 @@ class Problem:
         blocks = [] if self.removable or self.weights_mode else self.analysis.removable
         if not blocks:
             return ""
-        assert self.latency_table is not None
-        floor = self._fastest_ms([g.name for g in self.groups],
-                                 tuple(blocks)) / self.latency_table.dense_ms
         return (f"--depth latency may also remove its {len(blocks)} residual blocks (all "
-                f"removed: {floor:.3g} predicted); ")
+                f"removed: {self._floor(tuple(blocks)):.3g} predicted); ")
+
+    def _floor(self, drop: tuple[str, ...]) -> float:
+        """The fastest model the lifted caps allow with the blocks ``drop`` removed, as the
+        table predicts it, as a fraction of dense."""
+        assert self.latency_table is not None
+        return self._fastest_ms([g.name for g in self.groups], drop) / self.latency_table.dense_ms
 
     def _fastest_ms(self, names: list[str], drop: tuple[str, ...] = ()) -> float:
         """The predicted latency with the groups ``names`` at their fully lifted caps (the rest
