@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 
 import pytest
 import torch
@@ -77,6 +78,31 @@ def test_runtime_is_checked(image):
         check_runtime("onnxruntime", "cuda:0")
     with pytest.raises(ConfigError, match="float32"):
         ap.measure(Residual(), image, dtype="bfloat16", runtime="onnxruntime")
+    # counting alone runs in no runtime: a search that does not time (FLOPs cells fine-tuned on
+    # a GPU with the CPU runtime configured) must not be refused for it
+    counted = ap.measure(Residual(), image, dtype="bfloat16", runtime="onnxruntime",
+                         latency=False)
+    assert counted.latency_ms is None and counted.macs > 0
+
+
+@pytest.mark.slow
+def test_compile_runtime_compiles_every_candidate_past_dynamos_recompile_limit():
+    # a search's candidates share their classes' forward code; dynamo compiles one code object
+    # 8 times, then silently runs it eager: the 9th candidate on was timed eager
+    from torch._dynamo.utils import counters
+
+    from autoprune.latency.runtimes import prepare
+
+    x = torch.randn(1, 3, 8, 8)
+    graphs = []
+    with torch.inference_mode():
+        for width in range(1, 12):
+            model = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(width, 2, 3)).eval()
+            prepared = prepare(model, x, "compile")
+            torch.testing.assert_close(prepared.run(), model(x))
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert [b - a for a, b in itertools.pairwise(graphs)] == [1] * 10, graphs
 
 
 @pytest.mark.slow

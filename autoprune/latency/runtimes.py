@@ -34,6 +34,12 @@ Runtime = Literal["eager", "compile", "onnxruntime"]
 RUNTIMES: tuple[str, ...] = ("eager", "compile", "onnxruntime")
 
 
+# dynamo's recompile limits (per code object, per process), named as in torch >= 2.6 / before
+_LIMITS = (("recompile_limit", "cache_size_limit"),
+           ("accumulated_recompile_limit", "accumulated_cache_size_limit"))
+_NO_LIMIT = 1 << 20
+
+
 @dataclass(frozen=True)
 class Prepared:
     """``run()`` runs the model once in its runtime; ``prepare_s`` is what getting there cost
@@ -68,8 +74,7 @@ def prepare(model: nn.Module, inputs: Any, runtime: str) -> Prepared:
     if runtime == "eager":
         return Prepared(lambda: call_model(model, inputs), 0.0, runtime)
     if runtime == "compile":
-        compiled = torch.compile(model)
-        call_model(compiled, inputs)  # compiles for these shapes
+        compiled = _compiled(model, inputs)
         return Prepared(lambda: call_model(compiled, inputs), time.perf_counter() - start,
                         runtime)
     if runtime == "onnxruntime":
@@ -77,6 +82,22 @@ def prepare(model: nn.Module, inputs: Any, runtime: str) -> Prepared:
         run()  # the session's first run allocates its buffers
         return Prepared(run, time.perf_counter() - start, runtime)
     raise ConfigError(f"latency runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def _compiled(model: nn.Module, inputs: Any) -> nn.Module:
+    """``torch.compile(model)`` with static shapes (what a deployment compiles), compiled now.
+
+    Every candidate of a search runs its classes' ``forward`` code, and dynamo compiles one code
+    object at most ``recompile_limit`` (8) times, then silently runs it eager: the 9th candidate
+    on would be timed eager. The limits are lifted while this model compiles (calling a model
+    compiled earlier matches its own cached graph, so nothing recompiles later).
+    """
+    config = torch._dynamo.config
+    names = [next((n for n in pair if hasattr(config, n)), None) for pair in _LIMITS]
+    compiled = torch.compile(model, dynamic=False)
+    with config.patch(**{n: _NO_LIMIT for n in names if n is not None}):
+        call_model(compiled, inputs)
+    return compiled
 
 
 def _onnxruntime(model: nn.Module, inputs: Any) -> Callable[[], Any]:
