@@ -154,6 +154,8 @@ def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
     task_cfg = inputs.task
     check_task_file(task_cfg, run_dir.path, trust_task)
     _check_device(inputs.finetune.device)
+    if inputs.search.latency_device is not None:
+        _check_device(inputs.search.latency_device, "--latency-device")
     task = load_task(task_cfg["spec"], data_dir=task_cfg.get("data_dir"),
                      model=task_cfg.get("model"), weights=task_cfg.get("weights"),
                      seed=int(task_cfg.get("seed") or 0),
@@ -282,14 +284,14 @@ def load_space_from_config(data: dict[str, Any]) -> SearchSpace:
     return SearchSpace.from_dict(data, source=source)
 
 
-def _check_device(device: str) -> None:
-    """``FinetuneSettings`` checked the name; here: is there a CUDA device to run on?"""
+def _check_device(device: str, flag: str = "--device") -> None:
+    """The settings checked the name; here: is there a CUDA device to run on?"""
     if device == "cpu":
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r} but no CUDA device is available; use --device cpu")
+        raise ConfigError(f"{flag} {device!r} but no CUDA device is available; use {flag} cpu")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -152,14 +152,15 @@ class Run:
         if settings.latency:  # before the dense model is timed: a missing runtime fails now
             from autoprune.latency.runtimes import check_runtime
 
-            check_runtime(settings.latency_runtime, recipe.finetune.device,
+            check_runtime(settings.latency_runtime, timing_device(settings, recipe.finetune),
                           settings.latency_dtype)
         space = with_target_rounding(recipe.space)
         self.dir, self.target, self.settings, self.ft = run, target, settings, recipe.finetune
         self.evaluate = split_evaluator(target.evaluate)
         analysis = analyze(target.model.eval(), target.example_inputs, ignore=space.ignore)
-        self.timer = Timer(run, target.example_inputs, self.ft.device, settings.latency_batch,
-                           settings.latency_dtype, runtime=settings.latency_runtime,
+        self.timer = Timer(run, target.example_inputs, timing_device(settings, self.ft),
+                           settings.latency_batch, settings.latency_dtype,
+                           runtime=settings.latency_runtime,
                            max_cv=settings.latency_max_cv)
         self.baseline = self._baseline(analysis, budget)
         cm = analysis.cost_model
@@ -189,7 +190,7 @@ class Run:
         from autoprune.latency import measure
 
         s, dense = self.settings, analysis.model
-        cost = measure(dense, self.target.example_inputs, device=self.ft.device,
+        cost = measure(dense, self.target.example_inputs, device=self.timer.device,
                        latency=s.latency, batch_size=s.latency_batch, dtype=s.latency_dtype,
                        repeats=30, warmup=10, runtime=s.latency_runtime)
         data = {
@@ -204,6 +205,7 @@ class Run:
             "frozen": [{"name": f.name, "reason": f.reason} for f in analysis.frozen],
             "budget": asdict(budget),
             "environment": environment(self.ft.device),
+            "latency_device": self.timer.device,
         }
         self.dir.write_baseline(data)
         return data
@@ -216,6 +218,11 @@ class Run:
         backend = open_backend(s, self.dir, self.study_name, s.seed + seed_offset)
         backend.name_objectives(("val_acc", self.budget.axis))
         return backend
+
+
+def timing_device(settings: SearchSettings, finetune: FinetuneSettings) -> str:
+    """Where candidates are timed: ``--latency-device``, else where they are fine-tuned."""
+    return settings.latency_device or finetune.device
 
 
 def _check(budget: Budget, settings: SearchSettings) -> None:

@@ -156,7 +156,8 @@ class FinetuneSettings:
         "batches for BatchNorm re-estimation (the proxy score)", "--bn-batches",
         group="finetune", low=0, high=1_000_000))
     device: str = field(default="cpu", metadata=meta(
-        "cpu | cuda | cuda:N: where candidates are fine-tuned and timed", "--device"))
+        "cpu | cuda | cuda:N: where candidates are fine-tuned (and timed, unless "
+        "--latency-device says otherwise)", "--device"))
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -188,6 +189,10 @@ class SearchSettings:
         "runtime latency is measured in: eager PyTorch | compile (torch.compile) | "
         "onnxruntime (the ONNX export in ONNX Runtime, CPU; pip install \"autoprune[onnx]\")",
         "--latency-runtime", group="latency"))
+    latency_device: str | None = field(default=None, metadata=meta(
+        "cpu | cuda | cuda:N: where latency is measured (default: the fine-tune --device); "
+        "e.g. fine-tune on cuda and time for a CPU deployment with --latency-device cpu",
+        "--latency-device", group="latency"))
     latency_table: bool = field(default=True, metadata=meta(
         "under a latency-only budget, time each layer at a few widths first (seconds) and fit "
         "candidates onto latency levels on that table, so they are within the budget by "
@@ -252,6 +257,8 @@ class SearchSettings:
         _check_numbers(self)
         check_schedule(self.screen, self.short_fidelity, self.promote, self.generation)
         _check_choices(self)
+        if self.latency_device is not None and not _DEVICE.fullmatch(self.latency_device):
+            raise ConfigError(f"--latency-device {self.latency_device!r}; use cpu, cuda or cuda:N")
         if self.backend == "ray" and self.workers > 1:
             raise ConfigError("--workers is for the optuna backend; with --backend ray, Ray "
                               "runs trials in parallel (--cpus-per-trial, --gpus-per-trial)")

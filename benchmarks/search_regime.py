@@ -213,7 +213,9 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     latency = kind == "latency"
     common: dict[str, Any] = {"seed": seed, "progress": False, "levels": 1,
                               "latency": latency, "latency_batch": 1,
-                              "latency_runtime": cfg["latency_runtime"]}
+                              "latency_runtime": cfg["latency_runtime"],
+                              # fine-tunes on --device, timings on the CPU runtime the cells model
+                              "latency_device": "cpu"}
     if method == "random":
         settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
     else:

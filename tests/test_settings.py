@@ -125,6 +125,24 @@ def test_device_names(device, ok):
             FinetuneSettings(device=device)
 
 
+@pytest.mark.parametrize("device,ok", [(None, True), ("cpu", True), ("cuda:1", True),
+                                       ("gpu", False), ("", False)])
+def test_latency_device_names(device, ok):
+    if ok:
+        assert SearchSettings(latency_device=device).latency_device == device
+    else:
+        with pytest.raises(ConfigError, match=f"--latency-device '{device}'; use cpu"):
+            SearchSettings(latency_device=device)
+
+
+def test_candidates_are_timed_where_latency_device_says_else_where_they_are_fine_tuned():
+    from autoprune.run import timing_device
+
+    assert timing_device(SearchSettings(), FinetuneSettings(device="cuda:1")) == "cuda:1"
+    assert timing_device(SearchSettings(latency_device="cpu"),
+                         FinetuneSettings(device="cuda")) == "cpu"
+
+
 def test_run_settings_validation():
     with pytest.raises(ConfigError, match=re.escape("--trials 0 must be in [1, 1000000]")):
         RunSettings(trials=0)
