@@ -273,8 +273,9 @@ def _overview(run: RunView) -> str:
 def _environment(run: RunView) -> str:
     env, dense = dict(run.baseline.get("environment") or {}), run.dense
     return _kv([
-        ("device", env.get("device") or dense.get("device")),
+        ("latency device", env.get("device") or dense.get("device")),
         ("device name", env.get("device_name")),
+        ("fine-tune device", env.get("finetune_device")),
         ("latency batch size", dense.get("batch_size")), ("dtype", dense.get("dtype")),
         ("torch", env.get("torch")), ("torch-pruning", env.get("torch_pruning")),
         ("optuna", env.get("optuna")), ("CUDA", env.get("cuda")), ("python", env.get("python")),

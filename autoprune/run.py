@@ -204,7 +204,8 @@ class Run:
             # groups left at full width, and why (the probe's verdicts, attention, embedding)
             "frozen": [{"name": f.name, "reason": f.reason} for f in analysis.frozen],
             "budget": asdict(budget),
-            "environment": environment(self.ft.device),
+            # the hardware the latencies were measured on, and where candidates were fine-tuned
+            "environment": {**environment(self.timer.device), "finetune_device": self.ft.device},
             "latency_device": self.timer.device,
         }
         self.dir.write_baseline(data)

@@ -110,6 +110,7 @@ def test_report_shows_every_trial_front_dense_export_and_environment(real_run: P
     assert any(a.get("id") == "environment" for _, a in page.elements)
     for value in (env["torch"], env["torch_pruning"], env["optuna"], env["device"]):
         assert str(value) in text
+    assert env["finetune_device"] == "cpu" and "fine-tune device" in text
     assert "FLOPs ≤ 40% of dense" in text
     rows = [a["data-trial"] for tag, a in page.elements  # the trials table's rows
             if tag == "tr" and "data-trial" in a and "state-" in a.get("class", "")]
