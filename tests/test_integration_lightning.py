@@ -245,6 +245,10 @@ def ddp_worker(out: Path, steps: list[int]) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "history": [h["step"] for h in cb.history], "widths": widths(lit.model),
         "losses": lit.losses}))
+    # gloo's threads must be joined before the interpreter exits, or a rank can abort at exit
+    # ("terminate called without an active exception", SIGABRT) after a successful fit
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.xdist_group("multicore")  # see tests/conftest.py
