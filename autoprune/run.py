@@ -149,18 +149,17 @@ class Run:
 
         settings = recipe.settings
         _check(budget, settings)
+        where = timing_device(settings, recipe.finetune)
         if settings.latency:  # before the dense model is timed: a missing runtime fails now
             from autoprune.latency.runtimes import check_runtime
 
-            check_runtime(settings.latency_runtime, timing_device(settings, recipe.finetune),
-                          settings.latency_dtype)
+            check_runtime(settings.latency_runtime, where, settings.latency_dtype)
         space = with_target_rounding(recipe.space)
         self.dir, self.target, self.settings, self.ft = run, target, settings, recipe.finetune
         self.evaluate = split_evaluator(target.evaluate)
         analysis = analyze(target.model.eval(), target.example_inputs, ignore=space.ignore)
-        self.timer = Timer(run, target.example_inputs, timing_device(settings, self.ft),
-                           settings.latency_batch, settings.latency_dtype,
-                           runtime=settings.latency_runtime,
+        self.timer = Timer(run, target.example_inputs, where, settings.latency_batch,
+                           settings.latency_dtype, runtime=settings.latency_runtime,
                            max_cv=settings.latency_max_cv)
         self.baseline = self._baseline(analysis, budget)
         cm = analysis.cost_model
@@ -206,7 +205,6 @@ class Run:
             "budget": asdict(budget),
             # the hardware the latencies were measured on, and where candidates were fine-tuned
             "environment": {**environment(self.timer.device), "finetune_device": self.ft.device},
-            "latency_device": self.timer.device,
         }
         self.dir.write_baseline(data)
         return data
