@@ -21,17 +21,21 @@ REFINE = "autoprune-refine"
 #: The settings a kept result depends on (beside its own arch, seed, cell and method).
 KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "final_epochs",
               "sl_epochs", "dense_epochs", "latency_runtime", "distill", "device")
+#: The search's settings: no part of the key of a dense model's scores or of a peer that does
+#: not search, so a run with another ``--trials`` pairs new search rows with the kept peers.
+SEARCH_FIELDS = ("trials", "search_steps", "distill")
+UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth")
 
-__all__ = ["KEY_FIELDS", "DenseMismatch", "check_dense", "header_key", "keep", "kept",
-           "proxy_key", "restore", "row_key"]
+__all__ = ["KEY_FIELDS", "SEARCH_FIELDS", "UNSEARCHED", "DenseMismatch", "check_dense",
+           "header_key", "keep", "kept", "proxy_key", "restore", "row_key"]
 
 
 class DenseMismatch(RuntimeError):
     """The dense model trained here is not the one the kept rows were pruned from."""
 
 
-def _key(cfg: dict[str, Any], *parts: Any) -> str:
-    wanted = {k: cfg[k] for k in KEY_FIELDS}
+def _key(cfg: dict[str, Any], *parts: Any, searched: bool = True) -> str:
+    wanted = {k: cfg[k] for k in KEY_FIELDS if searched or k not in SEARCH_FIELDS}
     raw = json.dumps([wanted, *parts], sort_keys=True, default=str)
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -40,12 +44,13 @@ def row_key(cfg: dict[str, Any], arch: str, seed: int, kind: str, budget: float,
             method: str) -> str:
     """One method's row in one cell (``autoprune-refine`` also depends on its settings)."""
     extra = (cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()
-    return _key(cfg, arch, seed, kind, budget, method, *extra)
+    return _key(cfg, arch, seed, kind, budget, method, *extra,
+                searched=method not in UNSEARCHED)
 
 
 def header_key(cfg: dict[str, Any], arch: str, seed: int) -> str:
     """An (arch, seed) unit's header: the data sizes and the dense model's scores."""
-    return _key(cfg, "unit", arch, seed)
+    return _key(cfg, "unit", arch, seed, searched=False)
 
 
 def proxy_key(cfg: dict[str, Any], arch: str) -> str:

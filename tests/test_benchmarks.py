@@ -141,6 +141,26 @@ def test_a_new_method_is_fine_tuned_with_the_seed_its_cells_kept_rows_used(tmp_p
     assert regime.final_seed_of(cfg, "mbv2", 1, 4, "latency", 0.3) == 1004  # another seed
 
 
+def test_a_run_with_more_trials_reuses_the_kept_peers_and_dense_scores_not_the_searches():
+    """--trials, --search-steps and --distill change what a search picks, not a uniform plan
+    or the dense model: those rows keep their keys, the searching methods' rows do not."""
+    regime = _regime()
+    from _regime_cache import header_key, row_key
+
+    six = vars(regime.parse_args(["--trials", "6"]))
+    twelve = vars(regime.parse_args(["--trials", "12"]))
+    longer = vars(regime.parse_args(["--trials", "6", "--final-epochs", "3"]))
+    for method in ("uniform-lat", "uniform-lat-depth", "uniform-l2", "global-l2", "groupnorm-sl"):
+        assert row_key(six, "mbv2", 0, "latency", 0.3, method) == \
+            row_key(twelve, "mbv2", 0, "latency", 0.3, method)
+        assert row_key(six, "mbv2", 0, "latency", 0.3, method) != \
+            row_key(longer, "mbv2", 0, "latency", 0.3, method)  # the final fine-tune counts
+    for method in ("autoprune", "autoprune-depth", "autoprune-refine", "random"):
+        assert row_key(six, "mbv2", 0, "latency", 0.3, method) != \
+            row_key(twelve, "mbv2", 0, "latency", 0.3, method)
+    assert header_key(six, "mbv2", 0) == header_key(twelve, "mbv2", 0)
+
+
 def test_merge_units_gives_one_result_per_arch_and_seed_with_its_cells_in_order():
     head = {"sizes": {"train": 1}, "dense": {"test_acc": 0.9}}
     units = [{"arch": "a", "seed": 0, **head, "runs": [{"ci": 0}]},
