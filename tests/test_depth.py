@@ -147,7 +147,17 @@ def test_removing_a_block_that_is_not_removable_names_the_removable_ones(analysi
         analysis.apply(PruningPlan({}, drop=("inv",)), inplace=True)
 
 
-def test_the_latency_table_prices_removed_blocks_from_a_measured_model(analysis):
+@pytest.fixture
+def steady_table(monkeypatch):
+    """Latency tables built from a clock no other job on the machine disturbs (a fixed cost
+    per call plus one per parameter): the refit tests script the candidates' timings."""
+    from autoprune.latency import layer_table
+
+    monkeypatch.setattr(layer_table._Clock, "time", lambda self, model, inputs, config=None:
+                        0.01 + 1e-5 * sum(p.numel() for p in model.parameters()))
+
+
+def test_the_latency_table_prices_removed_blocks_from_a_measured_model(analysis, steady_table):
     table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=(0.5,)))
     drop = ("basic", "inv")
     assert table.info["calibration_drop"] == [list(drop)]
@@ -233,7 +243,7 @@ def _stages(analysis: ap.PrunableModel, tmp_path, timer: _Scripted):
 
 
 def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_again(
-        analysis, tmp_path):
+        analysis, tmp_path, steady_table):
     from autoprune.stages import REFITS
     from autoprune.trial import TrialState
 
@@ -261,8 +271,32 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     stages.timer = _Scripted(*[limit * 1.2] * (REFITS + 1))
     prep = stages.prepare(params, 1, {})
     assert prep.outcome.state is TrialState.INFEASIBLE and prep.rec["refits"] == REFITS
-    stages.timer = _Scripted(limit * 0.9)
+    stages.timer = _Scripted(limit * 0.97)
     assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
+
+
+def test_a_candidate_timed_well_under_its_level_is_widened_while_it_meets_the_budget(
+        analysis, tmp_path, steady_table):
+    from autoprune.stages import UNDER
+
+    def prepared(run: str, *ms: float):  # fresh stages: no timing has calibrated the table yet
+        stages, problem = _stages(analysis, tmp_path / run, _Scripted())
+        params = {**{s.name: s.high for s in problem.specs()[:-1]}, DROP + "inv": 0.0,
+                  LEVEL: 0.7}  # one block dropped, the other's channels pruned: room both ways
+        first, limit = problem.plan_for(params), problem.budget.latency_limit_ms
+        stages.timer = _Scripted(*(f * limit for f in ms))
+        return stages.prepare(params, 0, {}), stages, problem, first
+
+    under = (1.0 - UNDER) * 0.8
+    prep, stages, problem, first = prepared("fits", under, 0.98)  # wider, within the budget
+    predict, limit = problem.latency_table.predict, problem.budget.latency_limit_ms
+    assert prep.outcome is None and stages.timer.calls == 2
+    assert prep.rec["refits"] == 1 and prep.rec["refit_from_ms"] == pytest.approx(under * limit)
+    assert predict(prep.plan) > predict(first) and stages.run.read_plan(0) == prep.plan.to_dict()
+    prep, stages, problem, first = prepared("over", under, 1.05)  # too wide: the first one stays
+    assert prep.outcome is None and stages.timer.calls == 2 and "refits" not in prep.rec
+    assert prep.plan == first and stages.run.read_plan(0) == first.to_dict()
+    assert prep.rec["latency_ms"] == pytest.approx(under * problem.budget.latency_limit_ms)
 
 
 def test_a_latency_budget_out_of_reach_without_depth_names_depth_and_what_it_predicts(analysis):
