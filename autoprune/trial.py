@@ -70,7 +70,7 @@ class TrialRecord:
     latency_ms: float | None = None
     latency_cv: float | None = None  # robust CV of latency_ms (IQR / 1.349 / median)
     latency_flag: str | None = None  # "noisy", "slower than dense" (both: "; "-joined)
-    refits: float | None = None  # times fitted again after timing off its latency level
+    refits: float | None = None  # times fitted lower after timing over the latency budget
     proxy_acc: float | None = None
     short_acc: float | None = None  # validation accuracy after the short fine-tune stage
     val_acc: float | None = None
