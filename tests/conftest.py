@@ -189,6 +189,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def steady_clock(mp: pytest.MonkeyPatch) -> None:
+    """Make latency tables from a clock no other job on the machine disturbs: a fixed cost per
+    call plus one per parameter. Tests of the predictor's and the refit's logic use it (a busy
+    machine's timings made them fail: non-monotone tables, unreachable targets); measured
+    tables' accuracy is `benchmarks/latency_model.py`'s."""
+    from autoprune.latency import layer_table
+
+    mp.setattr(layer_table._Clock, "time", lambda self, model, inputs, config=None:
+               0.01 + 1e-5 * sum(p.numel() for p in model.parameters()))
+
+
 @pytest.fixture
 def image() -> torch.Tensor:
     torch.manual_seed(0)

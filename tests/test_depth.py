@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import steady_clock
 from torch import nn
 
 import autoprune as ap
@@ -149,12 +150,8 @@ def test_removing_a_block_that_is_not_removable_names_the_removable_ones(analysi
 
 @pytest.fixture
 def steady_table(monkeypatch):
-    """Latency tables built from a clock no other job on the machine disturbs (a fixed cost
-    per call plus one per parameter): the refit tests script the candidates' timings."""
-    from autoprune.latency import layer_table
-
-    monkeypatch.setattr(layer_table._Clock, "time", lambda self, model, inputs, config=None:
-                        0.01 + 1e-5 * sum(p.numel() for p in model.parameters()))
+    """Latency tables from a steady clock: the refit tests script the candidates' timings."""
+    steady_clock(monkeypatch)
 
 
 def test_the_latency_table_prices_removed_blocks_from_a_measured_model(analysis, steady_table):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import DepthwiseGrouped, FlattenHead, Residual
+from conftest import DepthwiseGrouped, FlattenHead, Residual, steady_clock
 from torch import nn
 
 import autoprune as ap
@@ -38,18 +38,13 @@ class Wide(nn.Module):
 
 @pytest.fixture(scope="module")
 def wide() -> tuple[ap.PrunableModel, LatencyTable, torch.Tensor]:
-    """The table from a clock no other job disturbs (a fixed cost per call plus one per
-    parameter): the tests using it check the predictor's and the fit's logic, which a busy
-    machine's timings made fail (non-monotone tables, unreachable targets); measured tables'
-    accuracy is `benchmarks/latency_model.py`'s."""
-    from autoprune.latency import layer_table
-
+    """The table from `conftest.steady_clock`: these tests check the predictor's and the fit's
+    logic, not a measured table's accuracy."""
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
     analysis = ap.analyze(Wide().eval(), x)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layer_table._Clock, "time", lambda self, model, inputs, config=None:
-                   0.01 + 1e-5 * sum(p.numel() for p in model.parameters()))
+        steady_clock(mp)
         return analysis, build_table(analysis, grid=FAST), x
 
 
