@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 REFINE = "autoprune-refine"
+SENS = "sensitivity"  # per-group sensitivity analysis turned into a plan (no search)
 #: The settings a kept result depends on (beside its own arch, seed, cell and method).
 KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "final_epochs",
               "sl_epochs", "dense_epochs", "latency_runtime", "distill", "device")
 #: The search's settings: no part of the key of a dense model's scores or of a peer that does
 #: not search, so a run with another ``--trials`` pairs new search rows with the kept peers.
 SEARCH_FIELDS = ("trials", "search_steps", "distill")
-UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth")
+UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth",
+              SENS)
 
-__all__ = ["KEY_FIELDS", "SEARCH_FIELDS", "UNSEARCHED", "DenseMismatch", "check_dense",
-           "header_key", "keep", "kept", "proxy_key", "restore", "row_key"]
+__all__ = ["KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "UNSEARCHED", "DenseMismatch",
+           "check_dense", "header_key", "keep", "kept", "proxy_key", "restore", "row_key"]
 
 
 class DenseMismatch(RuntimeError):

@@ -6,6 +6,9 @@
   1/400 steps until the counted MACs meet the budget.
 - :func:`latency_matched_uniform`: the uniform plan whose **measured** latency meets a latency
   budget (the FLOPs fraction of a uniform plan bisected on latency timed alternately with dense).
+- :func:`group_sensitivity` and :func:`sensitivity_allocation`: the classic per-layer
+  sensitivity analysis (each coupled group pruned alone, BatchNorm re-estimated, the validation
+  drop measured) turned into per-group ratios that spare the sensitive groups.
 - :func:`paired_interval`: mean and 95 % t-interval half-width of paired differences.
 """
 
@@ -16,7 +19,7 @@ import itertools
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -94,23 +97,56 @@ def measured_ratio(model: nn.Module, dense: nn.Module, example: torch.Tensor, ta
     return res["model"][0] / res["dense"][0], res["model"][0], res["dense"][0]
 
 
+def group_sensitivity(analysis: Any, evaluate: Callable[[nn.Module, str], float],
+                      loader: Iterable[Any], ratio: float = 0.5,
+                      bn_batches: int = 20) -> dict[str, float]:
+    """Per coupled group: the validation accuracy lost (a fraction, >= 0) when that group
+    alone is pruned at ``ratio`` (L2) and BatchNorm is re-estimated on ``bn_batches`` batches
+    of ``loader``; the reference is the dense model with its BatchNorm re-estimated alike."""
+    from autoprune.pipeline import reestimate_bn
+    from autoprune.plan import PruningPlan
+
+    def score(ratios: dict[str, float]) -> float:
+        model = analysis.apply(PruningPlan(ratios, "l2")).eval()
+        reestimate_bn(model, loader, bn_batches, "cpu")
+        return evaluate(model, "val")
+
+    base = score({})
+    return {g.name: max(0.0, base - score({g.name: ratio})) for g in analysis.groups}
+
+
+def sensitivity_allocation(drops: Mapping[str, float], floor: float = 1e-3) -> dict[str, float]:
+    """Relative per-group ratios from :func:`group_sensitivity`'s drops: ``1 / (drop + tau)``
+    with ``tau`` the median drop (at least ``floor``), so a group that loses nothing is pruned
+    about twice as hard as a median one, and one that loses much far less. Pure."""
+    tau = max(statistics.median(drops.values()), floor) if drops else floor
+    weights = {name: 1.0 / (d + tau) for name, d in drops.items()}
+    top = max(weights.values(), default=1.0)
+    return {name: w / top for name, w in weights.items()}
+
+
 def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tensor,
                             budget: float, target: Any, round_to: int, iters: int = 7,
-                            log: Callable[[str], None] = print,
-                            drop: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+                            log: Callable[[str], None] = print, drop: tuple[str, ...] = (),
+                            allocation: Mapping[str, float] | float = 1.0,
+                            ) -> tuple[Any, dict[str, Any]]:
     """The uniform L2 plan with the largest FLOPs fraction whose latency, measured alternately
     with ``dense`` on ``target``, is at most ``budget`` of dense (bisection over the fraction;
     ``None`` when even the smallest uniform plan is over). ``drop``: the blocks removed first
-    (the fraction is then of the model without them)."""
+    (the fraction is then of the model without them); ``allocation``: relative per-group
+    ratios instead of uniform ones (as :func:`autoprune.fit_budget` takes them)."""
     import autoprune as ap
     from autoprune.errors import BudgetError
 
+    if drop and not isinstance(allocation, float):
+        raise ValueError("allocation: per-group ratios are named for the model with every "
+                         "block; give drop=() with them")
     start = time.perf_counter()
     part, names = analysis.without(drop) if drop else (analysis, {})
 
     def plan_at(fraction: float) -> Any:
-        plan = ap.fit_budget(part.model, example, allocation=1.0, flops=fraction, caps=0.95,
-                             importance="l2", round_to=round_to, analysis=part)
+        plan = ap.fit_budget(part.model, example, allocation=allocation, flops=fraction,
+                             caps=0.95, importance="l2", round_to=round_to, analysis=part)
         if not drop:
             return plan
         return ap.PruningPlan({names[n]: r for n, r in plan.ratios.items()}, plan.importance,
@@ -130,14 +166,15 @@ def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tens
             lo, best = mid, plan
         else:
             hi = mid
-    log(f"latency-matched uniform{' without ' + str(len(drop)) + ' blocks' if drop else ''} "
+    shape = "uniform" if isinstance(allocation, float) else "sensitivity-weighted"
+    log(f"latency-matched {shape}{' without ' + str(len(drop)) + ' blocks' if drop else ''} "
         f"at {budget:g}: fraction {lo:.3f} ({len(tried)} timings: "
         f"{tried})")
     info: dict[str, Any] = {"search_s": time.perf_counter() - start, "bisection": tried,
                             "uniform_flops_fraction": lo if best is not None else None}
     if best is None:
         fastest = min(tried, key=lambda t: t[1], default=None)
-        info["error"] = (f"no uniform plan is within {budget:g} of the dense latency"
+        info["error"] = (f"no {shape} plan is within {budget:g} of the dense latency"
                          + (f" (the fastest timed, at {fastest[0]:g} of the FLOPs, takes "
                             f"{fastest[1]:.3f})" if fastest else ""))
     return best, info

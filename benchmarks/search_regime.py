@@ -19,6 +19,12 @@ Cells:
   ``--depth latency``). At batch 1 in eager PyTorch these nets sit on an overhead floor (a
   uniform MobileNetV2 at 7 % of the FLOPs still takes 71 % of the dense time), so budgets of 0.5
   and 0.3 are only reachable in a runtime that fuses (ONNX Runtime: 23 %);
+- ``--sensitivity`` adds ``sensitivity`` to every cell: the classic per-layer sensitivity
+  analysis (each coupled group pruned alone at 0.5, BatchNorm re-estimated, its validation drop
+  measured) turned into ratios ~ 1 / (drop + median drop), fitted to the FLOPs budget or bisected
+  on measured latency like ``uniform-lat`` (no search: is a sensitivity prior worth adding?);
+- the searches of one latency cell share one per-layer latency table (built by the first, its
+  build time charged to each search's seconds, as each of them would build it alone);
 - ``--refine K`` adds ``autoprune-refine`` to every cell: the same search, then its K best full
   fine-tunes (on val) fine-tuned again from the dense prune for ``--refine-epochs`` and the best
   on val picked (does a longer look at the finalists fix the search's selection?).
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -60,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import die_with_parent, save_report
 from _regime_cache import (
     REFINE,
+    SENS,
     DenseMismatch,
     check_dense,
     header_key,
@@ -72,7 +80,7 @@ from _regime_cache import (
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
 DEPTH = "autoprune-depth"  # latency cells: --depth latency (residual blocks may go whole)
-OURS = ("autoprune", REFINE, DEPTH)
+OURS = ("autoprune", REFINE, DEPTH, SENS)
 LATENCY_METHODS = ("uniform-lat", "uniform-lat-depth", "random", "autoprune", DEPTH)
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
 DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
@@ -81,11 +89,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {"seeds": 3, "train_size": 55000, "val_size": 5000, "test_size": None,
              "flops": [0.3, 0.15, 0.07], "latency": [0.5, 0.3], "trials": 8,
              "search_steps": 150, "final_epochs": 2.0, "sl_epochs": 1.0,
-             "proxy_candidates": 24, "bisect_iters": 7},
+             "proxy_candidates": 24, "bisect_iters": 7, "random_in": "latency"},
     "quick": {"seeds": 1, "val_size": 500, "test_size": 1000,
               "flops": [0.3], "latency": [0.5], "trials": 2, "search_steps": 15,
               "final_epochs": 1.0, "sl_epochs": 0.1, "dense_epochs": 2, "arch": ["resnet20"],
-              "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4},
+              "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4, "random_in": "none"},
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
 NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured",
@@ -111,15 +119,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "epochs before pruning (default 1)")
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
     p.add_argument("--methods", nargs="+",
-                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE}),
+                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE, SENS}),
                    help="only these methods (default all that fit each cell)")
-    p.add_argument("--random-in", default="latency", choices=["latency", "all", "none"],
-                   help="cells that also run random search (default: the latency cells)")
+    p.add_argument("--random-in", choices=["latency", "all", "none"],
+                   help="cells that also run random search (default: the latency cells; "
+                        "--quick: none)")
     p.add_argument("--refine", type=int, default=0, help="also autoprune-refine: the same "
                    "search, then its REFINE best full fine-tunes (by val) fine-tuned again from "
                    "the dense prune for --refine-epochs and the best on val picked (default 0: "
                    "not run)")
     p.add_argument("--refine-epochs", type=float, default=0.5)
+    p.add_argument("--sensitivity", action="store_true", help="also the sensitivity plan: each "
+                   "coupled group pruned alone at 0.5, BatchNorm re-estimated, its validation "
+                   "drop measured; ratios ~ 1 / (drop + median drop), fitted to the FLOPs "
+                   "budget or bisected on measured latency like uniform-lat")
     p.add_argument("--distill", action="store_true", help="autoprune's searches distil from "
                    "the dense model")
     p.add_argument("--proxy-arch", default="resnet20", choices=[*ARCH_NAMES, "none"],
@@ -167,6 +180,8 @@ def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
     names = list(FLOPS_METHODS if kind == "flops" else LATENCY_METHODS)
     if cfg.get("refine"):
         names.append(REFINE)
+    if cfg.get("sensitivity"):
+        names.append(SENS)
     if cfg["random_in"] == "none" or (cfg["random_in"] == "latency" and kind == "flops"):
         names.remove("random")
     return [m for m in names if not cfg["methods"] or m in cfg["methods"]]
@@ -222,6 +237,10 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         settings = SearchSettings(depth="latency" if method == DEPTH else "off", **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
+    shared = ctx.get("latency_table") if latency else None
+    if shared is not None:  # the cell's first search built it: same model, target and runtime
+        run_dir.mkdir()
+        (run_dir / "latency_table.json").write_text(shared[0])
     start = time.perf_counter()
     try:
         result = search(ctx["dense"], ctx["example"], evaluate=ctx["evaluate"],
@@ -231,10 +250,20 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                             steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
                             distill=cfg["distill"] and method in OURS, **ctx["ft"]),
                         settings=settings)
+        table = run_dir / "latency_table.json"
+        if latency and shared is None and table.is_file():
+            text = table.read_text()
+            built = json.loads(text).get("info", {}).get("build_s", 0.0)
+            shared = ctx["latency_table"] = (text, built)
+            shared_now = False
+        else:
+            shared_now = shared is not None
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
     full = [r for r in result.front if r.is_full]
-    info: dict[str, Any] = {"search_s": time.perf_counter() - start,
+    # a search that reused the cell's latency table is charged its build time all the same
+    info: dict[str, Any] = {"search_s": time.perf_counter() - start
+                            + (shared[1] if shared_now else 0.0), "table_shared": shared_now,
                             "n_full": sum(r.is_full for r in result.trials),
                             "n_total": len(result.trials),
                             "states": dict(Counter(r.state.value for r in result.trials)),
@@ -257,6 +286,41 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     return ap.PruningPlan.from_dict(best.plan), info
 
 
+def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, Any],
+                      log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The sensitivity peer's pruned model: the per-group drops are measured once per process
+    and arch (seed-independent: split seed 0's batches), their seconds charged to every cell."""
+    import _regime_peers as peers
+
+    import autoprune as ap
+
+    if "sensitivity" not in ctx:
+        start = time.perf_counter()
+        drops = peers.group_sensitivity(ctx["analysis"], ctx["evaluate"],
+                                        ctx["data"].loader(0, ctx["batch"]))
+        ctx["sensitivity"] = (drops, time.perf_counter() - start)
+        log(f"sensitivity: {len(drops)} groups in {ctx['sensitivity'][1]:.0f} s, drops (pt) "
+            + ", ".join(f"{n} {100 * d:.1f}" for n, d in drops.items()))
+    drops, secs = ctx["sensitivity"]
+    weights = peers.sensitivity_allocation(drops)
+    an, dense, example = ctx["analysis"], ctx["dense"], ctx["example"]
+    if kind == "flops":
+        start = time.perf_counter()
+        plan = ap.fit_budget(dense, example, allocation=weights, flops=b, caps=0.95,
+                             importance="l2", analysis=an)
+        info: dict[str, Any] = {"search_s": time.perf_counter() - start}
+    else:
+        plan, info = peers.latency_matched_uniform(an, dense, example, b, ctx["target"],
+                                                   round_to=8, iters=cfg["bisect_iters"],
+                                                   log=log, allocation=weights)
+    info.update(search_s=info["search_s"] + secs, sensitivity_drops=drops)
+    if plan is None:
+        return None, info
+    info["plan"] = plan.to_dict()
+    info["engine_flops_ratio"] = an.macs(plan) / an.cost_model.dense_macs()
+    return an.apply(plan), info
+
+
 def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
             b: float, seed: int, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     """The pruned (not yet fine-tuned) model ``method`` picks for the cell, and its info."""
@@ -273,6 +337,8 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         return peers.groupnorm_recipe(dense, ctx["example"],
                                       ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
                                       log)
+    if method == SENS:
+        return _sensitivity_plan(ctx, kind, b, cfg, log)
     if method in ("uniform-lat", "uniform-lat-depth"):
         plan, info = peers.latency_matched_uniform(
             an, dense, ctx["example"], b, ctx["target"], round_to=8, iters=cfg["bisect_iters"],

@@ -222,6 +222,37 @@ def test_latency_matched_uniform_finds_the_largest_fraction_within_budget(monkey
     assert info["bisection"] and info["uniform_flops_fraction"] > 0.45
 
 
+
+def test_sensitivity_allocation_spares_the_groups_that_lose_most():
+    drops = {"a": 0.0, "b": 0.02, "c": 0.02, "d": 0.30}  # median 0.02
+    weights = _peers().sensitivity_allocation(drops)
+    assert weights == pytest.approx({"a": 1.0, "b": 0.5, "c": 0.5, "d": 0.02 / 0.32})
+    assert _peers().sensitivity_allocation(dict.fromkeys("xy", 0.0)) == {"x": 1.0, "y": 1.0}
+
+
+def test_group_sensitivity_measures_each_group_pruned_alone():
+    import torch
+
+    from autoprune.engine import analyze
+    from autoprune.tasks.models import cifar_resnet
+
+    torch.manual_seed(0)
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    an = analyze(dense, x)
+    seen: list[int] = []
+
+    def evaluate(model, split):  # "accuracy" falls with the parameters a plan removes
+        assert split == "val" and not model.training
+        seen.append(sum(p.numel() for p in model.parameters()))
+        return seen[-1] / seen[0]
+
+    loader = [(torch.randn(4, 1, 12, 12), torch.zeros(4, dtype=torch.long))]
+    drops = _peers().group_sensitivity(an, evaluate, loader, ratio=0.5, bn_batches=1)
+    assert list(drops) == [g.name for g in an.groups] and len(seen) == len(drops) + 1
+    assert drops == pytest.approx({g.name: 1 - n / seen[0] for g, n in zip(an.groups, seen[1:])})
+    assert all(d > 0 for d in drops.values())
+
 @pytest.mark.slow
 def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     """Every kind of cell and peer once, tiny; then the same command again only renders what
@@ -235,7 +266,7 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
            "--final-epochs", "0.3", "--flops", "0.3", "--latency", "0.9", "--bisect-iters", "2",
            "--latency-runtime", "eager",
            "--proxy-candidates", "3", "--random-in", "none", "--jobs", "1",
-           "--refine", "2", "--refine-epochs", "0.05",
+           "--refine", "2", "--refine-epochs", "0.05", "--sensitivity",
            "--cache", str(tmp_path / "kept"), "--out", str(out)]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -245,7 +276,11 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
         ("flops", "uniform-l2"), ("flops", "global-l2"), ("flops", "groupnorm-sl"),
         ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune"),
         ("flops", "autoprune-refine"), ("latency", "autoprune-refine"),
-        ("latency", "uniform-lat-depth"), ("latency", "autoprune-depth")}
+        ("latency", "uniform-lat-depth"), ("latency", "autoprune-depth"),
+        ("flops", "sensitivity"), ("latency", "sensitivity")}
+    assert first.stdout.count("sensitivity: 12 groups") == 2  # measured once per cell's process
+    sens = next(r for r in runs if (r["kind"], r["method"]) == ("flops", "sensitivity"))
+    assert set(sens["sensitivity_drops"]) >= set(sens["plan"]["ratios"])
     deep = next(r for r in runs if r["method"] == "uniform-lat-depth")
     assert "without 7 blocks" in first.stdout  # ResNet-20's removable blocks, all removed
     assert deep.get("test_acc") is None or len(deep["plan"]["drop"]) == 7
