@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from autoprune.errors import BudgetError
-from autoprune.latency import LatencyCache, LatencyTarget, shape_signature, time_alternating
+from autoprune.latency import (
+    LatencyCache,
+    LatencyTarget,
+    PreparedModels,
+    shape_signature,
+    time_alternating,
+)
 from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, robust_cv
 from autoprune.pipeline import CandidateFailed, Pipeline
 from autoprune.plan import PruningPlan
@@ -77,6 +83,9 @@ class Timer:
     cache: LatencyCache = field(default_factory=LatencyCache)
     runtime: str = "eager"
     max_cv: float = DEFAULT_MAX_CV
+    #: exported / compiled copies, so a re-timing (the noise guard's, the final one) does not
+    #: export again
+    prepared: PreparedModels = field(default_factory=PreparedModels, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run = RunDir(self.run.path.absolute())  # the same lock from any working directory
@@ -147,7 +156,8 @@ class Timer:
 
     def alternating(self, models: dict[str, nn.Module], rounds: int,
                     repeats: int) -> dict[str, tuple[float, float]]:
-        return time_alternating(models, self.example_inputs, self.target, rounds, repeats)
+        return time_alternating(models, self.example_inputs, self.target, rounds, repeats,
+                                self.prepared)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[dict[str, Timed]]:

@@ -114,3 +114,60 @@ def test_compile_runtime_compiles_once_and_times(image):
         prepared = prepare(model, image, "compile")
         torch.testing.assert_close(prepared.run(), model(image))
     assert prepared.prepare_s > 0 and prepared.runtime == "compile"
+
+
+def _counting_prepare(monkeypatch) -> list[str]:
+    """Replace the runtimes' ``prepare`` (an export or a compile) by one that records the
+    architecture it prepares and runs the model eagerly."""
+    from autoprune.latency import runtimes, timing
+
+    calls: list[str] = []
+
+    def prepare(model, inputs, runtime):
+        calls.append(shape_signature(model))
+        return runtimes.Prepared(lambda: model(inputs), 0.0, runtime)
+
+    monkeypatch.setattr(timing, "prepare", prepare)
+    return calls
+
+
+def test_prepared_models_prepare_an_architecture_timed_again_once(monkeypatch, image):
+    from autoprune.latency import LatencyTarget, PreparedModels, time_alternating
+
+    calls = _counting_prepare(monkeypatch)
+    target, kept = LatencyTarget(runtime="compile"), PreparedModels()
+    a, b = Residual().eval(), Residual().eval()  # two objects, one architecture
+    wide = ap.analyze(Residual().eval(), image)
+    narrow = wide.apply(ap.PruningPlan({g.name: 0.5 for g in wide.groups})).eval()
+    for models in ({"a": a}, {"a": a, "b": b}, {"n": narrow}, {"b": b, "n": narrow}):
+        time_alternating(models, image, target, rounds=1, repeats=1, prepared=kept)
+    assert calls == [shape_signature(a), shape_signature(narrow)] and kept.hits == 4
+    time_alternating({"a": a}, image, target, rounds=1, repeats=1)  # none given: prepared anew
+    time_alternating({"a": a}, image, LatencyTarget(runtime="eager"), rounds=1, repeats=1,
+                     prepared=kept)  # eager: nothing worth keeping
+    assert len(calls) == 4 and len(kept) == 2 and kept.hits == 4
+
+
+def test_prepared_models_keep_the_most_recent_within_their_capacity(monkeypatch, image):
+    import pickle
+
+    from autoprune.latency import LatencyTarget, PreparedModels, time_alternating
+
+    calls = _counting_prepare(monkeypatch)
+    wide = Residual().eval()
+    an = ap.analyze(wide, image)
+    narrow = an.apply(ap.PruningPlan({g.name: 0.5 for g in an.groups})).eval()
+    params = sum(p.numel() for p in wide.parameters())
+    kept = PreparedModels(capacity=params)  # room for one of the two
+
+    def time(model):
+        time_alternating({"m": model}, image, LatencyTarget(runtime="compile"), rounds=1,
+                         repeats=1, prepared=kept)
+
+    for model in (wide, narrow, wide, wide):
+        time(model)
+    assert len(calls) == 3 and len(kept) == 1 and kept.hits == 1  # narrow evicted wide
+    again = pickle.loads(pickle.dumps(kept))
+    assert again.capacity == params and len(again) == 0
+    with pytest.raises(ConfigError, match="capacity=-1"):
+        PreparedModels(capacity=-1)

@@ -4,13 +4,16 @@
 warm-up, then the median and IQR of repeated runs (``torch.utils.benchmark`` on CPU, CUDA events
 on GPU), under ``torch.inference_mode()``, cached by the architecture's shape signature.
 :func:`time_alternating` times several models in alternating rounds (the end-of-run re-timing of
-dense, baselines and front), so that a change in the machine's load hits all of them alike.
+dense, baselines and front), so that a change in the machine's load hits all of them alike; with
+a :class:`PreparedModels` it prepares an architecture it times again (the noise guard re-times)
+only once: an ONNX export takes seconds, the timing itself milliseconds.
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ from autoprune.errors import ConfigError
 from autoprune.latency.cost import Cost, LatencyCache, LatencyTarget, shape_signature
 from autoprune.latency.runtimes import check_runtime, prepare
 
-__all__ = ["measure", "time_alternating"]
+__all__ = ["PreparedModels", "measure", "time_alternating"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -82,6 +85,59 @@ def _prepared(model: nn.Module, inputs: Any, timing: _Timing) -> Any:
     torch_dtype = getattr(torch, timing.dtype)
     timed = copy.deepcopy(model).to(device=timing.device, dtype=torch_dtype).eval()
     return prepare(timed, to_device(inputs, timing.device, torch_dtype), timing.runtime)
+
+
+class PreparedModels:
+    """Models made ready in a runtime that takes time to prepare (``compile``, ``onnxruntime``),
+    kept by architecture so that timing one again does not export or compile it again.
+
+    Keyed like :class:`~autoprune.latency.LatencyCache`: shape signature, device, dtype, runtime
+    (and the inputs' shapes): latency depends on shapes, not on weight values, so a model is
+    timed on the copy prepared first. The most recently used are kept while their parameters
+    add up to at most ``capacity`` (the newest always; two copies of each are held: the
+    prepared model and the runtime's own). Eager models are never kept (nothing to save).
+    Pickles empty (sessions and compiled graphs do not pickle).
+    """
+
+    def __init__(self, capacity: int = 32_000_000) -> None:
+        if capacity < 0:
+            raise ConfigError(f"capacity={capacity} must be >= 0 parameters")
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        self.hits = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["capacity"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, model: nn.Module, inputs: Any, timing: _Timing) -> Any:
+        """``model`` prepared in ``timing``'s runtime: the kept copy of its architecture, or a
+        new one (then kept)."""
+        if timing.runtime == "eager":
+            return _prepared(model, inputs, timing)
+        key = (shape_signature(model), timing.device, timing.dtype, timing.runtime,
+               _shapes(inputs))
+        hit = self._items.pop(key, None)
+        if hit is not None:
+            self.hits += 1
+        else:
+            hit = (_prepared(model, inputs, timing), sum(p.numel() for p in model.parameters()))
+        self._items[key] = hit
+        while len(self._items) > 1 and sum(n for _, n in self._items.values()) > self.capacity:
+            self._items.popitem(last=False)
+        return hit[0]
+
+
+def _shapes(inputs: Any) -> str:
+    """The shapes and dtypes of the tensors in ``inputs`` (any nesting), as a key."""
+    leaves = torch.utils._pytree.tree_leaves(inputs)
+    return repr([(tuple(x.shape), str(x.dtype)) if isinstance(x, torch.Tensor) else repr(x)
+                 for x in leaves])
 
 
 def _latency(model: nn.Module, inputs: Any, timing: _Timing) -> tuple[float, float, float]:
@@ -157,13 +213,15 @@ def measure(  # public API: keeps its keyword arguments
 
 def time_alternating(models: Mapping[str, nn.Module], example_inputs: Any,
                      target: LatencyTarget | None = None, rounds: int = 5,
-                     repeats: int = 10) -> dict[str, tuple[float, float]]:
+                     repeats: int = 10,
+                     prepared: PreparedModels | None = None) -> dict[str, tuple[float, float]]:
     """Median and IQR (ms) per label, from ``rounds`` rounds of ``repeats`` runs of each model
     on ``target`` (default: CPU, eager, float32, the example inputs' batch).
 
-    Every model is prepared once (copied to the device, compiled or exported), then the rounds
-    time them in turn, the order reversed every other round, so a change in the machine's load
-    hits all of them alike; each label's figures pool its samples of every round.
+    Every model is prepared once (copied to the device, compiled or exported; taken from
+    ``prepared`` when it holds the architecture, and kept there), then the rounds time them in
+    turn, the order reversed every other round, so a change in the machine's load hits all of
+    them alike; each label's figures pool its samples of every round.
     """
     where = target or LatencyTarget()
     _check(where.device, where.batch_size, where.dtype)
@@ -174,9 +232,10 @@ def time_alternating(models: Mapping[str, nn.Module], example_inputs: Any,
     timing = _Timing(where.device, where.dtype, repeats, 3, where.runtime)
     samples: dict[str, list[float]] = {label: [] for label in models}
     with torch.inference_mode():
-        prepared = {label: _prepared(m, inputs, timing) for label, m in models.items()}
+        ready = {label: _prepared(m, inputs, timing) if prepared is None
+                 else prepared.get(m, inputs, timing) for label, m in models.items()}
         for r in range(rounds):
-            order = list(prepared) if r % 2 == 0 else list(reversed(prepared))
+            order = list(ready) if r % 2 == 0 else list(reversed(ready))
             for label in order:
-                samples[label].extend(_samples(prepared[label].run, timing))
+                samples[label].extend(_samples(ready[label].run, timing))
     return {label: _median_iqr(times) for label, times in samples.items()}
