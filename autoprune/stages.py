@@ -27,7 +27,6 @@ from autoprune.latency import (
     LatencyTarget,
     PreparedModels,
     shape_signature,
-    time_alternating,
 )
 from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, robust_cv
 from autoprune.pipeline import CandidateFailed, Pipeline
@@ -156,8 +155,8 @@ class Timer:
 
     def alternating(self, models: dict[str, nn.Module], rounds: int,
                     repeats: int) -> dict[str, tuple[float, float]]:
-        return time_alternating(models, self.example_inputs, self.target, rounds, repeats,
-                                self.prepared)
+        return self.prepared.time_alternating(models, self.example_inputs, self.target, rounds,
+                                              repeats)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[dict[str, Timed]]:

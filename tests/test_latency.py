@@ -140,18 +140,18 @@ def test_prepared_models_prepare_an_architecture_timed_again_once(monkeypatch, i
     wide = ap.analyze(Residual().eval(), image)
     narrow = wide.apply(ap.PruningPlan({g.name: 0.5 for g in wide.groups})).eval()
     for models in ({"a": a}, {"a": a, "b": b}, {"n": narrow}, {"b": b, "n": narrow}):
-        time_alternating(models, image, target, rounds=1, repeats=1, prepared=kept)
+        kept.time_alternating(models, image, target, rounds=1, repeats=1)
     assert calls == [shape_signature(a), shape_signature(narrow)] and kept.hits == 4
     time_alternating({"a": a}, image, target, rounds=1, repeats=1)  # none given: prepared anew
-    time_alternating({"a": a}, image, LatencyTarget(runtime="eager"), rounds=1, repeats=1,
-                     prepared=kept)  # eager: nothing worth keeping
+    kept.time_alternating({"a": a}, image, LatencyTarget(runtime="eager"), rounds=1,
+                          repeats=1)  # eager: nothing worth keeping
     assert len(calls) == 4 and len(kept) == 2 and kept.hits == 4
 
 
 def test_prepared_models_keep_the_most_recent_within_their_capacity(monkeypatch, image):
     import pickle
 
-    from autoprune.latency import LatencyTarget, PreparedModels, time_alternating
+    from autoprune.latency import LatencyTarget, PreparedModels
 
     calls = _counting_prepare(monkeypatch)
     wide = Residual().eval()
@@ -161,8 +161,8 @@ def test_prepared_models_keep_the_most_recent_within_their_capacity(monkeypatch,
     kept = PreparedModels(capacity=params)  # room for one of the two
 
     def time(model):
-        time_alternating({"m": model}, image, LatencyTarget(runtime="compile"), rounds=1,
-                         repeats=1, prepared=kept)
+        kept.time_alternating({"m": model}, image, LatencyTarget(runtime="compile"),
+                              rounds=1, repeats=1)
 
     for model in (wide, narrow, wide, wide):
         time(model)

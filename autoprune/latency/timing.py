@@ -133,6 +133,27 @@ class PreparedModels:
         return hit[0]
 
 
+    def time_alternating(self, models: Mapping[str, nn.Module], example_inputs: Any,
+                         target: LatencyTarget | None = None, rounds: int = 5,
+                         repeats: int = 10) -> dict[str, tuple[float, float]]:
+        """:func:`time_alternating`, preparing each model through this cache."""
+        where = target or LatencyTarget()
+        _check(where.device, where.batch_size, where.dtype)
+        check_runtime(where.runtime, where.device, where.dtype)
+        if rounds < 1:
+            raise ConfigError(f"rounds={rounds} must be >= 1")
+        inputs = batched(example_inputs, where.batch_size)
+        timing = _Timing(where.device, where.dtype, repeats, 3, where.runtime)
+        samples: dict[str, list[float]] = {label: [] for label in models}
+        with torch.inference_mode():
+            ready = {label: self.get(m, inputs, timing) for label, m in models.items()}
+            for r in range(rounds):
+                order = list(ready) if r % 2 == 0 else list(reversed(ready))
+                for label in order:
+                    samples[label].extend(_samples(ready[label].run, timing))
+        return {label: _median_iqr(times) for label, times in samples.items()}
+
+
 def _shapes(inputs: Any) -> str:
     """The shapes and dtypes of the tensors in ``inputs`` (any nesting), as a key."""
     leaves = torch.utils._pytree.tree_leaves(inputs)
@@ -213,29 +234,14 @@ def measure(  # public API: keeps its keyword arguments
 
 def time_alternating(models: Mapping[str, nn.Module], example_inputs: Any,
                      target: LatencyTarget | None = None, rounds: int = 5,
-                     repeats: int = 10,
-                     prepared: PreparedModels | None = None) -> dict[str, tuple[float, float]]:
+                     repeats: int = 10) -> dict[str, tuple[float, float]]:
     """Median and IQR (ms) per label, from ``rounds`` rounds of ``repeats`` runs of each model
     on ``target`` (default: CPU, eager, float32, the example inputs' batch).
 
-    Every model is prepared once (copied to the device, compiled or exported; taken from
-    ``prepared`` when it holds the architecture, and kept there), then the rounds time them in
-    turn, the order reversed every other round, so a change in the machine's load hits all of
-    them alike; each label's figures pool its samples of every round.
+    Every model is prepared once (copied to the device, compiled or exported), then the rounds
+    time them in turn, the order reversed every other round, so a change in the machine's load
+    hits all of them alike; each label's figures pool its samples of every round. To prepare
+    an architecture timed again only once, call :meth:`PreparedModels.time_alternating`.
     """
-    where = target or LatencyTarget()
-    _check(where.device, where.batch_size, where.dtype)
-    check_runtime(where.runtime, where.device, where.dtype)
-    if rounds < 1:
-        raise ConfigError(f"rounds={rounds} must be >= 1")
-    inputs = batched(example_inputs, where.batch_size)
-    timing = _Timing(where.device, where.dtype, repeats, 3, where.runtime)
-    samples: dict[str, list[float]] = {label: [] for label in models}
-    with torch.inference_mode():
-        ready = {label: _prepared(m, inputs, timing) if prepared is None
-                 else prepared.get(m, inputs, timing) for label, m in models.items()}
-        for r in range(rounds):
-            order = list(ready) if r % 2 == 0 else list(reversed(ready))
-            for label in order:
-                samples[label].extend(_samples(ready[label].run, timing))
-    return {label: _median_iqr(times) for label, times in samples.items()}
+    return PreparedModels(capacity=0).time_alternating(models, example_inputs, target, rounds,
+                                                       repeats)
