@@ -254,9 +254,10 @@ def test_latency_budget_search_report_uses_the_latency_ratio(tmp_path: Path,
     from autoprune.tasks import load_task
 
     monkeypatch.setattr("autoprune.latency.timing._latency", _fake_latency)  # the dense model
-    monkeypatch.setattr("autoprune.stages.time_alternating",  # candidates, final re-timing
-                        lambda models, *a, **k: {label: _fake_latency(m, None, None)[:2]
-                                                 for label, m in models.items()})
+    monkeypatch.setattr("autoprune.latency.PreparedModels.time_alternating",  # candidates,
+                        lambda self, models, *a, **k: {  # final re-timing (the run's Timer)
+                            label: _fake_latency(m, None, None)[:2]
+                            for label, m in models.items()})
     task = load_task("digits")
     result = ap.search(task.dense_model(), task.example_inputs(), evaluate=task.evaluate,
                        train_loader=task.splits().train, budget=ap.Budget(latency=0.9), trials=2,
