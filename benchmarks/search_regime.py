@@ -288,8 +288,9 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
 
 def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, Any],
                       log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """The sensitivity peer's pruned model: the per-group drops are measured once per process
-    and arch (seed-independent: split seed 0's batches), their seconds charged to every cell."""
+    """The sensitivity peer's plan (``_choose`` prunes with it): the per-group drops are
+    measured once per process and arch (seed-independent: split seed 0's batches), their
+    seconds charged to every cell."""
     import _regime_peers as peers
 
     import autoprune as ap
@@ -314,11 +315,7 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
                                                    round_to=8, iters=cfg["bisect_iters"],
                                                    log=log, allocation=weights)
     info.update(search_s=info["search_s"] + secs, sensitivity_drops=drops)
-    if plan is None:
-        return None, info
-    info["plan"] = plan.to_dict()
-    info["engine_flops_ratio"] = an.macs(plan) / an.cost_model.dense_macs()
-    return an.apply(plan), info
+    return plan, info
 
 
 def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
@@ -338,8 +335,8 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                                       ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
                                       log)
     if method == SENS:
-        return _sensitivity_plan(ctx, kind, b, cfg, log)
-    if method in ("uniform-lat", "uniform-lat-depth"):
+        plan, info = _sensitivity_plan(ctx, kind, b, cfg, log)
+    elif method in ("uniform-lat", "uniform-lat-depth"):
         plan, info = peers.latency_matched_uniform(
             an, dense, ctx["example"], b, ctx["target"], round_to=8, iters=cfg["bisect_iters"],
             log=log, drop=tuple(an.removable) if method == "uniform-lat-depth" else ())
