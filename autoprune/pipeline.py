@@ -189,6 +189,17 @@ class Pipeline:
 
         return _guarded(score)
 
+    def score(self, plan: PruningPlan) -> float:
+        """Prune by ``plan``, re-estimate BatchNorm (where there is any, on training batches)
+        and score on validation: the sensitivity analysis' score (NaN with no evaluate())."""
+        def run() -> CandidateResult:
+            pruned = self._prune(plan, None, {})
+            self._proxy(pruned, {}, score=False)
+            value = self.evaluate(pruned, "val")
+            return CandidateResult(pruned, None, float("nan") if value is None else value, {})
+
+        return _guarded(run).val_acc
+
     def _prune(self, plan: PruningPlan, model: nn.Module | None,
                stages: dict[str, float]) -> nn.Module:
         t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from torch import nn
 
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import BudgetError
+from autoprune.neighbours import perturb, plan_key
 from autoprune.plan import (
     FitOptions,
     PruningPlan,
@@ -59,6 +60,7 @@ class Problem:
         self.resolved = space.resolve([g.name for g in self.groups])
         self.latency_floor = self._check_latency_floor()
         self._baselines: _Baselines | None = None
+        self.sensitivity: dict[str, float] | None = None  # {group: val drop}, set by the run
 
     @property
     def weights_mode(self) -> bool:
@@ -70,6 +72,13 @@ class Problem:
         depth = self.settings.depth
         wanted = depth == "on" or (depth == "latency" and self.latency_table is not None)
         return list(self.analysis.removable) if wanted and not self.weights_mode else []
+
+    @property
+    def wants_sensitivity(self) -> bool:
+        """Whether the sensitivity plan is one of this search's baselines (``--sensitivity``)."""
+        mode = self.settings.sensitivity
+        return self.settings.priors and not self.weights_mode and (
+            mode == "on" or (mode == "latency" and self.latency_table is not None))
 
     def drop_of(self, params: Mapping[str, float]) -> tuple[str, ...]:
         """The blocks searched ``params`` remove."""
@@ -97,7 +106,8 @@ class Problem:
         if self.weights_mode:  # no channels go; the weights are zeroed instead
             return PruningPlan({}, self.settings.importance, None)
         if self.latency_table is not None:
-            return self._latency_plan(params)
+            sensitive = baseline is not None and baseline.startswith("sensitivity-")
+            return self._latency_plan(params, self._sensitivity_alloc() if sensitive else None)
         exact = self._computed_baselines()[1].get(baseline) if baseline is not None else None
         if exact is not None:
             return exact
@@ -151,20 +161,23 @@ class Problem:
         except BudgetError:
             return None
 
-    def _latency_plan(self, params: dict[str, float]) -> PruningPlan:
+    def _latency_plan(self, params: dict[str, float],
+                      exact: dict[str, float] | None = None) -> PruningPlan:
         """The allocation fitted onto its level of the dense latency, as the latency table
         predicts it (the candidate is timed before training: the prediction is verified). An
         allocation that cannot get that fast (groups it leaves alone) is fitted as fast as it
-        gets, when that is still within the budget."""
+        gets, when that is still within the budget. ``exact``: a baseline's own per-group
+        allocation instead of the parameters', capped at 0.95 only (as its one-liner)."""
         from autoprune.latency import fit_latency
 
         table = self.latency_table
         assert table is not None
         names = [g.name for g in self.groups]
-        alloc = dict(zip(names, map(float, self.resolved.allocation(params))))
+        alloc = exact or dict(zip(names, map(float, self.resolved.allocation(params))))
         target = self.level_of(params) * table.dense_ms / self.latency_scale
         drop = self.drop_of(params)
-        for lift in CAP_LIFTS:  # caps rise toward 0.95 only if the level needs it, as FLOPs fits
+        # caps rise toward 0.95 only if the level needs it, as FLOPs fits
+        for lift in (1.0,) if exact else CAP_LIFTS:
             try:
                 plan = fit_latency(table.without(drop), target, alloc, self._caps(lift),
                                    self.space.round_to)
@@ -334,10 +347,43 @@ class Problem:
         if ratios is None:
             log.warning("global-ranking baseline skipped: no global threshold reaches %s %.4g "
                         "of dense within the caps", self.budget.metric, top)
-            return self._with_depth(out, label), exact
-        out.append(({**self.resolved.from_group_ratios(ratios), LEVEL: top},
-                    {"baseline": f"global-{label}"}))
-        return self._with_depth(out, label), exact
+        else:
+            out.append(({**self.resolved.from_group_ratios(ratios), LEVEL: top},
+                        {"baseline": f"global-{label}"}))
+        return self._with_depth(out + self._sensitivity_baseline(label, exact), label), exact
+
+    def _sensitivity_alloc(self) -> dict[str, float] | None:
+        """The sensitivity plan's relative ratios (0 for the groups the space leaves alone);
+        None until the run has measured the drops."""
+        if not self.sensitivity:
+            return None
+        from autoprune.sensitivity import sensitivity_allocation
+
+        caps = self._caps(1.0)
+        weights = sensitivity_allocation({n: d for n, d in self.sensitivity.items()
+                                          if caps.get(n, 0.0) > 0})
+        return {n: weights.get(n, 0.0) for n in caps}
+
+    def _sensitivity_baseline(self, label: str, exact: dict[str, PruningPlan]
+                              ) -> list[tuple[dict[str, float], dict[str, Any]]]:
+        """The sensitivity plan at the budget (its exact plan into ``exact``; latency: fitted
+        on the table), told to the sampler as the nearest parameters; none before the drops."""
+        alloc, name = self._sensitivity_alloc(), f"sensitivity-{label}"
+        if alloc is None:
+            return []
+        if self.latency_table is None:
+            caps = np.array(list(self._caps(1.0).values()))
+            try:
+                exact[name] = self._plan_of(fit_allocation(
+                    self._widths, np.array(list(alloc.values())),
+                    self.budget.fraction * self.budget.dense_metric,
+                    FitOptions(self.budget.metric, caps, self.space.round_to)))
+            except BudgetError:
+                log.warning("sensitivity baseline skipped: out of reach of the budget")
+                return []
+        scale = min(p.high for p in self.resolved.params)  # the largest ratio -> uniform's
+        params = self.resolved.from_group_ratios({n: a * scale for n, a in alloc.items()})
+        return [({**params, LEVEL: self.budget.fraction}, {"baseline": name})]
 
     def _with_depth(self, baselines: list[tuple[dict[str, float], dict[str, Any]]], label: str
                     ) -> list[tuple[dict[str, float], dict[str, Any]]]:
@@ -401,27 +447,3 @@ class Problem:
             out.append(params)
         return out
 
-
-def plan_key(params: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    """Searched values as a hashable key (two trials with one key evaluate the same plan)."""
-    return tuple(sorted((k, round(float(v), 9)) for k, v in params.items()))
-
-
-def perturb(values: dict[str, float], specs: list[ParamSpec], rng: np.random.Generator,
-            sigma: float = 0.15) -> dict[str, float]:
-    """A neighbour of ``values``: Gaussian steps of ``sigma`` x each range, clipped, on grid; a
-    yes/no parameter (two grid points, a block removed or not) flips with probability ``sigma``
-    (a missing one reads as the low value: no)."""
-    out = {}
-    for s in specs:
-        if s.step and round((s.high - s.low) / s.step) == 1:
-            v = float(values.get(s.name, s.low))
-            out[s.name] = (s.low + s.high - v) if rng.random() < sigma else v
-            continue
-        v = float(values.get(s.name, (s.low + s.high) / 2))
-        v = min(max(v + rng.normal(0.0, sigma * (s.high - s.low)), s.low), s.high)
-        if s.step:
-            v = s.low + round((v - s.low) / s.step) * s.step
-            v = min(max(round(v, 10), s.low), s.high)
-        out[s.name] = v
-    return out

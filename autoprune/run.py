@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import inspect
+import logging
 import os
 import platform
 import secrets
@@ -45,6 +46,7 @@ __all__ = ["Run", "Target", "claim_run_dir", "default_run_name", "open_run_dir",
            "release_unstarted"]
 
 STUDY = "autoprune"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,31 @@ class Run:
         self.problem = Problem(analysis, space, self.budget, settings, table)
         self.stages = Stages(self.problem, run, self.timer, self.evaluate,
                              (target.train_loader, self.ft, finetune_adapter(target.finetune)))
+        self.problem.sensitivity = self._sensitivity()
         self.ledger = Ledger(run, self.budget, settings.latency_max_cv)
+
+    def _sensitivity(self) -> dict[str, float] | None:
+        """The groups' validation drops for the sensitivity baseline (``--sensitivity``):
+        baseline.json's, else measured now (one BatchNorm re-estimation and validation score
+        per group) and kept there."""
+        p = self.problem
+        if not p.wants_sensitivity:
+            return None
+        if self.baseline.get("sensitivity") is not None:
+            return {k: float(v) for k, v in self.baseline["sensitivity"].items()}
+        from autoprune.pipeline import CandidateFailed
+        from autoprune.sensitivity import group_drops
+
+        names = [g.name for g, cap in zip(p.groups, p.resolved.caps()) if cap > 0]
+        try:
+            drops = group_drops(names, self.stages.pipeline.score,
+                                self.settings.importance, progress=self.settings.progress)
+        except (ValueError, CandidateFailed) as exc:
+            log.warning("no sensitivity baseline: %s", exc)
+            return None
+        self.baseline = {**self.baseline, "sensitivity": drops}
+        self.dir.write_baseline(self.baseline)
+        return drops
 
     def _fits_latency(self, settings: SearchSettings) -> bool:
         """Candidates are fitted on a latency table under a latency-only budget (channels)."""

@@ -196,6 +196,10 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
             raise check.fail(f"frozen is {_kind(data['frozen'])}, not a list")
         for i, item in enumerate(data["frozen"]):
             check.words(check.mapping(item, f"frozen[{i}]"), ("name", "reason"), f"frozen[{i}].")
+    if data.get("sensitivity") is not None:  # {group: validation drop pruned alone}
+        drops = check.mapping(data["sensitivity"], "sensitivity")
+        for name, drop in drops.items():
+            check.number(drop, f"sensitivity[{name!r}]", required=True)
     if data.get("environment") is not None:
         env = check.mapping(data["environment"], "environment")
         for key, item in env.items():

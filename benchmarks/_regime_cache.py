@@ -44,8 +44,14 @@ def _key(cfg: dict[str, Any], *parts: Any, searched: bool = True) -> str:
 
 def row_key(cfg: dict[str, Any], arch: str, seed: int, kind: str, budget: float,
             method: str) -> str:
-    """One method's row in one cell (``autoprune-refine`` also depends on its settings)."""
-    extra = (cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()
+    """One method's row in one cell (``autoprune-refine`` also depends on its settings; a
+    search that starts from the sensitivity plan too on ``--search-sensitivity``, which rows
+    kept before it existed read as off)."""
+    extra: tuple[Any, ...] = (cfg["refine"], cfg["refine_epochs"]) if method == REFINE else ()
+    sens = cfg.get("search_sensitivity", "off")
+    if method not in UNSEARCHED and method != "random" and (
+            sens == "on" or (sens == "latency" and kind == "latency")):
+        extra += ("search-sensitivity",)
     return _key(cfg, arch, seed, kind, budget, method, *extra,
                 searched=method not in UNSEARCHED)
 
@@ -99,7 +105,8 @@ def restore(cfg: dict[str, Any], path: Path) -> int:
     data = json.loads(Path(path).read_text())
     made = {**cfg, **{k: data["config"].get(k) for k in (*KEY_FIELDS, "refine",
                                                             "refine_epochs", "proxy_budget",
-                                                            "proxy_candidates")}}
+                                                            "proxy_candidates")},
+            "search_sensitivity": data["config"].get("search_sensitivity", "off")}
     found: list[tuple[str, dict[str, Any]]] = []
     for res in data["results"]:
         if "proxy" in res:

@@ -6,9 +6,9 @@
   1/400 steps until the counted MACs meet the budget.
 - :func:`latency_matched_uniform`: the uniform plan whose **measured** latency meets a latency
   budget (the FLOPs fraction of a uniform plan bisected on latency timed alternately with dense).
-- :func:`group_sensitivity` and :func:`sensitivity_allocation`: the classic per-layer
-  sensitivity analysis (each coupled group pruned alone, BatchNorm re-estimated, the validation
-  drop measured) turned into per-group ratios that spare the sensitive groups.
+- :func:`group_sensitivity`: the classic per-layer sensitivity analysis
+  (:mod:`autoprune.sensitivity`: each coupled group pruned alone, BatchNorm re-estimated, the
+  validation drop measured), which ``sensitivity_allocation`` turns into per-group ratios.
 - :func:`paired_interval`: mean and 95 % t-interval half-width of paired differences.
 """
 
@@ -100,29 +100,18 @@ def measured_ratio(model: nn.Module, dense: nn.Module, example: torch.Tensor, ta
 def group_sensitivity(analysis: Any, evaluate: Callable[[nn.Module, str], float],
                       loader: Iterable[Any], ratio: float = 0.5,
                       bn_batches: int = 20) -> dict[str, float]:
-    """Per coupled group: the validation accuracy lost (a fraction, >= 0) when that group
-    alone is pruned at ``ratio`` (L2) and BatchNorm is re-estimated on ``bn_batches`` batches
-    of ``loader``; the reference is the dense model with its BatchNorm re-estimated alike."""
+    """:func:`autoprune.sensitivity.group_drops` of every coupled group, scored as a search
+    scores them: pruned (L2), BatchNorm re-estimated on ``bn_batches`` batches of ``loader``,
+    ``evaluate(model, "val")``."""
     from autoprune.pipeline import reestimate_bn
-    from autoprune.plan import PruningPlan
+    from autoprune.sensitivity import group_drops
 
-    def score(ratios: dict[str, float]) -> float:
-        model = analysis.apply(PruningPlan(ratios, "l2")).eval()
+    def score(plan: Any) -> float:
+        model = analysis.apply(plan).eval()
         reestimate_bn(model, loader, bn_batches, "cpu")
         return evaluate(model, "val")
 
-    base = score({})
-    return {g.name: max(0.0, base - score({g.name: ratio})) for g in analysis.groups}
-
-
-def sensitivity_allocation(drops: Mapping[str, float], floor: float = 1e-3) -> dict[str, float]:
-    """Relative per-group ratios from :func:`group_sensitivity`'s drops: ``1 / (drop + tau)``
-    with ``tau`` the median drop (at least ``floor``), so a group that loses nothing is pruned
-    about twice as hard as a median one, and one that loses much far less. Pure."""
-    tau = max(statistics.median(drops.values()), floor) if drops else floor
-    weights = {name: 1.0 / (d + tau) for name, d in drops.items()}
-    top = max(weights.values(), default=1.0)
-    return {name: w / top for name, w in weights.items()}
+    return group_drops([g.name for g in analysis.groups], score, "l2", ratio)
 
 
 def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tensor,

@@ -133,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "coupled group pruned alone at 0.5, BatchNorm re-estimated, its validation "
                    "drop measured; ratios ~ 1 / (drop + median drop), fitted to the FLOPs "
                    "budget or bisected on measured latency like uniform-lat")
+    p.add_argument("--search-sensitivity", default="latency", choices=["off", "latency", "on"],
+                   help="autoprune's --sensitivity (default: its own default, latency): its "
+                   "searches also start from the sensitivity plan (rows kept before it existed "
+                   "read as off)")
     p.add_argument("--distill", action="store_true", help="autoprune's searches distil from "
                    "the dense model")
     p.add_argument("--proxy-arch", default="resnet20", choices=[*ARCH_NAMES, "none"],
@@ -234,7 +238,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     if method == "random":
         settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
     else:
-        settings = SearchSettings(depth="latency" if method == DEPTH else "off", **common)
+        settings = SearchSettings(depth="latency" if method == DEPTH else "off",
+                                  sensitivity=cfg.get("search_sensitivity", "off"), **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
     shared = ctx.get("latency_table") if latency else None
@@ -294,6 +299,7 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
     import _regime_peers as peers
 
     import autoprune as ap
+    from autoprune.sensitivity import sensitivity_allocation
 
     if "sensitivity" not in ctx:
         start = time.perf_counter()
@@ -303,7 +309,7 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
         log(f"sensitivity: {len(drops)} groups in {ctx['sensitivity'][1]:.0f} s, drops (pt) "
             + ", ".join(f"{n} {100 * d:.1f}" for n, d in drops.items()))
     drops, secs = ctx["sensitivity"]
-    weights = peers.sensitivity_allocation(drops)
+    weights = sensitivity_allocation(drops)
     an, dense, example = ctx["analysis"], ctx["dense"], ctx["example"]
     if kind == "flops":
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -212,10 +214,35 @@ def test_a_latency_only_problem_fits_candidates_on_the_table(wide):
     assert plain.latency_table is None
 
 
+def test_the_sensitivity_baseline_is_fitted_on_the_table_from_its_own_allocation(wide):
+    """Under a latency budget the sensitivity plan is fitted on the table from its per-group
+    allocation (not the parameters' rounding of it), capped at 0.95 only like a one-liner."""
+    from autoprune.budget import ResolvedBudget
+    from autoprune.problem import Problem
+
+    analysis, table, _ = wide
+    cm = analysis.cost_model
+    budget = ResolvedBudget(ap.Budget(latency=0.4), cm.dense_macs(), cm.dense_params(), 2.0)
+    problem = Problem(analysis, ap.SearchSpace(round_to=1, high=0.5), budget,
+                      ap.SearchSettings(), table)
+    assert problem.wants_sensitivity  # the default, "latency", with a table
+    problem.sensitivity = {"stem": 0.0, "a": 0.3, "b": 0.01}
+    by_name = {a["baseline"]: p for p, a in problem.baseline_params()}
+    plan = problem.plan_for(by_name["sensitivity-l2"], "sensitivity-l2")
+    ratios = {g: plan.ratios.get(g, 0.0) for g in ("stem", "a", "b")}
+    assert ratios["a"] < ratios["b"] < ratios["stem"]
+    assert ratios["stem"] > 0.5  # past the space's caps
+    assert table.predict(plan) <= 0.4 * table.dense_ms * (1 + 1e-9)
+    assert table.predict(plan) >= 0.4 * table.dense_ms * 0.98
+    uniform = problem.plan_for(by_name["uniform-l2"], "uniform-l2")
+    assert uniform.ratios != plan.ratios
+
+
 @pytest.mark.slow
-def test_a_latency_budget_search_builds_the_table_once_and_reuses_it(tmp_path):
-    """End to end: the run measures latency_table.json before its first candidate, fits every
-    candidate on it, and a resumed run reads the file instead of timing layers again."""
+def test_a_latency_budget_search_builds_the_table_once_and_reuses_it(tmp_path, monkeypatch):
+    """End to end: the run measures latency_table.json and the groups' sensitivity before its
+    first candidate, fits every candidate on the table, starts from the sensitivity plan too,
+    and a resumed run reads both files instead of measuring again."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     loader = [(x, torch.tensor([0, 1]))]
@@ -236,6 +263,14 @@ def test_a_latency_budget_search_builds_the_table_once_and_reuses_it(tmp_path):
     # itself (later fits aim by the measured/predicted ratio so far, which load moves either way)
     first = ap.PruningPlan.from_dict(baselines[0].plan)
     assert table.predict(first) <= 0.7 * table.dense_ms * (1 + 1e-9)
+    drops = json.loads((tmp_path / "run" / "baseline.json").read_text())["sensitivity"]
+    assert drops == {"stem": 0.0, "a": 0.0, "b": 0.0}  # a constant score loses nothing
+    assert "sensitivity-l2" in {r.baseline for r in result.trials}
+
+    def measured_again(*args: object, **kw: object) -> None:
+        raise AssertionError("the drops in baseline.json were measured again")
+
+    monkeypatch.setattr("autoprune.sensitivity.group_drops", measured_again)
     ap.search(Wide(), x[:1], trials=4, settings=settings, resume=True, **kwargs)
     assert path.stat().st_mtime_ns == stamp  # read back, not built again
 

@@ -80,7 +80,7 @@ LITERALS = [(cls, name, choices) for cls in ALL for name, choices in choices_of(
 def test_literal_fields():
     assert {name for _, name, _ in LITERALS} == {
         "sampler", "importance", "latency_dtype", "latency_runtime", "mode", "backend",
-        "optimizer", "depth"}
+        "optimizer", "depth", "sensitivity"}
     assert choices_of(SearchSettings)["sampler"] == SAMPLERS
 
 
