@@ -181,7 +181,7 @@ class Run:
         baseline.json's, else measured now (one BatchNorm re-estimation and validation score
         per group) and kept there."""
         p = self.problem
-        if not p.wants_sensitivity:
+        if not p.wants_sensitivity or self.target.evaluate is None:  # nothing to score with
             return None
         if self.baseline.get("sensitivity") is not None:
             return {k: float(v) for k, v in self.baseline["sensitivity"].items()}
@@ -192,7 +192,7 @@ class Run:
         try:
             drops = group_drops(names, self.stages.pipeline.score,
                                 self.settings.importance, progress=self.settings.progress)
-        except (ValueError, CandidateFailed) as exc:
+        except (ValueError, ConfigError, CandidateFailed) as exc:
             log.warning("no sensitivity baseline: %s", exc)
             return None
         self.baseline = {**self.baseline, "sensitivity": drops}

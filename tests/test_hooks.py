@@ -113,6 +113,31 @@ def test_session_checks_a_latency_budget_before_handing_out(tmp_path):
     assert all("latency" in r.fail_reason and r.latency_ms > 0 for r in records)
 
 
+@pytest.mark.parametrize("scored,loaded", [(False, False), (True, False), (True, True)])
+def test_a_session_measures_the_sensitivity_only_with_something_to_score(tmp_path, data,
+                                                                         scored, loaded):
+    """``--sensitivity on`` in an ask/tell session: without evaluate() or training batches
+    (the user trains and scores) the run goes on without the sensitivity baseline; with both
+    it is measured once, kept in baseline.json and among the baselines handed out."""
+    from autoprune.results import RunDir
+
+    loader, val, _ = data
+    session = Session(Residual(), torch.zeros(1, 3, 16, 16), run_dir=tmp_path / "run",
+                      budget=ap.Budget(flops=0.5),
+                      evaluate=(lambda m: accuracy(m, val)) if scored else None,
+                      train_loader=loader if loaded else None,
+                      settings=ap.SearchSettings(progress=False, latency=False,
+                                                 sensitivity="on"))
+    drops = RunDir.open(tmp_path / "run").read_baseline().get("sensitivity")
+    baselines = {a["baseline"] for _, a in session.run.problem.baseline_params()}
+    if scored and loaded:
+        assert set(drops) == {g.name for g in session.run.problem.groups}
+        assert all(d >= 0 for d in drops.values())
+        assert "sensitivity-l2" in baselines
+    else:
+        assert drops is None and "sensitivity-l2" not in baselines
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_prune_hook_gradual_keeps_optimizer_valid(data, optimizer):
     loader, val, _ = data
