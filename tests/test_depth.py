@@ -272,6 +272,34 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
 
 
+def test_a_baseline_is_matched_on_measured_latency_from_below_and_above(
+        analysis, tmp_path, steady_table):
+    """A baseline measured well under the budget is fitted higher (the table over-predicted),
+    one over it lower, within a bracket, until it measures within [MATCH, 1] x the budget;
+    when no timing lands there, the slowest plan within the budget is kept."""
+    from autoprune.stages import BASELINE_REFITS, MATCH
+
+    stages, problem = _stages(analysis, tmp_path, _Scripted())
+    baseline = {a["baseline"]: p for p, a in problem.baseline_params()}["uniform-l2"]
+    limit, table = problem.budget.latency_limit_ms, problem.latency_table
+    first = problem.plan_for(baseline, "uniform-l2")
+    stages.timer = _Scripted(limit * 0.80, limit * 0.95, limit * 1.05, limit * 0.98)
+    prep = stages.prepare(baseline, 0, {"baseline": "uniform-l2"})
+    assert prep.outcome is None and stages.timer.calls == 4
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.98) and prep.rec["refits"] == 3
+    assert table.predict(prep.plan) > table.predict(first)  # fitted upward: fewer channels go
+    assert stages.run.read_plan(0) == prep.plan.to_dict()
+    # never within the window: the slowest within the budget (the first, 0.90) is kept
+    timings = [0.90, 1.05, 1.02, 1.01, 1.03, 1.04]
+    assert len(timings) == BASELINE_REFITS + 1 and MATCH > 0.90
+    stages.timer = _Scripted(*[limit * t for t in timings])
+    prep = stages.prepare(baseline, 1, {"baseline": "uniform-l2"})
+    assert prep.outcome is None and stages.timer.calls == BASELINE_REFITS + 1
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.90)
+    assert "refits" not in prep.rec  # the first timing's record and plan
+    assert stages.run.read_plan(1) == prep.plan.to_dict()
+
+
 def test_a_latency_budget_out_of_reach_without_depth_names_depth_and_what_it_predicts(analysis):
     from autoprune.errors import BudgetError
 
