@@ -91,18 +91,20 @@ def allot(sizes: Sequence[int], k: int) -> list[int]:
 
 def top_per_level(levels: Sequence[float], scores: Sequence[float | None], k: int,
                   forced: Sequence[bool] = ()) -> list[int]:
-    """Indices of the ``k`` candidates kept: per cost level, the best scores (higher is better;
-    None ranks last; ties go to the earlier candidate), slots allotted by level size. ``forced``
-    candidates (the baselines) are kept first and use their level's slots."""
+    """Indices of the ``k`` candidates kept. ``forced`` candidates (the baselines) are kept
+    first, the earliest when there are more than ``k``; the slots left are allotted over the
+    cost levels by how many other candidates each holds, each level keeping its best scores
+    (higher is better; None ranks last; ties go to the earlier candidate). Never more than
+    ``k``: the generation's full fine-tunes are exactly the trials it counts."""
     forced = list(forced) or [False] * len(levels)
-    keys = sorted({round(v, 9) for v in levels})
-    members = {key: [i for i, v in enumerate(levels) if round(v, 9) == key] for key in keys}
-    slots = allot([len(members[key]) for key in keys], k)
-    kept: list[int] = []
+    kept = [i for i, f in enumerate(forced) if f][:max(k, 0)]
+    keys = sorted({round(v, 9) for i, v in enumerate(levels) if not forced[i]})
+    members = {key: [i for i, v in enumerate(levels) if round(v, 9) == key and not forced[i]]
+               for key in keys}
+    slots = allot([len(members[key]) for key in keys], k - len(kept))
     for key, n in zip(keys, slots):
-        ranked = sorted(members[key], key=lambda i: (not forced[i], scores[i] is None,
-                                                     -(scores[i] or 0.0), i))
-        kept += ranked[:max(n, sum(forced[i] for i in members[key]))]
+        ranked = sorted(members[key], key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
+        kept += ranked[:n]
     return sorted(kept)
 
 
@@ -141,7 +143,8 @@ def optimize(backend: SearchBackend, stages: Stages, total: int,
             left = total - slots.done - slots.running
             if left <= 0:
                 return
-            k = min(loop.schedule.generation, left)
+            # a generation fully fine-tunes the waiting baselines: it holds them all
+            k = min(max(loop.schedule.generation, slots.baselines), left)
             asked = _ask(backend, stages, specs, loop.schedule, k)
             records = backend.records()
         try:

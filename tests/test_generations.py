@@ -36,31 +36,41 @@ def test_allot_is_proportional_and_exact(sizes, k):
 
 
 def _oracle(levels, scores, k, forced):
-    """Brute force: per level, the forced ones plus the best remaining by score."""
-    keys = sorted(set(levels))
-    sizes = [sum(v == key for v in levels) for key in keys]
-    kept = set()
-    for key, n in zip(keys, allot(sizes, k)):
-        idx = [i for i, v in enumerate(levels) if v == key]
-        must = {i for i in idx if forced[i]}
-        rest = [i for i in idx if not forced[i]]
-        need = max(0, n - len(must))
-        best = max(itertools.combinations(rest, min(need, len(rest))),
+    """Brute force: the earliest forced ones (at most k), then per level the best of the rest,
+    the slots left allotted by how many others each level holds."""
+    must = [i for i, f in enumerate(forced) if f][:k]
+    keys = sorted({v for i, v in enumerate(levels) if not forced[i]})
+    sizes = [sum(v == key and not forced[i] for i, v in enumerate(levels)) for key in keys]
+    kept = set(must)
+    for key, n in zip(keys, allot(sizes, k - len(must))):
+        rest = [i for i, v in enumerate(levels) if v == key and not forced[i]]
+        best = max(itertools.combinations(rest, min(n, len(rest))),
                    key=lambda c: (sum(-1e9 if scores[i] is None else scores[i] for i in c),
                                   [-i for i in c]))
-        kept |= must | set(best)
+        kept |= set(best)
     return sorted(kept)
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(60))
 def test_top_per_level_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 9))
     levels = [float(rng.choice([0.2, 0.3])) for _ in range(n)]
     scores = [None if rng.random() < 0.15 else float(rng.random()) for _ in range(n)]
-    forced = [bool(rng.random() < 0.15) for _ in range(n)]
+    forced = [bool(rng.random() < 0.3) for _ in range(n)]
     k = int(rng.integers(1, n + 1))
-    assert top_per_level(levels, scores, k, forced) == _oracle(levels, scores, k, forced)
+    kept = top_per_level(levels, scores, k, forced)
+    assert kept == _oracle(levels, scores, k, forced)
+    assert len(kept) == k  # exactly the generation's full fine-tunes, baselines or not
+
+
+def test_baselines_on_their_own_level_take_slots_from_the_total():
+    # two baselines at the budget's level, six sampled at another: keeping k=2 keeps just the
+    # baselines (it used to keep them plus the other level's share: three full fine-tunes)
+    levels = [0.4, 0.4] + [0.3] * 6
+    forced = [True, True] + [False] * 6
+    assert top_per_level(levels, [0.1] * 8, 2, forced) == [0, 1]
+    assert top_per_level(levels, [None, None, 0.1, 0.9, 0.2, 0.3, 0.4, 0.5], 3, forced) == [0, 1, 3]
 
 
 def test_schedule_counts_and_errors():
@@ -347,3 +357,21 @@ def test_every_sampler_searches_past_its_startup(sampler, tmp_path):
     done = [r for r in result.trials if r.state == "COMPLETE"]
     assert len(done) == 12 and all(r.flops_ratio <= 0.5 + 1e-9 for r in done)
     assert len({tuple(sorted(r.searched.items())) for r in done}) >= 10  # it keeps proposing
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_baseline_is_fully_tuned_and_the_total_is_exact(tmp_path):
+    """More baselines than ``--generation``, at their own cost level: the first generation
+    grows to hold them all, each is fully fine-tuned, and exactly ``trials`` trials are (three
+    full fine-tunes were counted as two before, one over --trials on every run)."""
+    loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    settings = ap.SearchSettings(progress=False, latency=False, screen=3, short_fidelity=0,
+                                 promote=1, generation=1, seed=0)
+    result = ap.search(Net(16), torch.zeros(1, 1, 8, 8), evaluate=lambda m, split: _score(m),
+                       finetune=lambda m, steps: None, train_loader=loader,
+                       budget=ap.Budget(flops=0.5), trials=4, run_dir=tmp_path / "run",
+                       settings=settings, finetune_settings=ap.FinetuneSettings(steps=1),
+                       space=UNROUNDED)
+    baselines = [r for r in result.trials if r.baseline]
+    assert len(baselines) >= 2 and all(r.is_full for r in baselines)
+    assert sum(r.is_full for r in result.trials) == 4

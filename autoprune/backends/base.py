@@ -38,6 +38,7 @@ class Slots:
     done: int  # finished trials that count toward ``--trials``
     running: int  # slots held by running trials (a generation holds its slots on one trial)
     waiting: int  # enqueued, not yet asked
+    baselines: int = 0  # of the waiting, the baselines (each fully fine-tuned in its generation)
 
 
 @runtime_checkable

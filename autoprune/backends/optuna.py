@@ -207,7 +207,7 @@ class OptunaBackend:
         """Finished trials that count toward the requested number (retried ones and screened
         candidates of a staged generation do not, unless the generation counted a screened
         copy of a trained model to fill its slots), running slots and queued trials."""
-        done = running = waiting = 0
+        done = running = waiting = baselines = 0
         trials = self.study.get_trials(deepcopy=False)
         retried = _retried(trials)
         for t in trials:
@@ -220,7 +220,8 @@ class OptunaBackend:
                 running += int(t.user_attrs.get("slots", 1))
             elif t.state == TrialState.WAITING:
                 waiting += 1
-        return Slots(int(done), running, waiting)
+                baselines += "baseline" in t.user_attrs
+        return Slots(int(done), running, waiting, baselines)
 
     def _fail_stored(self, t: optuna.trial.FrozenTrial, reason: str) -> None:
         """Fail a RUNNING trial this process does not hold (a dead worker's), for a retry."""
