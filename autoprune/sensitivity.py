@@ -10,7 +10,8 @@ latency-matched uniform plan by +0.9 / +2.1 points at 0.5 / 0.3 of the dense lat
 why a latency-bound search starts from it (``--sensitivity``).
 
 :func:`group_drops` runs the measurement through a scoring callable (the search's adaptive-BN
-proxy); :func:`sensitivity_allocation` is pure maths.
+proxy); :func:`group_savings` prices the same one-group plans on a cost (MACs, a latency
+table's prediction); :func:`sensitivity_allocation` is pure maths.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from autoprune.plan import PruningPlan
 
-__all__ = ["RATIO", "group_drops", "sensitivity_allocation"]
+__all__ = ["RATIO", "group_drops", "group_savings", "sensitivity_allocation"]
 
 log = logging.getLogger(__name__)
 RATIO = 0.5  # the ratio every group is pruned at alone
@@ -62,14 +63,32 @@ def _checked(value: float, what: str) -> float:
     return float(value)
 
 
-def sensitivity_allocation(drops: Mapping[str, float], floor: float = 1e-3) -> dict[str, float]:
+def group_savings(groups: Iterable[str], cost: Callable[[PruningPlan], float],
+                  importance: str = "l2", ratio: float = RATIO) -> dict[str, float]:
+    """Per group of ``groups``: the cost saved (>= 0) when that group alone is pruned at
+    ``ratio``, ``cost(plan)`` being the pruned model's MACs, parameters or predicted
+    latency (the reference is the empty plan)."""
+    base = cost(PruningPlan({}, importance))
+    return {name: max(0.0, base - cost(PruningPlan({name: ratio}, importance)))
+            for name in groups}
+
+
+def sensitivity_allocation(drops: Mapping[str, float], floor: float = 1e-3,
+                           savings: Mapping[str, float] | None = None) -> dict[str, float]:
     """Relative per-group ratios from :func:`group_drops`'s drops: ``1 / (drop + tau)`` with
     ``tau`` the median drop (at least ``floor``), so a group that loses nothing is pruned about
     twice as hard as a median one and one that loses much far less; scaled to a largest value
-    of 1. Pure."""
+    of 1. With ``savings`` (:func:`group_savings`, same groups), ``saving / (drop + tau)``:
+    accuracy lost per cost saved, the first-order answer to "lose least for the budget" (a
+    drop quadratic in the ratio, a saving linear in it), so a group that saves little is
+    pruned little however insensitive. Pure."""
     if floor <= 0:
         raise ValueError(f"floor {floor} must be > 0")
+    if savings is not None and set(savings) != set(drops):
+        raise ValueError(f"savings name groups {sorted(set(savings) ^ set(drops))} that the "
+                         "drops do not (or the other way round): give both for the same groups")
     tau = max(statistics.median(drops.values()), floor) if drops else floor
-    weights = {name: 1.0 / (max(d, 0.0) + tau) for name, d in drops.items()}
-    top = max(weights.values(), default=1.0)
+    weights = {name: (1.0 if savings is None else max(savings[name], 0.0)) / (max(d, 0.0) + tau)
+               for name, d in drops.items()}
+    top = max(weights.values(), default=1.0) or 1.0
     return {name: w / top for name, w in weights.items()}

@@ -19,6 +19,7 @@ from typing import Any
 
 REFINE = "autoprune-refine"
 SENS = "sensitivity"  # per-group sensitivity analysis turned into a plan (no search)
+SENS_COST = "sensitivity-cost"  # the same, weighted by each group's cost saved per drop
 #: The settings a kept result depends on (beside its own arch, seed, cell and method).
 KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "final_epochs",
               "sl_epochs", "dense_epochs", "latency_runtime", "distill", "device")
@@ -26,10 +27,11 @@ KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "
 #: not search, so a run with another ``--trials`` pairs new search rows with the kept peers.
 SEARCH_FIELDS = ("trials", "search_steps", "distill")
 UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth",
-              SENS)
+              SENS, SENS_COST)
 
-__all__ = ["KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "UNSEARCHED", "DenseMismatch",
-           "check_dense", "header_key", "keep", "kept", "proxy_key", "restore", "row_key"]
+__all__ = ["KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "SENS_COST", "UNSEARCHED",
+           "DenseMismatch", "check_dense", "header_key", "keep", "kept", "proxy_key", "restore",
+           "row_key"]
 
 
 class DenseMismatch(RuntimeError):

@@ -101,17 +101,14 @@ def group_sensitivity(analysis: Any, evaluate: Callable[[nn.Module, str], float]
                       loader: Iterable[Any], ratio: float = 0.5,
                       bn_batches: int = 20) -> dict[str, float]:
     """:func:`autoprune.sensitivity.group_drops` of every coupled group, scored as a search
-    scores them: pruned (L2), BatchNorm re-estimated on ``bn_batches`` batches of ``loader``,
-    ``evaluate(model, "val")``."""
-    from autoprune.pipeline import reestimate_bn
+    scores them (``Pipeline.score``): pruned (L2), BatchNorm re-estimated on ``bn_batches``
+    batches of ``loader``, ``evaluate(model, "val")``."""
+    from autoprune.pipeline import Pipeline
     from autoprune.sensitivity import group_drops
+    from autoprune.settings import FinetuneSettings
 
-    def score(plan: Any) -> float:
-        model = analysis.apply(plan).eval()
-        reestimate_bn(model, loader, bn_batches, "cpu")
-        return evaluate(model, "val")
-
-    return group_drops([g.name for g in analysis.groups], score, "l2", ratio)
+    pipeline = Pipeline(analysis, evaluate, loader, FinetuneSettings(bn_batches=bn_batches))
+    return group_drops([g.name for g in analysis.groups], pipeline.score, "l2", ratio)
 
 
 def latency_matched_uniform(analysis: Any, dense: nn.Module, example: torch.Tensor,

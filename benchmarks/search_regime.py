@@ -22,7 +22,10 @@ Cells:
 - ``--sensitivity`` adds ``sensitivity`` to every cell: the classic per-layer sensitivity
   analysis (each coupled group pruned alone at 0.5, BatchNorm re-estimated, its validation drop
   measured) turned into ratios ~ 1 / (drop + median drop), fitted to the FLOPs budget or bisected
-  on measured latency like ``uniform-lat`` (no search: is a sensitivity prior worth adding?);
+  on measured latency like ``uniform-lat`` (no search: is a sensitivity prior worth adding?),
+  and ``sensitivity-cost``: ratios ~ saving / (drop + median drop), the saving being what the
+  group alone pruned at 0.5 saves (FLOPs cells: MACs; latency cells: the latency table's
+  prediction), so the groups that buy the budget cheaply go first;
 - the searches of one latency cell share one per-layer latency table (built by the first, its
   build time charged to each search's seconds, as each of them would build it alone);
 - ``--refine K`` adds ``autoprune-refine`` to every cell: the same search, then its K best full
@@ -68,6 +71,7 @@ from _common import die_with_parent, save_report
 from _regime_cache import (
     REFINE,
     SENS,
+    SENS_COST,
     DenseMismatch,
     check_dense,
     header_key,
@@ -80,7 +84,7 @@ from _regime_cache import (
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
 DEPTH = "autoprune-depth"  # latency cells: --depth latency (residual blocks may go whole)
-OURS = ("autoprune", REFINE, DEPTH, SENS)
+OURS = ("autoprune", REFINE, DEPTH, SENS, SENS_COST)
 LATENCY_METHODS = ("uniform-lat", "uniform-lat-depth", "random", "autoprune", DEPTH)
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
 DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
@@ -119,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "epochs before pruning (default 1)")
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
     p.add_argument("--methods", nargs="+",
-                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE, SENS}),
+                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE, SENS, SENS_COST}),
                    help="only these methods (default all that fit each cell)")
     p.add_argument("--random-in", choices=["latency", "all", "none"],
                    help="cells that also run random search (default: the latency cells; "
@@ -185,7 +189,7 @@ def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
     if cfg.get("refine"):
         names.append(REFINE)
     if cfg.get("sensitivity"):
-        names.append(SENS)
+        names += [SENS, SENS_COST]
     if cfg["random_in"] == "none" or (cfg["random_in"] == "latency" and kind == "flops"):
         names.remove("random")
     return [m for m in names if not cfg["methods"] or m in cfg["methods"]]
@@ -292,10 +296,12 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
 
 
 def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, Any],
-                      log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+                      log: Callable[[str], None], cost: bool = False
+                      ) -> tuple[Any, dict[str, Any]]:
     """The sensitivity peer's plan (``_choose`` prunes with it): the per-group drops are
     measured once per process and arch (seed-independent: split seed 0's batches), their
-    seconds charged to every cell."""
+    seconds charged to every cell. ``cost``: weighted by each group's saving
+    (:func:`_savings`)."""
     import _regime_peers as peers
 
     import autoprune as ap
@@ -309,7 +315,8 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
         log(f"sensitivity: {len(drops)} groups in {ctx['sensitivity'][1]:.0f} s, drops (pt) "
             + ", ".join(f"{n} {100 * d:.1f}" for n, d in drops.items()))
     drops, secs = ctx["sensitivity"]
-    weights = sensitivity_allocation(drops)
+    savings, cost_s = _savings(ctx, kind, list(drops), log) if cost else (None, 0.0)
+    weights = sensitivity_allocation(drops, savings=savings)
     an, dense, example = ctx["analysis"], ctx["dense"], ctx["example"]
     if kind == "flops":
         start = time.perf_counter()
@@ -320,8 +327,30 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
         plan, info = peers.latency_matched_uniform(an, dense, example, b, ctx["target"],
                                                    round_to=8, iters=cfg["bisect_iters"],
                                                    log=log, allocation=weights)
-    info.update(search_s=info["search_s"] + secs, sensitivity_drops=drops)
+    info.update(search_s=info["search_s"] + secs + cost_s, sensitivity_drops=drops)
+    if savings is not None:
+        info["sensitivity_savings"] = savings
     return plan, info
+
+
+def _savings(ctx: dict[str, Any], kind: str, groups: list[str],
+             log: Callable[[str], None]) -> tuple[dict[str, float], float]:
+    """What each group alone pruned at 0.5 saves, and the seconds it took: MACs (FLOPs cells)
+    or the latency table's prediction (latency cells; the table, as autoprune builds it, is
+    built once per process and arch, its seconds charged to every cell)."""
+    from autoprune.sensitivity import group_savings
+
+    an = ctx["analysis"]
+    if kind == "flops":
+        return group_savings(groups, an.macs), 0.0
+    if "table" not in ctx:
+        from autoprune.latency.layer_table import build_table
+
+        start = time.perf_counter()
+        ctx["table"] = (build_table(an, ctx["target"]), time.perf_counter() - start)
+        log(f"latency table for sensitivity-cost in {ctx['table'][1]:.0f} s")
+    table, secs = ctx["table"]
+    return group_savings(groups, table.predict), secs
 
 
 def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
@@ -340,8 +369,8 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         return peers.groupnorm_recipe(dense, ctx["example"],
                                       ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
                                       log)
-    if method == SENS:
-        plan, info = _sensitivity_plan(ctx, kind, b, cfg, log)
+    if method in (SENS, SENS_COST):
+        plan, info = _sensitivity_plan(ctx, kind, b, cfg, log, cost=method == SENS_COST)
     elif method in ("uniform-lat", "uniform-lat-depth"):
         plan, info = peers.latency_matched_uniform(
             an, dense, ctx["example"], b, ctx["target"], round_to=8, iters=cfg["bisect_iters"],

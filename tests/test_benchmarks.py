@@ -270,10 +270,15 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
         ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune"),
         ("flops", "autoprune-refine"), ("latency", "autoprune-refine"),
         ("latency", "uniform-lat-depth"), ("latency", "autoprune-depth"),
-        ("flops", "sensitivity"), ("latency", "sensitivity")}
+        ("flops", "sensitivity"), ("latency", "sensitivity"), ("flops", "sensitivity-cost"),
+        ("latency", "sensitivity-cost")}
     assert first.stdout.count("sensitivity: 12 groups") == 2  # measured once per cell's process
     sens = next(r for r in runs if (r["kind"], r["method"]) == ("flops", "sensitivity"))
     assert set(sens["sensitivity_drops"]) >= set(sens["plan"]["ratios"])
+    for kind in ("flops", "latency"):  # the cost-weighted peer: same drops, savings beside
+        cost = next(r for r in runs if (r["kind"], r["method"]) == (kind, "sensitivity-cost"))
+        assert set(cost["sensitivity_savings"]) == set(cost["sensitivity_drops"])
+        assert all(v >= 0 for v in cost["sensitivity_savings"].values())
     deep = next(r for r in runs if r["method"] == "uniform-lat-depth")
     assert "without 7 blocks" in first.stdout  # ResNet-20's removable blocks, all removed
     assert deep.get("test_acc") is None or len(deep["plan"]["drop"]) == 7

@@ -13,7 +13,7 @@ import autoprune as ap
 from autoprune.budget import ResolvedBudget
 from autoprune.plan import Budget, PruningPlan
 from autoprune.problem import Problem
-from autoprune.sensitivity import RATIO, group_drops, sensitivity_allocation
+from autoprune.sensitivity import RATIO, group_drops, group_savings, sensitivity_allocation
 
 
 def test_the_allocation_is_one_over_drop_plus_the_median_drop():
@@ -25,6 +25,31 @@ def test_the_allocation_is_one_over_drop_plus_the_median_drop():
     assert sensitivity_allocation({}) == {}
     with pytest.raises(ValueError, match="floor"):
         sensitivity_allocation({"a": 0.1}, floor=0.0)
+
+
+def test_savings_weigh_the_allocation_by_cost_saved_per_drop():
+    # median drop 0.01: saving / (drop + 0.01) = 4/0.01, 1/0.02, 10/0.11, scaled to max 1
+    drops, savings = {"a": 0.0, "b": 0.01, "c": 0.1}, {"a": 4.0, "b": 1.0, "c": 10.0}
+    alloc = sensitivity_allocation(drops, savings=savings)
+    assert alloc == pytest.approx({"a": 1.0, "b": 50 / 400, "c": 10 / 0.11 / 400})
+    # a group that saves nothing is left alone, whatever its drop
+    assert sensitivity_allocation(drops, savings={**savings, "a": 0.0})["a"] == 0.0
+    assert sensitivity_allocation({"a": 0.1}, savings={"a": 0.0}) == {"a": 0.0}
+    with pytest.raises(ValueError, match=r"\['b'\]"):
+        sensitivity_allocation({"a": 0.1, "b": 0.2}, savings={"a": 1.0})
+
+
+def test_savings_price_one_group_at_a_time_against_the_empty_plan():
+    cost = {"a": 3.0, "b": 0.5}
+    seen: list[PruningPlan] = []
+
+    def price(plan: PruningPlan) -> float:
+        seen.append(plan)
+        return 10.0 - sum(cost[g] * r for g, r in plan.ratios.items())
+
+    assert group_savings(["a", "b"], price, "l1") == pytest.approx({"a": 1.5, "b": 0.25})
+    assert [(p.ratios, p.importance) for p in seen] == [
+        ({}, "l1"), ({"a": RATIO}, "l1"), ({"b": RATIO}, "l1")]
 
 
 def test_drops_prune_one_group_at_a_time_against_the_dense_score():
