@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Prepared", "StageName", "Stages", "Timer"]
 
 StageName = Literal["proxy", "short", "full", "full+proxy"]
-REFITS = 2  # a candidate is matched on measured latency: at most this many timings more
-BASELINE_REFITS = 5  # ... and a baseline (the one-liner it is compared with is bisected)
+REFITS = 2  # a candidate measured over a latency budget is fitted lower and timed again
+BASELINE_REFITS = 5  # a baseline is matched on measured latency: timings after the first
 MATCH = (0.94, 0.98)  # ... until it measures within this share of the budget (under 1: the
 # end-of-run re-timing moves figures by ~1 %, and one re-timed over the budget is dropped)
 
@@ -232,23 +232,21 @@ class Stages:
         return prep.end(over.with_attrs(seconds=self._since(prep))) if over else prep
 
     def _refit(self, prep: Prepared, params: dict[str, float], attrs: dict[str, Any]) -> None:
-        """A candidate fitted on the latency table at the budget is matched on measured
-        latency, as a one-liner bisected on the clock would be: refitted within a bracket of
-        levels, upward too, until it measures within ``MATCH`` of the budget, up to ``REFITS``
-        more timings (``BASELINE_REFITS`` for a baseline); the slowest plan measured under
-        ``MATCH[1]`` of the budget is kept. The table under-predicted MobileNetV2's latency by
-        up to a third (baselines far over-pruned) and over-predicted others: searched picks at
-        0.3 ran at 0.27 of dense while the uniform plan they were compared with ran at 0.30.
-        A candidate at a lower cost level is only refitted when measured over the budget (at
-        its level lowered by the miss, 1 % more): timing noise costs a timing, not the
-        candidate."""
+        """A candidate fitted on the latency table but measured over the budget is fitted again
+        at its level lowered by the miss (1 % more) and timed again, up to ``REFITS`` times:
+        timing noise and the table's error at the budget cost a timing, not the candidate (the
+        baselines, fitted right at the budget, were lost that way half the time). A baseline
+        is matched on measured latency, as the one-liner it stands for would be: refitted
+        within a bracket of levels, also upward, until it measures within ``MATCH`` of the
+        budget (the table under-predicted MobileNetV2's latency by up to a third, which left
+        its baselines far over-pruned), up to ``BASELINE_REFITS`` times; the slowest plan
+        measured under ``MATCH[1]`` of the budget is kept."""
         p, limit = self.problem, self.problem.budget.latency_limit_ms
         if p.latency_table is None or limit is None:
             return
+        cap = limit * (MATCH[1] if prep.baseline else 1.0)
+        aim_at = limit * (sum(MATCH) / 2 if prep.baseline else 0.99)
         level, lo, hi = p.level_of(params), 0.0, math.inf
-        matched = prep.baseline or level >= p.specs()[-1].high - 1e-9
-        cap = limit * (MATCH[1] if matched else 1.0)
-        aim_at = limit * (sum(MATCH) / 2 if matched else 0.99)
         best: tuple[float, PruningPlan, dict[str, Any], nn.Module | None] | None = None
         for attempt in range(BASELINE_REFITS if prep.baseline else REFITS):
             measured = prep.rec.get("latency_ms")
@@ -257,7 +255,7 @@ class Stages:
             if measured <= cap:
                 if best is None or measured > best[0]:
                     best = (measured, prep.plan, prep.rec, prep.model)
-                if not matched or measured >= MATCH[0] * limit:
+                if not prep.baseline or measured >= MATCH[0] * limit:
                     return
                 lo = level
             else:
