@@ -12,6 +12,7 @@ import pytest
 
 from autoprune.results import RunDir
 from autoprune.storage_url import mask_url
+from autoprune.trial import TrialState
 
 SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
 
@@ -46,8 +47,11 @@ def test_two_workers_on_postgres(tmp_path, postgres_url):
     study = optuna.load_study(study_name=config["study_name"], storage=postgres_url)
     records = run.read_trials()
     assert sorted(t.number for t in study.trials) == sorted(r.trial for r in records)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 6
+    # exactly --trials full fine-tunes; a plan out of reach of its cost level is told COMPLETE
+    # too (with its constraint violation, for the sampler) but recorded INFEASIBLE
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.user_attrs.get("state") != TrialState.INFEASIBLE.value]
+    assert len(done) == 6 and sum(r.is_full for r in records) == 6
     assert len({t.user_attrs.get("worker") for t in study.trials}) == 2  # two processes
     for t in done:
         r = next(r for r in records if r.trial == t.number)
@@ -84,7 +88,8 @@ def test_worker_from_another_machine_joins_by_storage_and_study(tmp_path, postgr
     trials = optuna.load_study(study_name=study, storage=postgres_url).trials
     hosts = {t.user_attrs.get("worker") for t in trials}
     assert len(hosts) == 2  # the launcher and the joined worker both ran trials
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.user_attrs.get("state") != TrialState.INFEASIBLE.value]
     assert len(done) == 6
     records = RunDir.open(tmp_path / "run").read_trials()  # results on the launching side
     assert sorted(r.trial for r in records) == sorted(t.number for t in trials)
