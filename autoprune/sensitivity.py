@@ -81,7 +81,9 @@ def sensitivity_allocation(drops: Mapping[str, float], floor: float = 1e-3,
     of 1. With ``savings`` (:func:`group_savings`, same groups), ``saving / (drop + tau)``:
     accuracy lost per cost saved, the first-order answer to "lose least for the budget" (a
     drop quadratic in the ratio, a saving linear in it), so a group that saves little is
-    pruned little however insensitive. Pure."""
+    pruned little however insensitive. Measured worse than without on MobileNetV2's latency
+    cells (``search_regime.py``'s ``sensitivity-cost``: -1.0 / -0.2 point at 0.3 / 0.5, one
+    seed), so the search's baseline does not use it. Pure."""
     if floor <= 0:
         raise ValueError(f"floor {floor} must be > 0")
     if savings is not None and set(savings) != set(drops):
