@@ -35,6 +35,9 @@ DEFAULT_INTERVAL, DEFAULT_GRACE, MAX_RETRY = 10, 30, 3
 # heartbeats are "experimental" since Optuna 2.9 and stable in use: say so once, not per call
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
                         message=r".*(heartbeat|fail_stale_trials|RetryHeartbeatStale).*")
+# autoprune beats itself (Beat) for the trials it asks: Optuna's advice does not apply
+warnings.filterwarnings("ignore", category=UserWarning,
+                        message=r"Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -74,10 +77,17 @@ class RetryStale(RetryHeartbeatStaleTrialCallback):
             log.warning("trial %d: its worker %s stopped sending heartbeats; failed (retried "
                         "%d times already, no more)", trial.number, worker, len(history) - 1)
             return
+        # the values it was enqueued with (a baseline's plan, a generation's level) and
+        # those it had drawn: killed while sampling, a trial holds some of them only as fixed
+        plan = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        if not plan:
+            log.warning("trial %d: its worker %s stopped sending heartbeats before it had "
+                        "values; failed (nothing to redo)", trial.number, worker)
+            return
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs=retry_attrs(trial),
-            system_attrs={"failed_trial": history[0], "retry_history": history}))
+            user_attrs=retry_attrs(trial), system_attrs={
+                "fixed_params": plan, "failed_trial": history[0], "retry_history": history}))
         log.warning("trial %d: its worker %s stopped sending heartbeats; failed and enqueued "
                     "again", trial.number, worker)
 

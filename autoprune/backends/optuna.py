@@ -234,13 +234,15 @@ class OptunaBackend:
     def ask(self, specs: Sequence[ParamSpec]) -> Asked:
         """A new trial (enqueued ones first) with its parameter values and attributes."""
         trial = self.study.ask()
-        # claimed before sampling (the slow part): a process killed while the sampler runs
-        # leaves a trial reap() can tell is dead, not an ownerless RUNNING one
+        # beating, then claimed, before sampling (the slow part): a process killed while the
+        # sampler runs leaves a trial reap() can tell is dead (by its pid on this host, by its
+        # stale heartbeat on another), not one RUNNING forever; killed before the claim, it
+        # is an unclaimed one (see _unclaimed)
+        if self._beat is not None:
+            self._beat.hold(trial._trial_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for s in specs:  # an enqueued trial's fixed values come back as they were enqueued
             trial.suggest_float(s.name, s.low, s.high, step=s.step)
-        if self._beat is not None:
-            self._beat.hold(trial._trial_id)
         return Asked(trial.number, dict(trial.params), dict(trial.user_attrs), trial)
 
     def annotate(self, asked: Asked, attrs: Mapping[str, Any]) -> None:
