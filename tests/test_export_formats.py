@@ -109,6 +109,32 @@ def test_onnx_carries_plan_and_version_and_names_its_exporter(pruned, tmp_path, 
 
 
 @needs_onnx
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_a_fixed_batch_export_has_the_dynamic_files_operators_and_outputs(pruned, monkeypatch,
+                                                                          exporter):
+    """What latency timing exports (``dynamic_batch=False``): the batch is a constant, and the
+    operators and the outputs are the deployed (dynamic) file's, so it runs as fast."""
+    import onnx
+
+    model, _, inputs = pruned
+    if exporter == "legacy":
+        monkeypatch.setitem(sys.modules, "onnxscript", None)
+    x = inputs.example
+    files = {dynamic: onnx.load_from_string(onnx_file.onnx_bytes(model, (x,), {}, dynamic)[0])
+             for dynamic in (True, False)}
+    dims = {dynamic: f.graph.input[0].type.tensor_type.shape.dim[0] for dynamic, f in
+            files.items()}
+    dims = {dynamic: d.dim_value or d.dim_param for dynamic, d in dims.items()}
+    assert isinstance(dims[True], str) and dims[False] == 1
+    ops = {dynamic: sorted(n.op_type for n in f.graph.node if n.op_type != "Constant")
+           for dynamic, f in files.items()}
+    assert ops[False] == ops[True]
+    out = onnx_file.run_onnx(files[False].SerializeToString(), ["input"], (x,))
+    with torch.no_grad():
+        assert out is not None and (out[0] - model(x)).abs().max() <= ONNX_TOLERANCE
+
+
+@needs_onnx
 @pytest.mark.parametrize("why", ["no onnxscript", "dynamo fails"])
 def test_onnx_falls_back_to_the_legacy_exporter_and_says_so(pruned, tmp_path, monkeypatch, why):
     model, plan, inputs = pruned

@@ -10,8 +10,9 @@ reports what that preparation cost; :func:`~autoprune.latency.measure` times the
 - ``compile``: ``torch.compile(model)`` (inductor; needs a C++ compiler on CPU), compiled by one
   warm-up call, which is the preparation cost;
 - ``onnxruntime``: the model exported as autoprune's ONNX export writes it
-  (:func:`~autoprune.deploy.onnx_file.onnx_bytes`) in an ONNX Runtime CPU session with as many
-  intra-op threads as torch uses and no spinning threads (``pip install "autoprune[onnx]"``).
+  (:func:`~autoprune.deploy.onnx_file.onnx_bytes`), its shapes fixed to the timed batch (the
+  same operators, half the export time), in an ONNX Runtime CPU session with as many intra-op
+  threads as torch uses and no spinning threads (``pip install "autoprune[onnx]"``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def _onnxruntime(model: nn.Module, inputs: Any) -> Callable[[], Any]:
     if not (isinstance(tensors, tuple) and all(isinstance(t, torch.Tensor) for t in tensors)):
         raise ConfigError("latency runtime 'onnxruntime' needs example inputs that are a tensor "
                           "or a tuple of tensors; use the eager runtime for other inputs")
-    data, names, _ = onnx_bytes(model, tensors, {})
+    data, names, _ = onnx_bytes(model, tensors, {}, dynamic_batch=False)  # timed at this batch
     session = ort_session(data)
     feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
     return lambda: session.run(None, feeds)
