@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,13 +190,15 @@ class Run:
         from autoprune.sensitivity import group_drops
 
         names = [g.name for g, cap in zip(p.groups, p.resolved.caps()) if cap > 0]
+        start = time.perf_counter()
         try:
             drops = group_drops(names, self.stages.pipeline.score,
                                 self.settings.importance, progress=self.settings.progress)
         except (ValueError, ConfigError, CandidateFailed) as exc:
             log.warning("no sensitivity baseline: %s", exc)
             return None
-        self.baseline = {**self.baseline, "sensitivity": drops}
+        self.baseline = {**self.baseline, "sensitivity": drops,
+                         "sensitivity_s": time.perf_counter() - start}
         self.dir.write_baseline(self.baseline)
         return drops
 

@@ -200,6 +200,7 @@ def check_baseline(check: FileCheck, value: Any) -> dict[str, Any]:
         drops = check.mapping(data["sensitivity"], "sensitivity")
         for name, drop in drops.items():
             check.number(drop, f"sensitivity[{name!r}]", required=True)
+    check.number(data.get("sensitivity_s"), "sensitivity_s")  # seconds measuring them
     if data.get("environment") is not None:
         env = check.mapping(data["environment"], "environment")
         for key, item in env.items():

@@ -246,10 +246,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                                   sensitivity=cfg.get("search_sensitivity", "off"), **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
-    shared = ctx.get("latency_table") if latency else None
-    if shared is not None:  # the cell's first search built it: same model, target and runtime
-        run_dir.mkdir()
-        (run_dir / "latency_table.json").write_text(shared[0])
+    run_dir.mkdir()
+    reused = _seed_run(ctx, run_dir, (kind, b, seed), latency)
     start = time.perf_counter()
     try:
         result = search(ctx["dense"], ctx["example"], evaluate=ctx["evaluate"],
@@ -259,20 +257,16 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                             steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
                             distill=cfg["distill"] and method in OURS, **ctx["ft"]),
                         settings=settings)
-        table = run_dir / "latency_table.json"
-        if latency and shared is None and table.is_file():
-            text = table.read_text()
-            built = json.loads(text).get("info", {}).get("build_s", 0.0)
-            shared = ctx["latency_table"] = (text, built)
-            shared_now = False
-        else:
-            shared_now = shared is not None
+        _keep_shared(ctx, run_dir, (kind, b, seed), latency)
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
+    if not any((r.baseline or "").startswith("sensitivity") for r in result.trials):
+        reused.pop("drops", None)  # this search did not use the drops it was handed
     full = [r for r in result.front if r.is_full]
-    # a search that reused the cell's latency table is charged its build time all the same
-    info: dict[str, Any] = {"search_s": time.perf_counter() - start
-                            + (shared[1] if shared_now else 0.0), "table_shared": shared_now,
+    # a search that reused the cell's latency table or sensitivity drops is charged their
+    # measuring time all the same
+    info: dict[str, Any] = {"search_s": time.perf_counter() - start + sum(reused.values()),
+                            "table_shared": "table" in reused, "drops_shared": "drops" in reused,
                             "n_full": sum(r.is_full for r in result.trials),
                             "n_total": len(result.trials),
                             "states": dict(Counter(r.state.value for r in result.trials)),
@@ -293,6 +287,35 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                 search_latency_ms=best.latency_ms, global_baseline="exact",
                 baselines_kind="one-liners")
     return ap.PruningPlan.from_dict(best.plan), info
+
+
+def _seed_run(ctx: dict[str, Any], run_dir: Path, cell: tuple[str, float, int],
+              latency: bool) -> dict[str, float]:
+    """Put what the process's earlier searches measured into a search's run directory: the
+    latency table (same model, target and runtime) and the cell's baseline.json (its dense
+    figures, so every search of the cell has the same latency reference, and the groups'
+    sensitivity drops: same model, data and seed). Returns the seconds each took to measure."""
+    reused: dict[str, float] = {}
+    table = ctx.get("latency_table") if latency else None
+    if table is not None:
+        (run_dir / "latency_table.json").write_text(table[0])
+        reused["table"] = table[1]
+    known = ctx.get("baseline_json", {}).get(cell)
+    if known is not None:
+        (run_dir / "baseline.json").write_text(known)
+        if json.loads(known).get("sensitivity") is not None:
+            reused["drops"] = float(json.loads(known).get("sensitivity_s") or 0.0)
+    return reused
+
+
+def _keep_shared(ctx: dict[str, Any], run_dir: Path, cell: tuple[str, float, int],
+                 latency: bool) -> None:
+    """Keep a finished search's latency table (the first one) and baseline.json for the next."""
+    table = run_dir / "latency_table.json"
+    if latency and "latency_table" not in ctx and table.is_file():
+        text = table.read_text()
+        ctx["latency_table"] = (text, json.loads(text).get("info", {}).get("build_s", 0.0))
+    ctx.setdefault("baseline_json", {})[cell] = (run_dir / "baseline.json").read_text()
 
 
 def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, Any],

@@ -279,6 +279,9 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
         cost = next(r for r in runs if (r["kind"], r["method"]) == (kind, "sensitivity-cost"))
         assert set(cost["sensitivity_savings"]) == set(cost["sensitivity_drops"])
         assert all(v >= 0 for v in cost["sensitivity_savings"].values())
+    # the cell's first search measures the drops; the other two take them from its baseline.json
+    searches = [r for r in runs if r["kind"] == "latency" and "drops_shared" in r]
+    assert sorted(r["drops_shared"] for r in searches) == [False, True, True], searches
     deep = next(r for r in runs if r["method"] == "uniform-lat-depth")
     assert "without 7 blocks" in first.stdout  # ResNet-20's removable blocks, all removed
     assert deep.get("test_acc") is None or len(deep["plan"]["drop"]) == 7
