@@ -46,6 +46,7 @@ __all__ = ["Prepared", "StageName", "Stages", "Timer"]
 StageName = Literal["proxy", "short", "full", "full+proxy"]
 REFITS = 2  # a candidate measured over a latency budget is fitted lower and timed again
 BASELINE_REFITS = 5  # a baseline is matched on measured latency: timings after the first
+REFERENCE, REFERENCE_ROUNDS = "reference (dense)", 3  # see Timer.reference
 MATCH = (0.94, 0.98)  # ... until it measures within this share of the budget (under 1: the
 # end-of-run re-timing moves figures by ~1 %, and one re-timed over the budget is dropped)
 
@@ -89,6 +90,12 @@ class Timer:
     #: exported / compiled copies, so a re-timing (the noise guard's, the final one) does not
     #: export again
     prepared: PreparedModels = field(default_factory=PreparedModels, repr=False, compare=False)
+    #: (the dense model, its latency in the run's baseline): a candidate is then timed in
+    #: rounds alternating with the dense model and its figure is ``ratio * that latency``, so
+    #: a budget in dense's share compares like with like whatever the machine's load does
+    #: meanwhile (the dense figure timed once at the start ran 1.5-4 % faster than in the
+    #: final alternating re-timing, and picks under-used their latency budget by that much)
+    reference: tuple[nn.Module, float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run = RunDir(self.run.path.absolute())  # the same lock from any working directory
@@ -108,13 +115,22 @@ class Timer:
             old = None if hit is None else Timed(hit[0], hit[1], 0)
             if old is not None and (old.cv or 0.0) <= self.max_cv:
                 return old
-            timed = guarded(lambda k: self.alternating({label: model}, 1, repeats * k)[label],
-                            self.max_cv)
+            timed = guarded(lambda k: self._take(model, label, repeats * k), self.max_cv)
             if old is not None and (old.cv or 0.0) < (timed.cv or 0.0):
                 timed = Timed(old.ms, old.iqr_ms, timed.attempts, timed.noisy)
             self.cache.put(key, (timed.ms, timed.iqr_ms))
             log[label] = timed
         return timed
+
+    def _take(self, model: nn.Module, label: str, runs: int) -> tuple[float, float]:
+        """(median, IQR) in ms of ``runs`` runs of ``model``; beside the reference model in
+        :data:`REFERENCE_ROUNDS` alternating rounds, scaled to the reference's latency."""
+        if self.reference is None:
+            return self.alternating({label: model}, 1, runs)[label]
+        dense, reference_ms = self.reference
+        got = self.alternating({REFERENCE: dense, label: model}, REFERENCE_ROUNDS, runs)
+        scale = reference_ms / got[REFERENCE][0]
+        return got[label][0] * scale, got[label][1] * scale
 
     def together(self, models: dict[str, nn.Module], rounds: int = 5,
                  repeats: int = 10) -> dict[str, Timed]:

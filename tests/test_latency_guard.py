@@ -128,3 +128,27 @@ def test_a_cached_noisy_figure_is_taken_again_not_trusted(tmp_path):
     assert not second.noisy and second.ms == 0.20 and len(calls) == 4
     third = timer(model)  # now steady in the cache: no timing
     assert third.ms == 0.20 and len(calls) == 4
+
+
+def test_a_candidate_is_timed_beside_the_dense_model_and_scaled_to_its_reference(tmp_path):
+    """With a reference, a candidate's figure is its ratio to the dense model timed in the same
+    alternating rounds, times the run's dense latency: a machine running 10 % slower than when
+    the dense model was first timed leaves the candidate's share of the budget unchanged."""
+    import torch
+    from torch import nn
+
+    from autoprune.stages import REFERENCE, REFERENCE_ROUNDS, Timer
+
+    dense, candidate = nn.Linear(4, 8), nn.Linear(4, 2)
+    timer = Timer(RunDir(tmp_path), torch.randn(1, 4), "cpu", reference=(dense, 0.40))
+    calls = []
+
+    def slower(models, rounds, repeats):  # now 10 % slower than the reference's 0.40 ms
+        calls.append((dict(models), rounds))
+        return {REFERENCE: (0.44, 0.004), "candidate": (0.22, 0.002)}
+
+    timer.alternating = slower  # type: ignore[method-assign]
+    timed = timer(candidate)
+    assert timed.ms == pytest.approx(0.20) and timed.iqr_ms == pytest.approx(0.002 / 1.1)
+    ((models, rounds),) = calls
+    assert models == {REFERENCE: dense, "candidate": candidate} and rounds == REFERENCE_ROUNDS
