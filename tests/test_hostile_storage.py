@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -352,6 +353,15 @@ def test_a_finished_run_drops_its_queued_trials(tmp_path):
     assert backend.drop_queued("again") == 0  # nothing is queued any more
 
 
+def _queued_baseline(storage: optuna.storages.BaseStorage, params: dict[str, float]) -> Any:
+    """Study ``s`` on ``storage`` with one baseline (``params``) waiting in its queue."""
+    from autoprune.backends.optuna import OptunaBackend
+
+    backend = OptunaBackend(storage, "s", "tpe", 0)
+    backend.enqueue(params, {"baseline": "uniform-l2"})
+    return backend
+
+
 def test_a_trial_whose_process_died_before_claiming_it_is_reaped(tmp_path, monkeypatch):
     """A worker killed between Optuna creating its trial (or popping it from the queue) and
     autoprune writing the trial's ``worker`` left it RUNNING with no owner; on a journal
@@ -361,9 +371,7 @@ def test_a_trial_whose_process_died_before_claiming_it_is_reaped(tmp_path, monke
     from autoprune.backends import optuna as backend_module
 
     journal = tmp_path / "study.journal"
-    backend = backend_module.OptunaBackend(backend_module.make_storage(None, journal), "s",
-                                           "tpe", 0)
-    backend.enqueue({"a": 0.25}, {"baseline": "uniform-l2"})
+    backend = _queued_baseline(backend_module.make_storage(None, journal), {"a": 0.25})
     child = ("import optuna, sys\n"
              "from pathlib import Path\n"
              "from autoprune.backends.optuna import make_storage\n"
@@ -399,9 +407,7 @@ def test_a_remote_worker_killed_while_sampling_is_failed_by_its_heartbeat(tmp_pa
     for name, value in beat.items():  # this process's storage too: stale after 2 s, not 30
         monkeypatch.setenv(name, value)
     env = {**ENV, **beat}
-    backend = backend_module.OptunaBackend(backend_module.make_storage(url, tmp_path), "s",
-                                           "tpe", 0)
-    backend.enqueue({"level": 0.5}, {"baseline": "uniform-l2"})
+    backend = _queued_baseline(backend_module.make_storage(url, tmp_path), {"level": 0.5})
     child = ("import os, socket, sys\n"
              "socket.gethostname = lambda: 'other-machine'\n"
              "import optuna\n"
