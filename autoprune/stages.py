@@ -29,7 +29,7 @@ from autoprune.latency import (
     PreparedModels,
     shape_signature,
 )
-from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, robust_cv
+from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, guarded, merge_retimed
 from autoprune.pipeline import CandidateFailed, Pipeline
 from autoprune.plan import PruningPlan
 from autoprune.problem import Problem
@@ -128,6 +128,7 @@ class Timer:
         if self.reference is None:
             return self.alternating({label: model}, 1, runs)[label]
         dense, reference_ms = self.reference
+        self.prepared.pin(dense)  # timed beside every candidate: never exported twice
         got = self.alternating({REFERENCE: dense, label: model}, REFERENCE_ROUNDS, runs)
         scale = reference_ms / got[REFERENCE][0]
         return got[label][0] * scale, got[label][1] * scale
@@ -136,7 +137,8 @@ class Timer:
                  repeats: int = 10) -> dict[str, Timed]:
         """The models timed in alternating rounds (:func:`~autoprune.latency.time_alternating`);
         noisy ones are re-timed (with the first label, the reference, alternating beside them)
-        up to twice, each time with twice the runs, keeping each label's steadiest figure."""
+        up to twice, each time with twice the runs, keeping each label's steadiest figure as a
+        ratio to the reference (:func:`~autoprune.latency.guard.merge_retimed`)."""
         with self._turn() as log:
             found = {k: Timed(*v) for k, v in self.alternating(models, rounds, repeats).items()}
             reference = next(iter(models))
@@ -144,12 +146,8 @@ class Timer:
                 noisy = [k for k, t in found.items() if (t.cv or 0.0) > self.max_cv]
                 if not noisy:
                     break
-                again = self.alternating({k: models[k] for k in dict.fromkeys(
-                    [reference, *noisy])}, rounds, repeats * attempt)
-                for k, (ms, iqr) in again.items():
-                    steadier = (robust_cv(ms, iqr) or 0.0) < (found[k].cv or 0.0)
-                    found[k] = Timed(ms if steadier else found[k].ms,
-                                     iqr if steadier else found[k].iqr_ms, found[k].attempts + 1)
+                found = merge_retimed(found, self.alternating({k: models[k] for k in dict.fromkeys(
+                    [reference, *noisy])}, rounds, repeats * attempt), reference)
             found = {k: Timed(t.ms, t.iqr_ms, t.attempts, (t.cv or 0.0) > self.max_cv)
                      for k, t in found.items()}
             log.update(found)

@@ -171,3 +171,25 @@ def test_prepared_models_keep_the_most_recent_within_their_capacity(monkeypatch,
     assert again.capacity == params and len(again) == 0
     with pytest.raises(ConfigError, match="capacity=-1"):
         PreparedModels(capacity=-1)
+
+
+def test_a_pinned_architecture_is_never_evicted(monkeypatch, image):
+    """The dense reference is timed beside every candidate: pinned, a candidate that fills the
+    capacity evicts the others, never it (unpinned, the test above prepares it again)."""
+    import pickle
+
+    from autoprune.latency import LatencyTarget, PreparedModels
+
+    calls = _counting_prepare(monkeypatch)
+    wide = Residual().eval()
+    an = ap.analyze(wide, image)
+    half, third = (an.apply(ap.PruningPlan({g.name: r for g in an.groups})).eval()
+                   for r in (0.5, 0.7))
+    kept = PreparedModels(capacity=sum(p.numel() for p in wide.parameters()))
+    kept.pin(wide)
+    for model in (wide, half, third, wide, half):
+        kept.time_alternating({"m": model}, image, LatencyTarget(runtime="compile"),
+                              rounds=1, repeats=1)
+    signatures = [shape_signature(m) for m in (wide, half, third, half)]
+    assert calls == signatures and kept.hits == 1 and len(kept) == 2  # wide and the newest
+    assert pickle.loads(pickle.dumps(kept))._pinned == {shape_signature(wide)}

@@ -152,3 +152,40 @@ def test_a_candidate_is_timed_beside_the_dense_model_and_scaled_to_its_reference
     assert timed.ms == pytest.approx(0.20) and timed.iqr_ms == pytest.approx(0.002 / 1.1)
     ((models, rounds),) = calls
     assert models == {REFERENCE: dense, "candidate": candidate} and rounds == REFERENCE_ROUNDS
+
+
+def test_a_retimed_figure_keeps_its_ratio_to_the_reference_it_was_timed_beside():
+    """Oracle by hand: a noisy candidate re-timed while the machine runs 20 % slower keeps the
+    ratio of its re-timing (0.30 / 0.48), in the first timing's reference (0.40): 0.25 ms,
+    not the 0.30 ms it read under the heavier load."""
+    from autoprune.latency.guard import merge_retimed
+
+    found = {"dense": Timed(0.40, 0.004), "a": Timed(0.20, 0.08), "b": Timed(0.10, 0.001)}
+    out = merge_retimed(found, {"dense": (0.48, 0.0096), "a": (0.30, 0.003)}, "dense")
+    assert out["a"].ms == pytest.approx(0.25) and out["a"].iqr_ms == pytest.approx(0.0025)
+    assert out["dense"].ms == 0.40 and out["b"] == found["b"]
+    assert (out["dense"].attempts, out["a"].attempts, out["b"].attempts) == (2, 2, 1)
+    # the reference steadier the second time: every ratio is expressed in its new figure
+    noisy_ref = {"dense": Timed(0.40, 0.2), "a": Timed(0.20, 0.002)}
+    out = merge_retimed(noisy_ref, {"dense": (0.50, 0.005)}, "dense")
+    assert out["dense"].ms == 0.50 and out["a"].ms == pytest.approx(0.25)
+    # a re-timing noisier than the first figure is not taken
+    out = merge_retimed(found, {"dense": (0.48, 0.0096), "a": (0.30, 0.3)}, "dense")
+    assert out["a"].ms == pytest.approx(0.20)
+
+
+def test_together_retimes_noisy_models_in_the_first_timings_frame(tmp_path):
+    """Timer.together under a load that grows between the first timing and the re-timing of a
+    noisy model: the model's figure stays its ratio to dense times dense's figure."""
+    import torch
+    from torch import nn
+
+    from autoprune.stages import Timer
+
+    timer = Timer(RunDir(tmp_path), torch.randn(1, 4), "cpu")
+    answers = iter([{"dense": (0.40, 0.004), "m": (0.20, 0.1)},  # m noisy
+                    {"dense": (0.60, 0.012), "m": (0.36, 0.0036)}])  # 1.5x the load
+    timer.alternating = lambda models, rounds, repeats: next(answers)  # type: ignore[method-assign]
+    out = timer.together({"dense": nn.Linear(4, 8), "m": nn.Linear(4, 2)})
+    assert out["dense"].ms == 0.40 and out["m"].ms == pytest.approx(0.24)
+    assert not out["m"].noisy

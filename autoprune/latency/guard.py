@@ -4,8 +4,9 @@ A latency taken while other work shares the machine can be off by 10x or more (m
 busy search recorded 0.95 to 237 ms for near-identical models). Its robust coefficient of
 variation (IQR / 1.349 / median, :func:`robust_cv`) says so. :func:`guarded` takes a timing,
 re-takes it with twice the runs while the CV is above ``max_cv`` (at most ``retries`` times),
-keeps the steadiest, and marks it ``noisy`` when even that one is above the threshold. Pure
-control flow over a timing callable: no torch, no I/O.
+keeps the steadiest, and marks it ``noisy`` when even that one is above the threshold.
+:func:`merge_retimed` does the same for models timed together beside a reference, keeping
+their ratios to it. Pure control flow over a timing callable: no torch, no I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_CV", "DEFAULT_RETRIES", "Timed", "guarded", "robust_cv"]
+__all__ = ["DEFAULT_MAX_CV", "DEFAULT_RETRIES", "Timed", "guarded", "merge_retimed",
+           "robust_cv"]
 
 #: A CV above this is noise, not a model's latency: quiet CPU timings measured here stay under
 #: 0.05; timings beside a training process reach 0.2-1.0.
@@ -63,3 +65,27 @@ def guarded(take: Callable[[int], tuple[float, float]], max_cv: float = DEFAULT_
             return best
     assert best is not None
     return Timed(best.ms, best.iqr_ms, best.attempts, noisy=True)
+
+
+def merge_retimed(found: dict[str, Timed], again: dict[str, tuple[float, float]],
+                  reference: str) -> dict[str, Timed]:
+    """``found`` (models timed together, ``reference`` among them) updated with ``again`` (some
+    of them re-timed together with ``reference``): each label keeps its steadier figure *as a
+    ratio to the reference of the timing it came from*, and every ratio is expressed in the
+    steadier of the two reference figures. Taking a re-timed model's milliseconds as they are
+    would mix two machine loads (a re-timing under a heavier load made a model look slower
+    than the reference it was never timed beside)."""
+    old, new = found[reference], Timed(*again[reference])
+    steadier_ref = (new.cv or 0.0) < (old.cv or 0.0)
+    base = new.ms if steadier_ref else old.ms
+    out: dict[str, Timed] = {}
+    for label, t in found.items():
+        ms, iqr, ref_ms, attempts = t.ms, t.iqr_ms, old.ms, t.attempts
+        if label in again and label != reference:
+            attempts += 1
+            if (robust_cv(*again[label]) or 0.0) < (t.cv or 0.0):
+                (ms, iqr), ref_ms = again[label], new.ms
+        out[label] = Timed(ms / ref_ms * base, iqr / ref_ms * base, attempts)
+    kept = new if steadier_ref else old
+    out[reference] = Timed(kept.ms, kept.iqr_ms, old.attempts + 1)
+    return out

@@ -94,9 +94,10 @@ class PreparedModels:
     Keyed like :class:`~autoprune.latency.LatencyCache`: shape signature, device, dtype, runtime
     (and the inputs' shapes): latency depends on shapes, not on weight values, so a model is
     timed on the copy prepared first. The most recently used are kept while their parameters
-    add up to at most ``capacity`` (the newest always; two copies of each are held: the
-    prepared model and the runtime's own). Eager models are never kept (nothing to save).
-    Pickles empty (sessions and compiled graphs do not pickle).
+    add up to at most ``capacity`` (the newest and the :meth:`pin`-ned always; two copies of
+    each are held: the prepared model and the runtime's own). Eager models are never kept
+    (nothing to save). Pickles without its copies (sessions and compiled graphs do not
+    pickle), its pins kept.
     """
 
     def __init__(self, capacity: int = 32_000_000) -> None:
@@ -105,12 +106,14 @@ class PreparedModels:
         self.capacity = capacity
         self._items: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
         self.hits = 0
+        self._pinned: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"capacity": self.capacity}
+        return {"capacity": self.capacity, "pinned": sorted(self._pinned)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["capacity"])  # type: ignore[misc]
+        self._pinned.update(state.get("pinned", ()))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -128,9 +131,16 @@ class PreparedModels:
         else:
             hit = (_prepared(model, inputs, timing), sum(p.numel() for p in model.parameters()))
         self._items[key] = hit
-        while len(self._items) > 1 and sum(n for _, n in self._items.values()) > self.capacity:
-            self._items.popitem(last=False)
+        evictable = [k for k in self._items if k[0] not in self._pinned and k != key]
+        while evictable and sum(n for _, n in self._items.values()) > self.capacity:
+            del self._items[evictable.pop(0)]  # the least recently used first
         return hit[0]
+
+    def pin(self, model: nn.Module) -> None:
+        """Never evict ``model``'s architecture (e.g. the dense reference every candidate is
+        timed beside: evicted by each large candidate, it would be exported again for the
+        next one). Pinned copies count toward the capacity."""
+        self._pinned.add(shape_signature(model))
 
 
     def time_alternating(self, models: Mapping[str, nn.Module], example_inputs: Any,
