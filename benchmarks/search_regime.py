@@ -166,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "of a results file (e.g. benchmarks/results/search_regime.json) into the "
                    "cache: with --kept-only a fresh checkout re-renders it without training; a "
                    "run extends it if its dense models train to the same weights here")
+    p.add_argument("--keep-runs", type=Path, metavar="DIR", help="move each search's run "
+                   "directory (trials.csv, timings.jsonl, plans) under DIR instead of deleting "
+                   "it, to look into a search afterwards")
     p.add_argument("--cache", type=Path, default=CACHE, help="where finished cells are kept "
                    "(default benchmarks/.cache/regime)")
     args = p.parse_args(argv)
@@ -259,7 +262,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                         settings=settings)
         _keep_shared(ctx, run_dir, (kind, b, seed), latency)
     finally:
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
+        _drop_run(cfg, run_dir, f"{arch}-{kind}{b:g}-seed{seed}-{method}")
     if not any((r.baseline or "").startswith("sensitivity") for r in result.trials):
         reused.pop("drops", None)  # this search did not use the drops it was handed
     full = [r for r in result.front if r.is_full]
@@ -287,6 +290,16 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                 search_latency_ms=best.latency_ms, global_baseline="exact",
                 baselines_kind="one-liners")
     return ap.PruningPlan.from_dict(best.plan), info
+
+
+def _drop_run(cfg: dict[str, Any], run_dir: Path, name: str) -> None:
+    """Delete a finished search's run directory, or move it under ``--keep-runs``."""
+    if cfg.get("keep_runs"):
+        dest = Path(cfg["keep_runs"]) / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(str(run_dir), str(dest))
+    shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 
 def _seed_run(ctx: dict[str, Any], run_dir: Path, cell: tuple[str, float, int],
