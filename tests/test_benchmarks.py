@@ -378,3 +378,35 @@ def test_a_killed_benchmark_takes_its_pool_workers_with_it(tmp_path):
         time.sleep(0.1)
     os.kill(child, 9)
     pytest.fail("the pool worker outlived its benchmark")
+
+
+def test_search_rank_reads_a_kept_run_and_ranks_each_score_against_the_final(tmp_path,
+                                                                              monkeypatch):
+    """search_rank.py on a hand-made run directory: only fully fine-tuned trials are ranked
+    (a screened one is not), a peer row joins the table, and the rhos are the orderings' by
+    hand: the search's own val reversed (-1), the 300-step val and the second seed in order."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import search_rank
+
+    run = tmp_path / "run"
+    (run / "plans").mkdir(parents=True)
+    rows = ["trial,state,val_acc,fidelity,baseline", "0,COMPLETE,0.80,1.0,uniform-l2",
+            "1,COMPLETE,0.82,1.0,", "2,SCREENED,,0.35,", "3,COMPLETE,0.84,1.0,"]
+    (run / "trials.csv").write_text("\n".join(rows) + "\n")
+    for t in range(4):
+        (run / "plans" / f"{t}.json").write_text(json.dumps({"ratios": {"a": t / 10}}))
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({"method": "uniform-lat", "plan": {"ratios": {"a": 0.5}}}))
+    args = search_rank.parse_args([str(run), "--arch", "mbv2", "--peer", str(peer),
+                                   "--out", str(tmp_path / "r.md")])
+    plans, searched = search_rank.plans_of(args)
+    assert list(plans) == ["0 (uniform-l2)", "1", "3", "uniform-lat"]
+    assert searched == {"0 (uniform-l2)": 0.80, "1": 0.82, "3": 0.84}
+    final = {"0 (uniform-l2)": 0.93, "1": 0.92, "3": 0.91, "uniform-lat": 0.90}  # reversed
+    done = {f"300-7-{n}": {"val": v - 0.05} for n, v in final.items()}
+    done.update({f"final-{s}-{n}": {"val": v, "test": v + d}
+                 for s, d in ((1001, 0.0), (5003, 0.001)) for n, v in final.items()})
+    text = search_rank.report(args, plans, searched, done)
+    assert "| uniform-lat | - | 0.8500 | 0.9000 | 0.9010 |" in text
+    assert "- search val: -1.00" in text and "- 300-step val: +1.00" in text
+    assert "(the noise ceiling): +1.00" in text
