@@ -169,7 +169,7 @@ class Run:
         dense_ms = self.baseline.get("dense", {}).get("latency_ms")
         self.budget = ResolvedBudget(budget, cm.dense_macs(), cm.dense_params(), dense_ms)
         if settings.latency and dense_ms:  # candidates are timed beside the dense model
-            self.timer.reference = (analysis.model, float(dense_ms))
+            self.timer.use_reference(analysis.model, float(dense_ms))
         if not run.budget_path.is_file():
             run.write_budget(self.budget.to_dict())
         table = self.timer.table(analysis) if self._fits_latency(settings) else None

@@ -99,6 +99,14 @@ class Timer:
 
     def __post_init__(self) -> None:
         self.run = RunDir(self.run.path.absolute())  # the same lock from any working directory
+        if self.reference is not None:
+            self.use_reference(*self.reference)
+
+    def use_reference(self, dense: nn.Module, latency_ms: float) -> None:
+        """Time candidates beside ``dense`` (see :attr:`reference`); its prepared copy is
+        pinned, so no candidate evicts it to be exported again for the next one."""
+        self.reference = (dense, latency_ms)
+        self.prepared.pin(dense)
 
     @property
     def target(self) -> LatencyTarget:
@@ -128,7 +136,6 @@ class Timer:
         if self.reference is None:
             return self.alternating({label: model}, 1, runs)[label]
         dense, reference_ms = self.reference
-        self.prepared.pin(dense)  # timed beside every candidate: never exported twice
         got = self.alternating({REFERENCE: dense, label: model}, REFERENCE_ROUNDS, runs)
         scale = reference_ms / got[REFERENCE][0]
         return got[label][0] * scale, got[label][1] * scale
@@ -146,8 +153,9 @@ class Timer:
                 noisy = [k for k, t in found.items() if (t.cv or 0.0) > self.max_cv]
                 if not noisy:
                     break
-                found = merge_retimed(found, self.alternating({k: models[k] for k in dict.fromkeys(
-                    [reference, *noisy])}, rounds, repeats * attempt), reference)
+                again = self.alternating({k: models[k] for k in dict.fromkeys(
+                    [reference, *noisy])}, rounds, repeats * attempt)
+                found = merge_retimed(found, again, reference)
             found = {k: Timed(t.ms, t.iqr_ms, t.attempts, (t.cv or 0.0) > self.max_cv)
                      for k, t in found.items()}
             log.update(found)

@@ -152,6 +152,9 @@ def test_a_candidate_is_timed_beside_the_dense_model_and_scaled_to_its_reference
     assert timed.ms == pytest.approx(0.20) and timed.iqr_ms == pytest.approx(0.002 / 1.1)
     ((models, rounds),) = calls
     assert models == {REFERENCE: dense, "candidate": candidate} and rounds == REFERENCE_ROUNDS
+    from autoprune.latency import shape_signature
+
+    assert timer.prepared._pinned == {shape_signature(dense)}  # never evicted by a candidate
 
 
 def test_a_retimed_figure_keeps_its_ratio_to_the_reference_it_was_timed_beside():

@@ -142,7 +142,6 @@ class PreparedModels:
         next one). Pinned copies count toward the capacity."""
         self._pinned.add(shape_signature(model))
 
-
     def time_alternating(self, models: Mapping[str, nn.Module], example_inputs: Any,
                          target: LatencyTarget | None = None, rounds: int = 5,
                          repeats: int = 10) -> dict[str, tuple[float, float]]:
