@@ -261,7 +261,7 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     trial = optuna.trial.create_trial(value=0.0, params={}, distributions={},
                                       user_attrs=prep.rec)
     assert to_record(trial).refits == 1  # and so into trials.csv
-    # fitted onto 0.99 / 1.10 of the level: a faster plan, and the one the run keeps
+    # fitted onto 0.96 / 1.10 of the level: a faster plan, and the one the run keeps
     assert problem.latency_table.predict(prep.plan) < problem.latency_table.predict(first)
     assert stages.run.read_plan(0) == prep.plan.to_dict()
     # over every time: INFEASIBLE after REFITS more timings; within at once: timed once
@@ -270,6 +270,31 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     assert prep.outcome.state is TrialState.INFEASIBLE and prep.rec["refits"] == REFITS
     stages.timer = _Scripted(limit * 0.9)
     assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
+
+
+def test_a_candidate_within_the_budget_but_over_its_margin_is_fitted_lower(
+        analysis, tmp_path, steady_table):
+    """Sampled candidates keep the baselines' margin: one measured within the budget but over
+    MATCH[1] of it is fitted lower; when no timing lands under MATCH[1], the fastest is kept
+    (the first here, within the budget, not the refit that measured over it)."""
+    from autoprune.stages import MATCH, REFITS
+
+    stages, problem = _stages(analysis, tmp_path, _Scripted())
+    params = {**{s.name: s.high for s in problem.specs()[:-1]}, LEVEL: 0.7}
+    limit, table = problem.budget.latency_limit_ms, problem.latency_table
+    first = problem.plan_for(params)
+    stages.timer = _Scripted(limit * 0.99, limit * 0.95)
+    prep = stages.prepare(params, 0, {})
+    assert prep.outcome is None and stages.timer.calls == 2 and prep.rec["refits"] == 1
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.95) and 0.95 < MATCH[1]
+    assert table.predict(prep.plan) < table.predict(first)
+    timings = [0.99, 1.01, 1.02]
+    assert len(timings) == REFITS + 1
+    stages.timer = _Scripted(*[limit * t for t in timings])
+    prep = stages.prepare(params, 1, {})
+    assert prep.outcome is None and stages.timer.calls == REFITS + 1
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.99) and "refits" not in prep.rec
+    assert stages.run.read_plan(1) == prep.plan.to_dict()
 
 
 def test_a_baseline_is_matched_on_measured_latency_from_below_and_above(
