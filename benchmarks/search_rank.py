@@ -12,7 +12,12 @@ prunes every fully fine-tuned plan from the same dense model again, and for each
   ``--final-seeds``), scored on val and test;
 
 then prints, per score, Spearman's rho against the final test accuracy (mean over the final
-seeds) and the final fine-tune's rho with itself under the other seed (its noise ceiling).
+seeds), the plan the score would pick with its final test accuracy, and the final fine-tune's
+rho with itself under the other seed (its noise ceiling). Besides the fine-tunes, the scores
+include one that costs nothing: the FLOPs share a plan keeps (at equal measured latency, the
+capacity the latency budget leaves it), alone and as the tie-break among the plans within
+``--tie`` points of the best search val. With one final seed equal to the search's seed, the
+search's own pick reproduces its ``search_regime`` row's test accuracy (same seed and batches).
 ``--peer ROW_JSON`` adds a kept ``search_regime`` row's plan (e.g. ``uniform-lat``) to the table.
 Every fine-tune is kept in the ``--out`` JSON as it finishes; a re-run skips those.
 
@@ -39,31 +44,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a search run directory (search_regime --keep-runs)")
     p.add_argument("--arch", required=True)
-    p.add_argument("--steps", type=int, nargs="+", default=[300])
+    p.add_argument("--steps", type=int, nargs="*", default=[300], help="none: finals only")
     p.add_argument("--steps-seed", type=int, default=7)
     p.add_argument("--final-seeds", type=int, nargs="+", default=[1001, 5003])
     p.add_argument("--final-epochs", type=float, default=2.0)
     p.add_argument("--peer", type=Path, action="append", default=[], metavar="ROW_JSON")
+    p.add_argument("--tie", type=float, default=1.0, help="points of search val within which "
+                   "the tie-broken pick prefers the plan that keeps the most FLOPs")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
 
 
-def plans_of(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float]]:
-    """{name: plan dict} of the run's fully fine-tuned trials and the peers; {name: the
-    search's own validation score} of the trials."""
-    searched: dict[str, float] = {}
+def plans_of(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """{name: plan dict} of the run's fully fine-tuned trials and the peers; {score: {name:
+    value}} of the trials: the search's own validation accuracy, the FLOPs share kept, and
+    ``kept`` (1 for the trials the search could pick, 0 for those dropped, e.g. re-timed over
+    the budget at the end: ranked, never picked)."""
+    scores: dict[str, dict[str, float]] = {"search val": {}, "FLOPs kept": {}, "kept": {}}
     plans: dict[str, Any] = {}
     with open(args.run / "trials.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             if row["val_acc"] and float(row.get("fidelity") or 1.0) >= 1.0:
                 name = f"{row['trial']}" + (f" ({row['baseline']})" if row["baseline"] else "")
-                searched[name] = float(row["val_acc"])
+                scores["search val"][name] = float(row["val_acc"])
+                scores["FLOPs kept"][name] = float(row["flops_ratio"])
+                scores["kept"][name] = float(row["state"] == "COMPLETE")
                 plans[name] = json.loads((args.run / "plans" / f"{row['trial']}.json")
                                          .read_text())
     for path in args.peer:
         row = json.loads(path.read_text())
         plans[row["method"]] = row["plan"]
-    return plans, searched
+    return plans, scores
+
+
+def tie_broken(scores: dict[str, dict[str, float]], tie: float) -> dict[str, float]:
+    """A pick rule as a score: among the plans within ``tie`` points of the best search val of
+    the kept plans, the most FLOPs kept ranks first (the plans outside the tie follow, by val)."""
+    val, flops = scores["search val"], scores["FLOPs kept"]
+    best = max(v for n, v in val.items() if scores["kept"][n])
+    return {n: (2.0 + flops[n]) if val[n] >= best - tie / 100 else val[n] for n in val}
 
 
 def fine_tunes(args: argparse.Namespace, plans: dict[str, Any],
@@ -98,28 +117,38 @@ def fine_tunes(args: argparse.Namespace, plans: dict[str, Any],
     return done
 
 
-def report(args: argparse.Namespace, plans: dict[str, Any], searched: dict[str, float],
+def report(args: argparse.Namespace, plans: dict[str, Any], scores: dict[str, dict[str, float]],
            done: dict[str, dict[str, float]]) -> str:
     from scipy.stats import spearmanr
 
     finals = [f"final-{s}" for s in args.final_seeds]
     test = {n: sum(done[f"{f}-{n}"]["test"] for f in finals) / len(finals) for n in plans}
-    cols = ["search val", *(f"{n}-step val" for n in args.steps), *(f"{f} test" for f in finals)]
+    searched, flops = scores["search val"], scores["FLOPs kept"]
+    cols = ["search val", "FLOPs kept", *(f"{n}-step val" for n in args.steps),
+            *(f"{f} test" for f in finals)]
     lines = [f"`python {' '.join(sys.argv)}`", "",
              "| plan | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for n in plans:
-        cells = [f"{searched[n]:.4f}" if n in searched else "-"]
+        cells = [f"{searched[n]:.4f}" if n in searched else "-",
+                 f"{flops[n]:.3f}" if n in flops else "-"]
         cells += [f"{done[f'{s}-{args.steps_seed}-{n}']['val']:.4f}" for s in args.steps]
         cells += [f"{done[f'{f}-{n}']['test']:.4f}" for f in finals]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        dropped = " (dropped by the search)" if not scores["kept"].get(n, 1.0) else ""
+        lines.append(f"| {n}{dropped} | " + " | ".join(cells) + " |")
     names = [n for n in plans if n in searched]
+    ranked = {k: v for k, v in scores.items() if k != "kept"}
+    ranked[f"search val, ties within {args.tie:g} pt to FLOPs kept"] = tie_broken(scores,
+                                                                                args.tie)
+    ranked.update({f"{s}-step val": {n: done[f"{s}-{args.steps_seed}-{n}"]["val"] for n in names}
+                   for s in args.steps})
     lines += ["", f"Spearman rho against the final test accuracy (mean over {len(finals)} "
-              f"seeds), the search's {len(names)} fully fine-tuned plans:", ""]
-    scores = {"search val": searched, **{f"{s}-step val": {
-        n: done[f"{s}-{args.steps_seed}-{n}"]["val"] for n in names} for s in args.steps}}
-    for label, score in scores.items():
+              f"seeds), the search's {len(names)} fully fine-tuned plans, and the plan each "
+              "score picks (its highest of those the search kept) with that plan's final test "
+              "accuracy:", ""]
+    for label, score in ranked.items():
         rho = spearmanr([score[n] for n in names], [test[n] for n in names])[0]
-        lines.append(f"- {label}: {rho:+.2f}")
+        pick = max((n for n in names if scores["kept"][n]), key=lambda n: score[n])
+        lines.append(f"- {label}: {rho:+.2f}; picks {pick}, {test[pick]:.4f}")
     if len(finals) > 1:
         rho = spearmanr([done[f"{finals[0]}-{n}"]["test"] for n in names],
                         [done[f"{finals[1]}-{n}"]["test"] for n in names])[0]
@@ -132,15 +161,16 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     torch.set_num_threads(1)
-    plans, searched = plans_of(args)
+    plans, scores = plans_of(args)
     kept = args.out.with_suffix(".json")
     done = json.loads(kept.read_text())["fine_tunes"] if kept.is_file() else {}
     done = fine_tunes(args, plans, done)
-    text = "# Search fine-tune vs final fine-tune: ranking\n\n" + report(args, plans, searched,
+    text = "# Search fine-tune vs final fine-tune: ranking\n\n" + report(args, plans, scores,
                                                                           done)
     print(text)
-    save_report(args.out, text, {"run": str(args.run), "plans": plans, "searched": searched,
-                                 "fine_tunes": done})
+    save_report(args.out, text, {"run": str(args.run), "plans": plans,
+                                 "searched": scores["search val"],
+                                 "flops_kept": scores["FLOPs kept"], "fine_tunes": done})
 
 
 if __name__ == "__main__":

@@ -390,23 +390,35 @@ def test_search_rank_reads_a_kept_run_and_ranks_each_score_against_the_final(tmp
 
     run = tmp_path / "run"
     (run / "plans").mkdir(parents=True)
-    rows = ["trial,state,val_acc,fidelity,baseline", "0,COMPLETE,0.80,1.0,uniform-l2",
-            "1,COMPLETE,0.82,1.0,", "2,SCREENED,,0.35,", "3,COMPLETE,0.84,1.0,"]
+    rows = ["trial,state,val_acc,fidelity,baseline,flops_ratio",
+            "0,COMPLETE,0.80,1.0,uniform-l2,0.20", "1,COMPLETE,0.82,1.0,,0.25",
+            "2,SCREENED,,0.35,,0.3", "3,COMPLETE,0.84,1.0,,0.15", "4,INFEASIBLE,0.86,1.0,,0.3"]
     (run / "trials.csv").write_text("\n".join(rows) + "\n")
-    for t in range(4):
+    for t in range(5):
         (run / "plans" / f"{t}.json").write_text(json.dumps({"ratios": {"a": t / 10}}))
     peer = tmp_path / "peer.json"
     peer.write_text(json.dumps({"method": "uniform-lat", "plan": {"ratios": {"a": 0.5}}}))
     args = search_rank.parse_args([str(run), "--arch", "mbv2", "--peer", str(peer),
-                                   "--out", str(tmp_path / "r.md")])
-    plans, searched = search_rank.plans_of(args)
-    assert list(plans) == ["0 (uniform-l2)", "1", "3", "uniform-lat"]
-    assert searched == {"0 (uniform-l2)": 0.80, "1": 0.82, "3": 0.84}
-    final = {"0 (uniform-l2)": 0.93, "1": 0.92, "3": 0.91, "uniform-lat": 0.90}  # reversed
+                                   "--tie", "3", "--out", str(tmp_path / "r.md")])
+    plans, scores = search_rank.plans_of(args)
+    assert list(plans) == ["0 (uniform-l2)", "1", "3", "4", "uniform-lat"]
+    assert scores["search val"] == {"0 (uniform-l2)": 0.80, "1": 0.82, "3": 0.84, "4": 0.86}
+    assert scores["FLOPs kept"] == {"0 (uniform-l2)": 0.20, "1": 0.25, "3": 0.15, "4": 0.30}
+    assert scores["kept"] == {"0 (uniform-l2)": 1.0, "1": 1.0, "3": 1.0, "4": 0.0}
+    final = {"0 (uniform-l2)": 0.93, "1": 0.92, "3": 0.91, "4": 0.89,
+             "uniform-lat": 0.90}  # the search val reversed
     done = {f"300-7-{n}": {"val": v - 0.05} for n, v in final.items()}
     done.update({f"final-{s}-{n}": {"val": v, "test": v + d}
                  for s, d in ((1001, 0.0), (5003, 0.001)) for n, v in final.items()})
-    text = search_rank.report(args, plans, searched, done)
-    assert "| uniform-lat | - | 0.8500 | 0.9000 | 0.9010 |" in text
-    assert "- search val: -1.00" in text and "- 300-step val: +1.00" in text
+    text = search_rank.report(args, plans, scores, done)
+    assert "| uniform-lat | - | - | 0.8500 | 0.9000 | 0.9010 |" in text
+    assert "| 4 (dropped by the search) | 0.8600 | 0.300 | 0.8400 |" in text
+    # 4 was dropped by the search: ranked, never picked (the best val, 0.86, picks 3)
+    assert "- search val: -1.00; picks 3, 0.9105" in text
+    assert "- 300-step val: +1.00; picks 0 (uniform-l2), 0.9305" in text
+    # FLOPs kept orders 4 > 1 > 0 > 3 (final: 0 > 1 > 3 > 4): sum d^2 = 14, rho 1 - 84/60
+    assert "- FLOPs kept: -0.40; picks 1, 0.9205" in text
+    # within 3 points of the best kept val (0.84): 1, 3 and 4, ordered by FLOPs 4 > 1 > 3,
+    # then 0 by val: sum d^2 = 18, rho 1 - 108/60; the pick among the kept: 1
+    assert "- search val, ties within 3 pt to FLOPs kept: -0.80; picks 1, 0.9205" in text
     assert "(the noise ceiling): +1.00" in text
