@@ -16,8 +16,9 @@ seeds), the plan the score would pick with its final test accuracy, and the fina
 rho with itself under the other seed (its noise ceiling). Besides the fine-tunes, the scores
 include one that costs nothing: the FLOPs share a plan keeps (at equal measured latency, the
 capacity the latency budget leaves it), alone and as the tie-break among the plans within
-``--tie`` points of the best search val. With one final seed equal to the search's seed, the
-search's own pick reproduces its ``search_regime`` row's test accuracy (same seed and batches).
+``--tie`` points of the best search val. With one final seed equal to the search's seed, every
+plan gets its ``search_regime`` row's final fine-tune seed and batches, so the peers and the
+pick pair with that row (not bit-exact on CPU: the pick's test came out 0.1-0.2 point away).
 ``--peer ROW_JSON`` adds a kept ``search_regime`` row's plan (e.g. ``uniform-lat``) to the table.
 Every fine-tune is kept in the ``--out`` JSON as it finishes; a re-run skips those.
 
