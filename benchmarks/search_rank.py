@@ -18,7 +18,7 @@ include one that costs nothing: the FLOPs share a plan keeps (at equal measured 
 capacity the latency budget leaves it), alone and as the tie-break among the plans within
 ``--tie`` points of the best search val. With one final seed equal to the search's seed, every
 plan gets its ``search_regime`` row's final fine-tune seed and batches, so the peers and the
-pick pair with that row (not bit-exact on CPU: the pick's test came out 0.1-0.2 point away).
+pick pair with that row (not bit-exact on CPU: tests came out 0.0-0.4 point away from it).
 ``--peer ROW_JSON`` adds a kept ``search_regime`` row's plan (e.g. ``uniform-lat``) to the table.
 Every fine-tune is kept in the ``--out`` JSON as it finishes; a re-run skips those.
 
