@@ -290,9 +290,10 @@ class Stages:
                 **p.costs(plan), "refit_from_ms": first, "refits": attempt + 1}
             self.run.write_plan(prep.number, plan.to_dict())
             self.time(prep)
-        if prep.rec.get("latency_ms") is not None:
-            tried.append((prep.rec["latency_ms"], prep.plan, prep.rec, prep.model))
-        under = [t for t in tried if t[0] <= cap]
+        else:  # the last refit's timing (a break leaves none untried)
+            if prep.rec.get("latency_ms") is not None:
+                tried.append((prep.rec["latency_ms"], prep.plan, prep.rec, prep.model))
+        under = [t for t in tried if t[0] <= cap]  # ties over it: the latest (its refit count)
         keep = max(under, key=lambda t: t[0]) if under else min(reversed(tried), key=lambda t: t[0])
         if keep[2] is not prep.rec:
             _, prep.plan, prep.rec, prep.model = keep
