@@ -31,6 +31,9 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "cifar_resnet8": (lambda: cifar_resnet(depth=8), GREY),
     "cifar_resnet20": (lambda: cifar_resnet(depth=20, in_channels=1), GREY),
     "mobilenet_v2": (lambda: tvm.mobilenet_v2(weights=None, num_classes=10), RGB),
+    # four stages, last conv features.10.0 (the benchmarks' Fashion-MNIST MobileNetV2)
+    "mobilenet_v2_small": (lambda: tvm.MobileNetV2(num_classes=10, inverted_residual_setting=[
+        [1, 16, 1, 1], [4, 24, 2, 2], [4, 32, 3, 2], [4, 64, 2, 1], [4, 96, 1, 1]]), RGB),
     "vgg11_bn": (lambda: tvm.vgg11_bn(weights=None, num_classes=10), RGB),
     "vgg_small": (lambda: vgg_small(), GREY),
     "vit_small": (lambda: vit_small(), GREY),
@@ -42,7 +45,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 FAMILIES: dict[str, tuple[str, ...]] = {
     "default": ("resnet18", "cifar_resnet8"),
     "resnet": ("resnet18", "resnet50", "cifar_resnet20"),
-    "mobilenet": ("mobilenet_v2",),
+    "mobilenet": ("mobilenet_v2", "mobilenet_v2_small"),
     "plain": ("vgg11_bn", "vgg_small"),
     "vit": ("vit_small",),
 }
@@ -121,13 +124,17 @@ def test_resnet_space_ties_stages(model: str) -> None:
     assert {n for n, a in alloc.items() if a == pytest.approx(0.3)} == set(params["stage2"].groups)
 
 
-def test_mobilenet_space_caps() -> None:
-    names = group_names("mobilenet_v2")
+@pytest.mark.parametrize(("model", "head"), [("mobilenet_v2", "features.18.0"),
+                                           ("mobilenet_v2_small", "features.10.0")])
+def test_mobilenet_space_caps(model: str, head: str) -> None:
+    names = group_names(model)
     caps = dict(zip(names, load_space("mobilenet").resolve(names).caps()))
     assert caps["features.3.conv.1.0"] == pytest.approx(0.75)
     assert caps["features.3.conv.2"] == pytest.approx(0.4)
-    assert caps["features.18.0"] == pytest.approx(0.7)
     assert caps["features.1.conv.0.0"] == pytest.approx(0.6)
+    # the last 1x1 conv, whatever the depth, and no other group
+    assert names[-1] == head
+    assert {n for n, c in caps.items() if c == pytest.approx(0.9)} == {head}
 
 
 @pytest.mark.parametrize("model", FAMILIES["plain"])
