@@ -43,7 +43,8 @@ resume or extend a run with the same lists, so every method of a cell sees the s
 The cache is not committed: on a fresh checkout ``--restore benchmarks/results/search_regime.json
 --kept-only`` re-renders the committed table without training anything, and a run after
 ``--restore`` adds new rows to it only if its dense models score exactly as the kept rows' did
-(the same weights; ``_regime_cache.py``).
+(the same weights; ``_regime_cache.py``). Dense models committed under ``benchmarks/dense``
+are loaded instead of trained (``_quality_data.KEPT_DIR``).
 """
 
 from __future__ import annotations

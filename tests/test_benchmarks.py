@@ -92,6 +92,31 @@ def test_units_starting_together_train_one_dense_model_at_a_time(tmp_path, monke
     assert (tmp_path / ".gitignore").read_text() == "*\n"  # the lock file is never committed
 
 
+def test_committed_dense_weights_are_loaded_instead_of_trained(tmp_path, monkeypatch):
+    """A dense model missing from the cache but committed under ``benchmarks/dense`` is loaded
+    from there: its very weights, and no training step taken."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _quality_data as qd
+
+    monkeypatch.setattr(qd, "KEPT_DIR", tmp_path / "dense")
+    (tmp_path / "dense").mkdir()
+    kept = qd.ARCHS["resnet20"].build()
+    with qd.torch.no_grad():
+        for param in kept.parameters():
+            param.fill_(0.25)
+    qd.torch.save(kept.state_dict(), tmp_path / "dense" / "dense-x.pt")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a committed dense model was trained again")
+
+    model = qd._load_or_train("resnet20", SimpleNamespace(loader=no_training), 0, 1,
+                              tmp_path / "cache" / "dense-x.pt", lambda _: None, "cpu")
+    assert all(bool((p == 0.25).all()) for p in model.parameters())
+    assert not model.training
+
+
 def _regime():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import search_regime
