@@ -117,6 +117,20 @@ def test_committed_dense_weights_are_loaded_instead_of_trained(tmp_path, monkeyp
     assert not model.training
 
 
+def test_every_committed_dense_model_loads_into_its_arch():
+    """``benchmarks/dense`` holds only weights that load, strictly, into the arch their cache
+    name says (``dense-v<version>-<arch>-...``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _quality_data as qd
+
+    files = sorted(qd.KEPT_DIR.glob("dense-*.pt"))
+    assert files, "benchmarks/dense holds no dense model"
+    for path in files:
+        version, arch = path.stem.split("-")[1:3]
+        assert version == f"v{qd.CACHE_VERSION}", path.name
+        qd.ARCHS[arch].build().load_state_dict(qd.torch.load(path, weights_only=True))
+
+
 def _regime():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import search_regime
