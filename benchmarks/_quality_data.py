@@ -50,8 +50,8 @@ BATCH = 64
 CACHE_VERSION = 1  # bump when the data split or the dense recipe changes
 CACHE_DIR = Path(__file__).parent / ".cache"
 #: Dense weights this script trained, committed so a fresh checkout need not train them again
-#: (MobileNetV2: 80 min on one core here); looked up by the cache's file name, and scored again
-#: on load, so ``search_regime.py``'s dense check still compares what they score.
+#: (MobileNetV2: 98 min on one core of a slow machine); looked up by the cache's file name and
+#: scored again on load, so ``search_regime.py``'s dense check still compares what they score.
 KEPT_DIR = Path(__file__).parent / "dense"
 
 
