@@ -23,7 +23,9 @@ FILES = ("config.yaml", "baseline.json", "study.journal", "trials.csv", "front.c
 FAST = ("--finetune-steps", "15", "--bn-batches", "4", "--quiet")
 
 
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+# a net against hangs, not a speed test: a 6-trial latency search took over 300 s on a CPU about
+# 3x slower than usual with the other pytest worker busy
+def cli(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
