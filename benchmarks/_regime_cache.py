@@ -10,6 +10,7 @@ checking that the dense model it trains here is the one the kept rows were prune
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,8 +31,8 @@ UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform
               SENS, SENS_COST)
 
 __all__ = ["KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "SENS_COST", "UNSEARCHED",
-           "DenseMismatch", "check_dense", "header_key", "keep", "kept", "proxy_key", "restore",
-           "row_key"]
+           "DenseMismatch", "check_dense", "header_key", "keep", "kept", "kept_row", "proxy_key",
+           "restore", "row_key", "space_digest"]
 
 
 class DenseMismatch(RuntimeError):
@@ -83,6 +84,24 @@ def keep(cfg: dict[str, Any], key: str, value: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(value, fh, default=str)
     os.replace(tmp, cache / f"{key}.json")
+
+
+def space_digest(space: Any) -> str:
+    """A hash of a search space's contents (a frozen dataclass: its rules, caps, rounding), so a
+    row searched in one space is never reused as if searched in an edited one."""
+    raw = json.dumps(dataclasses.asdict(space), sort_keys=True, default=str)
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+def kept_row(cfg: dict[str, Any], key: str, digest: str | None) -> dict[str, Any] | None:
+    """The kept row ``key`` if it may be reused: a row whose method searched the space
+    (``digest`` not None) must have been searched in a space with that digest; one from another
+    space, or kept before rows recorded it, is stale (None: searched again). ``--kept-only``
+    renders every kept row as it is."""
+    row = kept(cfg, key)
+    if row is None or digest is None or cfg["kept_only"] or row.get("space_digest") == digest:
+        return row
+    return None
 
 
 def check_dense(header: dict[str, Any] | None, dense: dict[str, Any], arch: str) -> None:

@@ -73,14 +73,17 @@ from _regime_cache import (
     REFINE,
     SENS,
     SENS_COST,
+    UNSEARCHED,
     DenseMismatch,
     check_dense,
     header_key,
     keep,
     kept,
+    kept_row,
     proxy_key,
     restore,
     row_key,
+    space_digest,
 )
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
@@ -229,6 +232,12 @@ def _space(arch: str, kind: str) -> Any:
     # FLOPs cells: every method unrounded (rounding only constrains a FLOPs budget); latency
     # cells: the space's own rounding, i.e. autoprune's default of 8 when it leaves it open
     return dataclasses.replace(space, round_to=1) if kind == "flops" else space
+
+
+def _digest(arch: str, kind: str, method: str) -> str | None:
+    """The digest of the space ``method`` searches in this cell; None for a peer that reads no
+    space."""
+    return None if method in UNSEARCHED else space_digest(_space(arch, kind))
 
 
 def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
@@ -532,14 +541,18 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
     rows, models, keys = [], {}, {}
     final_seed = final_seed_of(cfg, arch, seed, ci, kind, b)
     for method in methods_of(cfg, kind):
-        key = row_key(cfg, arch, seed, kind, b, method)
-        row = kept(cfg, key)
+        key, digest = row_key(cfg, arch, seed, kind, b, method), _digest(arch, kind, method)
+        row = kept_row(cfg, key, digest)
         if row is None and cfg["kept_only"]:
             continue
         if row is None:
             assert ctx is not None  # only --kept-only runs without the dense model
-            row = _pick(cfg, ctx, key, {"arch": arch, "seed": seed, "kind": kind, "budget": b,
-                                        "method": method}, seed, final_seed, log)
+            if kept(cfg, key) is not None:
+                log(f"seed {seed} {kind} {b:g}: {method}: the kept row was searched in another "
+                    "space (or before rows recorded it): searching again")
+            base = {"arch": arch, "seed": seed, "kind": kind, "budget": b, "method": method,
+                    **({"space_digest": digest} if digest else {})}
+            row = _pick(cfg, ctx, key, base, seed, final_seed, log)
         if row.get("test_acc") is not None:
             model = Path(cfg["cache"]) / f"{key}.pt"  # restored rows have none (nor need
             if ctx is not None and model.is_file():  # one: they keep their timing)
@@ -568,7 +581,8 @@ def _has_work(cfg: dict[str, Any], arch: str, seed: int, kind: str, b: float) ->
     --kept-only): only then does its unit need the dense model."""
     if cfg["kept_only"]:
         return False
-    rows = [kept(cfg, row_key(cfg, arch, seed, kind, b, m)) for m in methods_of(cfg, kind)]
+    rows = [kept_row(cfg, row_key(cfg, arch, seed, kind, b, m), _digest(arch, kind, m))
+            for m in methods_of(cfg, kind)]
     return any(r is None or (r.get("test_acc") is not None and "latency_ratio" not in r)
                for r in rows)
 

@@ -200,6 +200,43 @@ def test_a_run_with_more_trials_reuses_the_kept_peers_and_dense_scores_not_the_s
     assert header_key(six, "mbv2", 0) == header_key(twelve, "mbv2", 0)
 
 
+def test_a_kept_search_row_from_another_space_is_searched_again(tmp_path):
+    """A row's key does not hold the space's contents: a search row restored from a results
+    file made before the space was edited came back as the new space's. Rows now record the
+    digest of the space they searched; a stale one (or one kept before rows recorded it) is
+    searched again, a peer that reads no space is reused, --kept-only renders them all."""
+    import dataclasses
+
+    regime = _regime()
+    from _regime_cache import keep, kept_row, row_key, space_digest
+
+    cfg = {k: str(v) if isinstance(v, Path) else v
+           for k, v in vars(regime.parse_args(["--cache", str(tmp_path), "--arch", "mbv2",
+                                               "--flops", "--latency", "0.3"])).items()}
+    space = regime._space("mbv2", "latency")
+    now = space_digest(space)
+    assert now == space_digest(regime._space("mbv2", "latency"))  # a function of contents
+    assert now != space_digest(dataclasses.replace(space, round_to=1))
+    assert regime._digest("mbv2", "latency", "autoprune") == now
+    assert regime._digest("mbv2", "latency", "uniform-lat") is None
+    done = {"test_acc": 0.9, "latency_ratio": 0.3}
+    for method in regime.methods_of(cfg, "latency"):
+        keep(cfg, row_key(cfg, "mbv2", 0, "latency", 0.3, method), {"method": method, **done})
+    auto = row_key(cfg, "mbv2", 0, "latency", 0.3, "autoprune")
+    uni = row_key(cfg, "mbv2", 0, "latency", 0.3, "uniform-lat")
+    assert kept_row(cfg, uni, None) is not None  # a peer reads no space: reused
+    assert kept_row(cfg, auto, now) is None  # kept before rows recorded their space
+    assert regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
+    keep(cfg, auto, {"method": "autoprune", "space_digest": "0" * 16, **done})
+    assert kept_row(cfg, auto, now) is None  # searched in another space
+    assert kept_row({**cfg, "kept_only": True}, auto, now) is not None  # rendered as kept
+    for method in ("autoprune", "autoprune-depth", "random"):
+        keep(cfg, row_key(cfg, "mbv2", 0, "latency", 0.3, method),
+             {"method": method, "space_digest": now, **done})
+    assert kept_row(cfg, auto, now) is not None
+    assert not regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
+
+
 def test_merge_units_gives_one_result_per_arch_and_seed_with_its_cells_in_order():
     head = {"sizes": {"train": 1}, "dense": {"test_acc": 0.9}}
     units = [{"arch": "a", "seed": 0, **head, "runs": [{"ci": 0}]},
