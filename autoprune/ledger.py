@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from autoprune import pareto
@@ -25,7 +26,10 @@ from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, robust_cv
 from autoprune.results import RunDir
 from autoprune.trial import TrialRecord, TrialState
 
-__all__ = ["Ledger"]
+__all__ = ["OVER_RETIMES", "Ledger"]
+
+#: end-of-run passes added while a front member's final figure is over a latency budget
+OVER_RETIMES = 2
 
 
 @dataclass
@@ -94,23 +98,44 @@ class Ledger:
         alternating rounds (``time_together``, e.g. :meth:`~autoprune.stages.Timer.together`),
         until the front is stable; latency ratios, a latency budget, the report and the summary
         then use these final figures. ``build(record)`` gives the pruned architecture (latency
-        does not depend on the weights, so dropped weights do not matter)."""
+        does not depend on the weights, so dropped weights do not matter).
+
+        Each pass times every member beside the dense model; a member's final figure is the
+        median of its ratios to dense over the passes, in the last pass's dense milliseconds.
+        While a member's figure is over a latency budget, every member is timed again, up to
+        :data:`OVER_RETIMES` more passes, before it is dropped: on a loaded 2-core machine one
+        pass put a small net's ratio 5-10 % off the next (0.302 then 0.318 of dense, a minute
+        after the search had timed it at 0.29), and a single pass dropped 5 of a search's 6
+        finalists fitted 2-6 % under the budget."""
         members: dict[str, TrialRecord] = {}
-        for _ in range(4):  # a member over budget on its final figure changes the front
-            merged = self.merge(records)
+        ratios: dict[str, list[float]] = {}
+        retimes = 0
+        for _ in range(4 + OVER_RETIMES):  # a member over budget on its final figure changes
+            merged = self.merge(records)    # the front
             wanted = [*self.front(merged), *(r for r in merged if r.baseline
                                              and r.state is TrialState.COMPLETE)]
             if members and all(str(r.trial) in members for r in wanted):
-                break
+                if retimes >= OVER_RETIMES or not self._over_budget(members):
+                    break
+                retimes += 1
             members.update({str(r.trial): r for r in wanted})
             timed = time_together({"dense": dense, **{k: build(r) for k, r in members.items()}})
-            self._write_final(timed)
+            for k in members:
+                ratios.setdefault(k, []).append(timed[k].ms / timed["dense"].ms)
+            self._write_final(timed, ratios)
 
-    def _write_final(self, timed: dict[str, Timed]) -> None:
-        figures: dict[Any, float] = {k: t.ms for k, t in timed.items()}
-        figures.update({f"iqr:{k}": t.iqr_ms for k, t in timed.items()})
-        self.run.write_scores("latency", figures)
+    def _over_budget(self, members: dict[str, TrialRecord]) -> bool:
+        """Whether a member's final figure is over the latency budget."""
+        limit, latency = self.budget.latency_limit_ms, self.run.read_scores("latency")
+        return limit is not None and any(latency.get(int(k), 0.0) > limit for k in members)
+
+    def _write_final(self, timed: dict[str, Timed], ratios: dict[str, list[float]]) -> None:
         dense = timed["dense"]
+        figures: dict[Any, float] = {"dense": dense.ms, "iqr:dense": dense.iqr_ms}
+        for k, seen in ratios.items():
+            ms = float(np.median(seen)) * dense.ms  # its spread keeps the latest pass's CV
+            figures.update({k: ms, f"iqr:{k}": timed[k].iqr_ms * ms / timed[k].ms})
+        self.run.write_scores("latency", figures)
         self.budget = self.budget.with_dense_latency(dense.ms)
         self.run.write_budget(self.budget.to_dict())
         baseline = self.run.read_baseline()
