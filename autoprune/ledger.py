@@ -104,9 +104,9 @@ class Ledger:
         median of its ratios to dense over the passes, in the last pass's dense milliseconds.
         While a member's figure is over a latency budget, every member is timed again, up to
         :data:`OVER_RETIMES` more passes, before it is dropped: on a loaded 2-core machine one
-        pass put a small net's ratio 5-10 % off the next (0.302 then 0.318 of dense, a minute
-        after the search had timed it at 0.29), and a single pass dropped 5 of a search's 6
-        finalists fitted 2-6 % under the budget."""
+        pass put a small net's ratio 5-10 % off the next (0.302 then 0.318 of dense in two
+        passes 2 s apart; the search had timed it at most 0.294), and a single pass dropped 5
+        of a search's 6 finalists fitted 2-6 % under the budget."""
         members: dict[str, TrialRecord] = {}
         ratios: dict[str, list[float]] = {}
         retimes = 0
