@@ -82,7 +82,25 @@ def _latency_note(run: RunView) -> str:
         if run.latency_iqr else ""
     warn = f"\nlatency: {noisy} of {len(timed)} timings stayed noisy after re-timing " \
         "(flagged in trials.csv latency_flag: the machine was busy)" if noisy else ""
-    return final + warn
+    return final + warn + _dropped_note(run)
+
+
+def _dropped_note(run: RunView) -> str:
+    """How many models the end-of-run re-timing put over the latency budget, and what to do:
+    a small net's ratio to dense moves with what else runs on the machine."""
+    dropped = [r for r in run.records
+               if r.trial in run.retimed and r.state is TrialState.INFEASIBLE]
+    if not dropped:
+        return ""
+    dense = run.dense_latency
+    ratios = sorted(r.latency_ms / dense for r in dropped if r.latency_ms and dense)
+    at = f" ({ratios[0]:.3f}-{ratios[-1]:.3f} of dense)" if ratios else ""
+    return (f"\nlatency: {len(dropped)} of {len(run.retimed)} models re-timed at the end "
+            f"measured over the budget{at} and were dropped (INFEASIBLE, fail_reason in "
+            "trials.csv). Their ratio to dense moves with the machine's load (5-10 % from one "
+            "pass to the next on a busy 2-core machine): before concluding the budget is out "
+            "of reach, re-time one on a quiet machine with `autoprune export RUN --trial N` "
+            "(add --finetune-epochs for a trial whose weights were dropped)")
 
 
 def _flag(row: SummaryRow) -> str:

@@ -193,6 +193,20 @@ def test_terminal_summary_shows_baselines_and_the_next_step(tmp_path: Path):
     assert "+2.00 pt" in next(line for line in lines if line.split()[:1] == ["3"])
 
 
+def test_terminal_summary_counts_the_models_the_final_re_timing_dropped(tmp_path: Path):
+    run = fabricated_run(tmp_path / "run")
+    assert "measured over the budget" not in terminal_summary(str(run.path))
+    over = {2: 0.9, 1: 0.7}  # final latency ms (dense 2.0), over a budget the search met
+    run.write_trials([r.updated(state="INFEASIBLE", latency_ms=over[r.trial],
+                                fail_reason="re-measured latency over the budget")
+                      if r.trial in over else r for r in RECORDS])
+    note = next(line for line in terminal_summary(str(run.path)).splitlines()
+                if "measured over the budget" in line)
+    # 4 models were re-timed (dense aside): trials 0-3; the two dropped at 0.35 and 0.45 of dense
+    assert note.startswith("latency: 2 of 4 models re-timed at the end")
+    assert "(0.350-0.450 of dense)" in note and "autoprune export RUN --trial N" in note
+
+
 def test_comparison_draws_every_runs_front_on_one_chart(tmp_path: Path):
     a = fabricated_run(tmp_path / "a")
     b = fabricated_run(tmp_path / "b", name_dense={**DENSE, "val_acc": 0.99})
