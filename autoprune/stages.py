@@ -47,8 +47,8 @@ StageName = Literal["proxy", "short", "full", "full+proxy"]
 REFITS = 2  # a candidate measured over a latency budget is fitted lower and timed again
 BASELINE_REFITS = 5  # a baseline is matched on measured latency: timings after the first
 REFERENCE, REFERENCE_ROUNDS = "reference (dense)", 3  # see Timer.reference
-MATCH = (0.94, 0.98)  # a baseline is matched within this share of the budget; every candidate
-# measured over MATCH[1] is fitted lower (the end-of-run re-timing moves figures by a few %)
+MATCH = (0.94, 0.98)  # every candidate is matched within this share of its level (a baseline's:
+# the budget), never over MATCH[1] of the budget (the end-of-run re-timing moves figures by a few %)
 
 
 @dataclass
@@ -254,32 +254,37 @@ class Stages:
         return prep.end(over.with_attrs(seconds=self._since(prep))) if over else prep
 
     def _refit(self, prep: Prepared, params: dict[str, float], attrs: dict[str, Any]) -> None:
-        """A candidate fitted on the latency table but measured over ``MATCH[1]`` of the budget
+        """Match a candidate fitted on the latency table to its level on measured latency, as
+        the baselines are matched to the budget: one measured over ``MATCH[1]`` of the budget
         is fitted again at its level scaled by the miss, toward the middle of ``MATCH``, and
-        timed again, up to ``REFITS`` times: timing noise and the table's error cost a timing,
-        not the candidate, and every candidate keeps the same margin under the budget (the
-        end-of-run re-timing moves a small net's ratio to dense by 2-7 % with the machine's
-        load; finalists fitted right at the budget were dropped there). A baseline is matched
-        on measured latency, as the one-liner it stands for would be: refitted within a bracket
-        of levels, also upward, until it measures within ``MATCH`` of the budget (the table
-        under-predicted MobileNetV2's latency by up to a third), up to ``BASELINE_REFITS``
-        times. The slowest plan measured under ``MATCH[1]`` of the budget is kept; when none
-        was, the fastest one timed."""
+        one measured under ``MATCH[0]`` of its level (capped at the budget) is fitted higher,
+        toward the middle of ``MATCH`` of that level, each timed again, up to ``REFITS``
+        times (a baseline: ``BASELINE_REFITS``, within a bracket of levels). Timing noise and
+        the table's error cost a timing, not the candidate, and every candidate keeps the
+        baselines' margin under the budget (the end-of-run re-timing moves a small net's ratio
+        to dense by 2-7 % with the machine's load; finalists fitted right at the budget were
+        dropped there) and uses as much of its level as they do (candidates the table left
+        under it competed on validation with less capacity than the baselines: a MobileNetV2
+        pick ran at 0.41 of dense under a 0.5 budget its baselines filled). The slowest plan
+        measured under ``MATCH[1]`` of the budget is kept; when none was, the fastest one."""
         p, limit = self.problem, self.problem.budget.latency_limit_ms
-        if p.latency_table is None or limit is None:
+        dense = p.budget.dense_latency_ms
+        if p.latency_table is None or limit is None or not dense:
             return
-        cap, aim_at = limit * MATCH[1], limit * sum(MATCH) / 2
+        cap, mid = limit * MATCH[1], sum(MATCH) / 2
         level, lo, hi = p.level_of(params), 0.0, math.inf
+        floor = MATCH[0] * min(limit, level * dense)  # the baselines' level is the budget
         tried: list[tuple[float, PruningPlan, dict[str, Any], nn.Module | None]] = []
         for attempt in range(BASELINE_REFITS if prep.baseline else REFITS):
             measured = prep.rec.get("latency_ms")
             if measured is None:
                 return
             tried.append((measured, prep.plan, prep.rec, prep.model))
-            if measured <= cap and (not prep.baseline or measured >= MATCH[0] * limit):
+            if floor <= measured <= cap:
                 return
             lo, hi = (level, hi) if measured <= cap else (lo, level)
-            aim = level * aim_at / measured  # the miss, proportionally; else bisect
+            aim_ms = mid * (limit if measured > cap else floor / MATCH[0])
+            aim = level * aim_ms / measured  # the miss, proportionally; else bisect
             level = min(aim if lo < aim < hi else (lo + hi) / 2, 1.0)
             try:
                 plan = p.plan_for({**params, LEVEL: level}, attrs.get("baseline"))

@@ -268,7 +268,7 @@ def test_a_candidate_timed_over_the_latency_budget_is_fitted_lower_and_timed_aga
     stages.timer = _Scripted(*[limit * 1.2] * (REFITS + 1))
     prep = stages.prepare(params, 1, {})
     assert prep.outcome.state is TrialState.INFEASIBLE and prep.rec["refits"] == REFITS
-    stages.timer = _Scripted(limit * 0.9)
+    stages.timer = _Scripted(limit * 0.95)
     assert stages.prepare(params, 2, {}).outcome is None and stages.timer.calls == 1
 
 
@@ -295,6 +295,47 @@ def test_a_candidate_within_the_budget_but_over_its_margin_is_fitted_lower(
     assert prep.outcome is None and stages.timer.calls == REFITS + 1
     assert prep.rec["latency_ms"] == pytest.approx(limit * 0.99) and "refits" not in prep.rec
     assert stages.run.read_plan(1) == prep.plan.to_dict()
+
+
+def test_a_candidate_measured_well_under_its_level_is_fitted_higher(
+        analysis, tmp_path, steady_table):
+    """As a baseline is: a candidate measured under MATCH[0] of its level is fitted higher,
+    toward the middle of MATCH of that level (the budget's for one at the budget, its own for
+    one at a lower level), and the slowest timing under MATCH[1] of the budget is kept; a refit
+    that lands over it is not (the earlier, faster plan stays)."""
+    from autoprune.stages import MATCH, REFITS
+
+    stages, problem = _stages(analysis, tmp_path, _Scripted())
+    allocation = {s.name: 0.0 if s.name.startswith(DROP) else s.high
+                  for s in problem.specs()[:-1]}  # every block kept: widths to fit
+    limit, table = problem.budget.latency_limit_ms, problem.latency_table
+    dense = problem.budget.dense_latency_ms
+    at_budget = {**allocation, LEVEL: 0.7}
+    first = problem.plan_for(at_budget)
+    stages.timer = _Scripted(limit * 0.80, limit * 0.96)
+    prep = stages.prepare(at_budget, 0, {})
+    assert prep.outcome is None and stages.timer.calls == 2 and prep.rec["refits"] == 1
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.96)
+    assert prep.rec["refit_from_ms"] == pytest.approx(limit * 0.80)
+    assert table.predict(prep.plan) > table.predict(first)  # fewer channels go
+    assert stages.run.read_plan(0) == prep.plan.to_dict()
+    # a candidate at a lower level is matched to that level, not to the budget
+    low = {**allocation, LEVEL: 0.5}
+    stages.timer = _Scripted(0.5 * dense * 0.96)
+    assert stages.prepare(low, 1, {}).outcome is None and stages.timer.calls == 1
+    stages.timer = _Scripted(0.5 * dense * 0.85, 0.5 * dense * 0.95)
+    prep = stages.prepare(low, 2, {})
+    assert stages.timer.calls == 2 and prep.rec["latency_ms"] == pytest.approx(0.475 * dense)
+    assert 0.5 * dense < MATCH[0] * limit  # the budget's window would have lifted it further
+    # fitted higher but landing over MATCH[1] of the budget: the first plan is kept
+    timings = [0.80, 1.01, 0.99]
+    assert len(timings) == REFITS + 1
+    stages.timer = _Scripted(*[limit * t for t in timings])
+    first = problem.plan_for(at_budget)  # the timings so far calibrated the table's fits
+    prep = stages.prepare(at_budget, 3, {})
+    assert prep.outcome is None and stages.timer.calls == REFITS + 1
+    assert prep.rec["latency_ms"] == pytest.approx(limit * 0.80) and "refits" not in prep.rec
+    assert stages.run.read_plan(3) == first.to_dict()
 
 
 def test_a_baseline_is_matched_on_measured_latency_from_below_and_above(
