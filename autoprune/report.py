@@ -82,7 +82,19 @@ def _latency_note(run: RunView) -> str:
         if run.latency_iqr else ""
     warn = f"\nlatency: {noisy} of {len(timed)} timings stayed noisy after re-timing " \
         "(flagged in trials.csv latency_flag: the machine was busy)" if noisy else ""
-    return final + warn + _dropped_note(run)
+    return final + warn + _drift_note(run) + _dropped_note(run)
+
+
+def _drift_note(run: RunView) -> str:
+    """The models kept over the latency budget because every model re-timed moved as much."""
+    kept = [r for r in run.records if "as every model re-timed" in (r.latency_flag or "")]
+    if not kept:
+        return ""
+    return (f"\nlatency: every model re-timed at the end ran at least x{run.latency_drift:.3f} "
+            "slower relative to dense than the search timed it (the machine's load moved, not "
+            f"the models): {len(kept)} over the budget by no more than that were kept, flagged; "
+            "re-time one where it will run with `autoprune export RUN --trial N` before "
+            "deploying it")
 
 
 def _dropped_note(run: RunView) -> str:

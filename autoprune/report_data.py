@@ -73,6 +73,7 @@ class RunView:
     budget_path: Path = Path("budget.json")
     latency_iqr: dict[str, float] = dataclasses.field(default_factory=dict)  # "N" / "dense"
     retimed: frozenset[int] = frozenset()  # trials the end-of-run re-timing timed
+    latency_drift: float = 1.0  # how much every re-timed model moved (Ledger.remeasure)
 
     @property
     def group_channels(self) -> dict[str, dict[str, int]]:
@@ -143,7 +144,7 @@ def load(run: RunDir) -> RunView:
     return RunView(run.path.resolve().name, tuple(sorted(records, key=lambda r: r.trial)),
                    tuple(front), baseline, run.read_config(), run.read_budget(),
                    run.budget_path, run.read_latency_iqr(),
-                   frozenset(run.read_scores("latency")))
+                   frozenset(run.read_scores("latency")), run.read_latency_drift())
 
 
 def baseline_family(name: str | None) -> str | None:

@@ -334,6 +334,15 @@ class RunDir:
         data = run_files.check_scores(check, check.json())
         return {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")}
 
+    def read_latency_drift(self) -> float:
+        """The factor every model the final re-timing timed moved by, relative to dense, from
+        the search's figures (``latency_drift`` in latency_remeasured.json; 1 when none)."""
+        path = self.remeasured_path
+        if not path.is_file():
+            return 1.0
+        check = FileCheck(path)
+        return float(run_files.check_scores(check, check.json()).get("latency_drift", 1.0))
+
     def _scores_path(self, which: str) -> Path:
         paths = {"test": self.test_scores_path, "latency": self.remeasured_path}
         if which not in paths:

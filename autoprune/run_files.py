@@ -231,9 +231,10 @@ def check_plan(check: FileCheck, value: Any, where: str = "the plan") -> dict[st
 
 def check_scores(check: FileCheck, value: Any) -> dict[str, Any]:
     """test_scores.json / latency_remeasured.json: a number per trial (and ``"dense"``); the
-    latter's ``iqr:<trial>`` / ``iqr:dense`` entries (the spread of each timing) too."""
+    latter's ``iqr:<trial>`` / ``iqr:dense`` entries (the spread of each timing) and its
+    ``latency_drift`` too."""
     data = check.mapping(value, "the file")
-    check.numbers(data, [k for k in data if k.isdigit() or k == "dense"
+    check.numbers(data, [k for k in data if k.isdigit() or k in ("dense", "latency_drift")
                          or k.startswith("iqr:")], "the figure of ")
     return data
 

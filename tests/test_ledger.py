@@ -138,3 +138,63 @@ def test_final_figures_replace_search_flags_and_flag_slow_or_noisy_members(tmp_p
     assert merged[2].latency_flag == "noisy"
     assert merged[3].latency_flag == "noisy" and merged[3].latency_cv == 0.5  # not re-timed
     assert [merged[t].latency_ms for t in (0, 1, 2)] == [2.0, 2.5, 1.5]
+
+
+def _retimed(tmp_path, moved: dict[str, float]) -> tuple[Ledger, list[TrialRecord], int]:
+    """A front member (0) and two baselines (1, 2) searched at 0.75 / 0.80 / 0.825 of a dense
+    4 ms under a 0.85 budget, re-timed with their ratios to dense multiplied by ``moved``;
+    returns the ledger, the records and the number of passes."""
+    records = [full(0, 0.90, 0.5, 3.0), full(1, 0.85, 0.5, 3.2).updated(baseline="uniform-l2"),
+               full(2, 0.80, 0.5, 3.3).updated(baseline="global-l2")]
+    run = RunDir.create(tmp_path / "run")
+    run.write_baseline({"dense": {"latency_ms": 4.0}})
+    book = Ledger(run, ResolvedBudget(Budget(latency=0.85), 100.0, 10.0, dense_latency_ms=4.0))
+    passes = []
+
+    def together(models: dict[str, nn.Module]) -> dict[str, Timed]:
+        passes.append(list(models))
+        dense = 5.0  # the re-timing's dense figure differs from the search's: ratios matter
+        return {k: Timed(dense * (1.0 if k == "dense" else moved[k] * r.latency_ms / 4.0), 0.0)
+                for k, r in [("dense", None), *((str(r.trial), r) for r in records)]
+                if k in models}
+
+    book.remeasure(records, together, lambda r: named(r.trial), named("dense"))
+    return book, book.merge(records), len(passes)
+
+
+def test_models_over_the_budget_only_by_what_every_model_re_timed_moved_are_kept_flagged(
+        tmp_path):
+    """Every model re-times 10 % slower relative to dense than the search timed it: the two
+    baselines land over the budget (0.88, 0.91 of dense against 0.85) but moved no more than
+    the rest, so they stay, flagged with the drift; a model that moved further than the least
+    any moved, beyond the budget, is dropped and says so."""
+    book, merged, _ = _retimed(tmp_path / "common", {"0": 1.1, "1": 1.1, "2": 1.1})
+    assert book.run.read_latency_drift() == pytest.approx(1.1)
+    assert [r.state for r in merged] == [TrialState.COMPLETE] * 3
+    assert merged[0].latency_flag is None and merged[0].latency_ms == pytest.approx(0.825 * 5)
+    assert merged[1].latency_flag == "over the budget as every model re-timed (x1.100)"
+    assert merged[2].latency_ms == pytest.approx(0.9075 * 5)
+    book, merged, _ = _retimed(tmp_path / "one", {"0": 1.1, "1": 1.1, "2": 1.2})
+    assert merged[1].state is TrialState.COMPLETE
+    assert merged[2].state is TrialState.INFEASIBLE and "(x1.100)" in merged[2].fail_reason
+
+
+def test_without_a_common_drift_the_budget_holds_as_measured(tmp_path):
+    """One model re-timed faster than searched: no drift (1), the two over the budget are
+    dropped, after the extra passes; fewer than DRIFT_MIN_MODELS timed: no drift either."""
+    from autoprune.ledger import DRIFT_MIN_MODELS
+
+    book, merged, passes = _retimed(tmp_path / "down", {"0": 0.98, "1": 1.1, "2": 1.1})
+    assert book.run.read_latency_drift() == 1.0 and passes == 1 + OVER_RETIMES
+    assert [r.state for r in merged] == [TrialState.COMPLETE, *[TrialState.INFEASIBLE] * 2]
+    assert "more than" not in merged[1].fail_reason
+    assert DRIFT_MIN_MODELS == 3
+    run = RunDir.create(tmp_path / "two" / "run")
+    run.write_baseline({"dense": {"latency_ms": 4.0}})
+    book = Ledger(run, ResolvedBudget(Budget(latency=0.85), 100.0, 10.0, dense_latency_ms=4.0))
+    records = [full(0, 0.9, 0.5, 3.0), full(1, 0.85, 0.5, 3.2).updated(baseline="uniform-l2")]
+    book.remeasure(records, lambda models: {k: Timed(4.0 if k == "dense" else 3.6, 0.0)
+                                            for k in models},
+                   lambda r: named(r.trial), named("dense"))
+    assert book.run.read_latency_drift() == 1.0
+    assert all(r.state is TrialState.INFEASIBLE for r in book.merge(records))

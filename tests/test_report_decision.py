@@ -285,3 +285,17 @@ def test_report_at_900px_in_headless_chromium(tmp_path: Path):
     assert m["screened"] == [0, 2]  # hidden at first; the toggle shows them
     assert not math.isnan(width)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_terminal_summary_says_which_models_were_kept_over_the_budget_by_a_common_drift(
+        tmp_path: Path):
+    run = fabricated_run(tmp_path / "run")
+    assert "load moved" not in terminal_summary(str(run.path))
+    flag = "over the budget as every model re-timed (x1.100)"
+    run.write_trials([r.updated(latency_flag=flag) if r.trial in (1, 2) else r for r in RECORDS])
+    figures = {"dense": 2.0, **{str(r.trial): 1.0 for r in RECORDS}, "latency_drift": 1.1}
+    run.write_scores("latency", figures)
+    note = next(line for line in terminal_summary(str(run.path)).splitlines()
+                if "load moved" in line)
+    assert note.startswith("latency: every model re-timed at the end ran at least x1.100")
+    assert "2 over the budget by no more than that were kept" in note
