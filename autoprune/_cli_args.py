@@ -255,6 +255,10 @@ def _add_search(sub: Any) -> None:
                    "(only --trials may change: it extends the run)")
     p.add_argument("--trust-task", action="store_true", help=TRUST_HELP)
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    groups["parallel"].add_argument(
+        "--threads", type=_number("--threads", int, low=1, high=4096),
+        help="torch CPU threads of this process (default: torch's choice, one per core; "
+             "fewer on a machine other jobs keep busy: a warning says so)")
     add_settings(p, SearchSettings, groups, skip=("seed",))
     add_settings(p, FinetuneSettings, groups)
 

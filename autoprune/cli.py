@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,7 +168,8 @@ def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
 
 
 # what --resume may be given beside it: everything else would change the run's meaning
-RESUME_FLAGS = {"resume", "trials", "progress", "verbose", "command", "trust_task", "storage"}
+RESUME_FLAGS = {"resume", "trials", "progress", "verbose", "command", "trust_task", "storage",
+                "threads"}
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -175,6 +177,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.run import Recipe, open_run_dir, release_unstarted, resolved_config
 
     resume = bool(args.resume)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if resume:
         _refuse_with_resume(args)
         inputs = _from_config(args.resume, not args.progress)
@@ -198,6 +204,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise
     if resume and trials != inputs.trials:
         run_dir.write_config({**run_dir.read_config(), "trials": trials})
+    _warn_if_busy()
     result = run_search(run, trials, resume, rebuildable=True)
     code = _cmd_report(argparse.Namespace(run_dir=str(result.run_dir)))
     if not any(r.is_full for r in result.trials):
@@ -207,6 +214,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"{result.run_dir}/trials.csv", file=sys.stderr)
         return 1
     return code
+
+
+def _warn_if_busy() -> None:
+    """Warn when fewer cores are idle than the threads torch will run (``--threads``)."""
+    import torch
+
+    from autoprune.cpu_load import busy_warning, idle_cores
+
+    warning = busy_warning(torch.get_num_threads(), idle_cores(), os.cpu_count() or 1)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _check_out(out: str | None) -> None:

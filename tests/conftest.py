@@ -40,6 +40,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return int(env) if env and env.isdigit() else min(4, _cpus())
 
 
+@pytest.fixture(autouse=True)
+def _no_busy_cpu_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Searches run in a test's process do not sample the CPU: the other xdist worker keeps it
+    busy, and tests count stderr lines (tests/test_cpu_load.py checks the warning itself)."""
+    monkeypatch.setattr("autoprune.cpu_load.idle_cores", lambda sample_s=0.3: None)
+
+
 def _groups(item: pytest.Item) -> str:
     return "_".join(sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
                             for m in item.iter_markers("xdist_group")}))
