@@ -499,3 +499,32 @@ def test_search_rank_reads_a_kept_run_and_ranks_each_score_against_the_final(tmp
     # then 0 by val: sum d^2 = 18, rho 1 - 108/60; the pick among the kept: 1
     assert "- search val, ties within 3 pt to FLOPs kept: -0.80; picks 1, 0.9205" in text
     assert "(the noise ceiling): +1.00" in text
+
+
+def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
+    """Three models searched at 0.45 / 0.48 / 0.49 of a 2 ms dense model; re-timed beside a
+    4 ms dense one at 0.54 / 0.53 / 0.60 (moved x1.2 / x1.104 / x1.224): the least move
+    (x1.104) lifts the 0.5 budget to 0.552, so trial 2 alone is dropped; the pick is the kept
+    model best on validation."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import drift_replay
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = tmp_path / "run"
+    run.mkdir()
+    ops = [{"op_code": 8, "trial_id": t, "user_attr": {"latency_ms": ms}}
+           for t, ms in ((0, 0.9), (1, 0.96), (2, 0.98))]
+    (run / "study.journal").write_text("".join(json.dumps(op) + "\n" for op in ops))
+    (run / "baseline.json").write_text(json.dumps({"dense": {"latency_ms": 2.0}}))
+    (run / "budget.json").write_text(json.dumps({"budget": {"latency": 0.5}}))
+    (run / "latency_remeasured.json").write_text(json.dumps(
+        {"dense": 4.0, "iqr:dense": 0.1, "0": 2.16, "1": 2.12, "2": 2.4}))
+    (run / "trials.csv").write_text(
+        "trial,state,baseline,val_acc,flops_ratio\n0,INFEASIBLE,uniform-l2,0.90,0.45\n"
+        "1,INFEASIBLE,,0.91,0.47\n2,INFEASIBLE,,0.95,0.49\n")
+    lines = drift_replay.replay(run)
+    assert "drift x1.104" in lines[0]
+    assert ["dropped" if ": dropped (" in line else "kept" if ": kept (" in line else line
+            for line in lines[1:4]] == ["kept", "kept", "dropped"]
+    assert lines[-1] == "  pick: trial 1 (searched, val 0.91, FLOPs 0.470)"
