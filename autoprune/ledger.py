@@ -56,18 +56,24 @@ class Ledger:
             r = r.updated(test_acc=scores.get(r.trial))
             if r.trial in latency:
                 r = self._final_latency(r, latency[r.trial], spread.get(str(r.trial)))
-            over = limit is not None and r.trial in latency and latency[r.trial] > limit
-            if over and r.state is TrialState.COMPLETE and latency[r.trial] > limit * drift:
-                moved = f", more than every model re-timed moved (x{drift:.3f})" \
-                    if drift > 1 else ""
-                r = r.updated(state=TrialState.INFEASIBLE, fail_reason=(
-                    f"re-measured latency {latency[r.trial]:.4g} ms over the budget "
-                    f"{limit:.4g} ms{moved}"))
-            elif over and r.state is TrialState.COMPLETE:
-                flag = f"over the budget as every model re-timed (x{drift:.3f})"
-                r = r.updated(latency_flag="; ".join(f for f in (r.latency_flag, flag) if f))
+            ms = latency.get(r.trial)
+            if limit is not None and ms is not None and ms > limit \
+                    and r.state is TrialState.COMPLETE:
+                r = self._over_budget_record(r, ms, limit, drift)
             out.append(r)
         return out
+
+    @staticmethod
+    def _over_budget_record(r: TrialRecord, ms: float, limit: float,
+                            drift: float) -> TrialRecord:
+        """``r`` whose final figure ``ms`` is over ``limit``: INFEASIBLE when over it by more
+        than ``drift``, else flagged."""
+        if ms <= limit * drift:
+            flag = f"over the budget as every model re-timed (x{drift:.3f})"
+            return r.updated(latency_flag="; ".join(f for f in (r.latency_flag, flag) if f))
+        moved = f", more than every model re-timed moved (x{drift:.3f})" if drift > 1 else ""
+        return r.updated(state=TrialState.INFEASIBLE, fail_reason=(
+            f"re-measured latency {ms:.4g} ms over the budget {limit:.4g} ms{moved}"))
 
     def _final_latency(self, r: TrialRecord, ms: float, iqr: float | None) -> TrialRecord:
         """``r`` with its final latency, that figure's CV and its flags (the search-time
