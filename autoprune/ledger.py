@@ -25,7 +25,7 @@ from autoprune.backends.base import SearchBackend
 from autoprune.budget import ResolvedBudget
 from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, robust_cv
 from autoprune.results import RunDir
-from autoprune.trial import TrialRecord, TrialState
+from autoprune.trial import DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["DRIFT_MIN_MODELS", "OVER_RETIMES", "Ledger"]
 
@@ -69,7 +69,7 @@ class Ledger:
         """``r`` whose final figure ``ms`` is over ``limit``: INFEASIBLE when over it by more
         than ``drift``, else flagged."""
         if ms <= limit * drift:
-            flag = f"over the budget as every model re-timed (x{drift:.3f})"
+            flag = f"{DRIFT_FLAG} (x{drift:.3f})"
             return r.updated(latency_flag="; ".join(f for f in (r.latency_flag, flag) if f))
         moved = f", more than every model re-timed moved (x{drift:.3f})" if drift > 1 else ""
         return r.updated(state=TrialState.INFEASIBLE, fail_reason=(

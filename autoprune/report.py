@@ -35,7 +35,7 @@ from autoprune.report_data import (
 from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
-from autoprune.trial import TrialRecord, TrialState
+from autoprune.trial import DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
 
@@ -87,7 +87,7 @@ def _latency_note(run: RunView) -> str:
 
 def _drift_note(run: RunView) -> str:
     """The models kept over the latency budget because every model re-timed moved as much."""
-    kept = [r for r in run.records if "as every model re-timed" in (r.latency_flag or "")]
+    kept = [r for r in run.records if DRIFT_FLAG in (r.latency_flag or "")]
     if not kept:
         return ""
     return (f"\nlatency: every model re-timed at the end ran at least x{run.latency_drift:.3f} "

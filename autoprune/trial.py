@@ -11,7 +11,11 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-__all__ = ["LEVEL", "Outcome", "ParamSpec", "TrialRecord", "TrialState"]
+__all__ = ["DRIFT_FLAG", "LEVEL", "Outcome", "ParamSpec", "TrialRecord", "TrialState"]
+
+#: the latency flag of a model the end-of-run re-timing found over the budget by no more than
+#: every re-timed model moved (``Ledger.remeasure``): kept, flagged
+DRIFT_FLAG = "over the budget as every model re-timed"
 
 LEVEL = "cost_level"  # the searched cost level, a fraction of the dense model
 
