@@ -47,9 +47,8 @@ class Ledger:
         """Records with test scores and end-of-run latencies folded in (over a latency budget
         on the final timing, beyond what every model re-timed drifted -> INFEASIBLE; flagged
         ``noisy`` / ``slower than dense`` / over the budget by the drift on it)."""
-        scores, latency = self.run.read_scores("test"), self.run.read_scores("latency")
-        spread = self.run.read_latency_iqr()
-        drift = self.run.read_latency_drift()
+        scores, final = self.run.read_scores("test"), self.run.read_remeasured()
+        latency, spread, drift = final.ms, final.iqr, final.drift
         limit = self.budget.latency_limit_ms
         out = []
         for r in records:

@@ -141,10 +141,10 @@ def load(run: RunDir) -> RunView:
         front.append(row if latest is None else
                      dataclasses.replace(latest, plan=row.plan or latest.plan))
     baseline = run.read_baseline() if run.baseline_path.is_file() else {}
+    final = run.read_remeasured()
     return RunView(run.path.resolve().name, tuple(sorted(records, key=lambda r: r.trial)),
                    tuple(front), baseline, run.read_config(), run.read_budget(),
-                   run.budget_path, run.read_latency_iqr(),
-                   frozenset(run.read_scores("latency")), run.read_latency_drift())
+                   run.budget_path, final.iqr, frozenset(final.ms), final.drift)
 
 
 def baseline_family(name: str | None) -> str | None:

@@ -156,6 +156,15 @@ def _record_from_row(row: dict[str, Any], plan: dict[str, Any] | None) -> TrialR
 
 
 @dataclass(frozen=True)
+class Remeasured:
+    """What the end-of-run re-timing wrote (latency_remeasured.json)."""
+
+    ms: dict[int, float]  # trial -> final median ms
+    iqr: dict[str, float]  # "<trial>" or "dense" -> the spread beside each median
+    drift: float  # how far every re-timed model moved relative to dense (Ledger.remeasure)
+
+
+@dataclass(frozen=True)
 class RunDir:
     """A ``results/<run>/`` folder; every write is atomic so a crash never leaves half a file.
 
@@ -324,24 +333,17 @@ class RunDir:
         data = run_files.check_scores(check, check.json())
         return {int(k): float(v) for k, v in data.items() if k.isdigit()}
 
-    def read_latency_iqr(self) -> dict[str, float]:
-        """``{"<trial>" or "dense": IQR ms}``: the spread the final re-timing recorded beside
-        each median in latency_remeasured.json (``iqr:<key>`` entries)."""
+    def read_remeasured(self) -> Remeasured:
+        """latency_remeasured.json in one read: the final figures, their spreads and the drift
+        (empty, empty and 1 before the end-of-run re-timing)."""
         path = self.remeasured_path
         if not path.is_file():
-            return {}
+            return Remeasured({}, {}, 1.0)
         check = FileCheck(path)
         data = run_files.check_scores(check, check.json())
-        return {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")}
-
-    def read_latency_drift(self) -> float:
-        """The factor every model the final re-timing timed moved by, relative to dense, from
-        the search's figures (``latency_drift`` in latency_remeasured.json; 1 when none)."""
-        path = self.remeasured_path
-        if not path.is_file():
-            return 1.0
-        check = FileCheck(path)
-        return float(run_files.check_scores(check, check.json()).get("latency_drift", 1.0))
+        return Remeasured({int(k): float(v) for k, v in data.items() if k.isdigit()},
+                          {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")},
+                          float(data.get("latency_drift", 1.0)))
 
     def _scores_path(self, which: str) -> Path:
         paths = {"test": self.test_scores_path, "latency": self.remeasured_path}

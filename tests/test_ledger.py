@@ -81,7 +81,7 @@ def test_retiming_reaches_members_that_join_the_front_late(tmp_path):
     assert [s[:2] for s in sessions] == [["dense", "0"]] * (2 + OVER_RETIMES)
     assert all(sorted(s[2:]) == ["1", "2"] for s in sessions[1:])
     assert book.run.read_scores("latency") == {0: 3.9, 1: 2.9, 2: 2.4}
-    assert book.run.read_latency_iqr()["1"] == pytest.approx(0.029)
+    assert book.run.read_remeasured().iqr["1"] == pytest.approx(0.029)
     merged = book.merge(RECORDS)
     assert merged[0].state is TrialState.INFEASIBLE and "re-measured" in merged[0].fail_reason
     assert {r.trial for r in book.front(merged)} == {1, 2}
@@ -115,7 +115,7 @@ def test_a_member_over_budget_on_one_pass_is_timed_again_and_kept_on_the_median(
     assert latency[0] == pytest.approx(0.86 * 4.2)  # the median of 0.95, 0.86, 0.85
     assert latency[1] == pytest.approx(0.7 * 4.2)
     assert book.run.read_baseline()["dense"]["latency_final_ms"] == 4.2
-    assert book.run.read_latency_iqr()["0"] == pytest.approx(0.02 * 0.86 * 4.2)
+    assert book.run.read_remeasured().iqr["0"] == pytest.approx(0.02 * 0.86 * 4.2)
     merged = book.merge(RECORDS)
     assert merged[0].state is TrialState.COMPLETE
     assert {r.trial for r in book.front(merged)} == {0, 1, 2}
@@ -169,7 +169,7 @@ def test_models_over_the_budget_only_by_what_every_model_re_timed_moved_are_kept
     the rest, so they stay, flagged with the drift; a model that moved further than the least
     any moved, beyond the budget, is dropped and says so."""
     book, merged, _ = _retimed(tmp_path / "common", {"0": 1.1, "1": 1.1, "2": 1.1})
-    assert book.run.read_latency_drift() == pytest.approx(1.1)
+    assert book.run.read_remeasured().drift == pytest.approx(1.1)
     assert [r.state for r in merged] == [TrialState.COMPLETE] * 3
     assert merged[0].latency_flag is None and merged[0].latency_ms == pytest.approx(0.825 * 5)
     assert merged[1].latency_flag == "over the budget as every model re-timed (x1.100)"
@@ -185,7 +185,7 @@ def test_without_a_common_drift_the_budget_holds_as_measured(tmp_path):
     from autoprune.ledger import DRIFT_MIN_MODELS
 
     book, merged, passes = _retimed(tmp_path / "down", {"0": 0.98, "1": 1.1, "2": 1.1})
-    assert book.run.read_latency_drift() == 1.0 and passes == 1 + OVER_RETIMES
+    assert book.run.read_remeasured().drift == 1.0 and passes == 1 + OVER_RETIMES
     assert [r.state for r in merged] == [TrialState.COMPLETE, *[TrialState.INFEASIBLE] * 2]
     assert "more than" not in merged[1].fail_reason
     assert DRIFT_MIN_MODELS == 3
@@ -196,5 +196,5 @@ def test_without_a_common_drift_the_budget_holds_as_measured(tmp_path):
     book.remeasure(records, lambda models: {k: Timed(4.0 if k == "dense" else 3.6, 0.0)
                                             for k in models},
                    lambda r: named(r.trial), named("dense"))
-    assert book.run.read_latency_drift() == 1.0
+    assert book.run.read_remeasured().drift == 1.0
     assert all(r.state is TrialState.INFEASIBLE for r in book.merge(records))

@@ -13,6 +13,7 @@ import pytest
 from autoprune.errors import ConfigError
 from autoprune.results import (
     COLUMNS,
+    Remeasured,
     RunDir,
     atomic_write_bytes,
     atomic_write_text,
@@ -259,3 +260,12 @@ def test_run_dir_owns_model_and_score_paths(tmp_path):
     assert run.read_scores("latency") == {}
     with pytest.raises(ValueError, match="scores 'val'"):
         run.read_scores("val")
+
+
+def test_remeasured_figures_spreads_and_drift_come_from_one_file(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    assert run.read_remeasured() == Remeasured({}, {}, 1.0)  # before the end-of-run re-timing
+    run.write_scores("latency", {"dense": 2.0, "iqr:dense": 0.1, 3: 1.2, "iqr:3": 0.05,
+                                 "latency_drift": 1.15})
+    assert run.read_remeasured() == Remeasured({3: 1.2}, {"dense": 0.1, "3": 0.05}, 1.15)
+    assert run.read_scores("latency") == run.read_remeasured().ms
