@@ -326,22 +326,13 @@ class RunDir:
 
     def read_scores(self, which: str) -> dict[int, float]:
         """The per-trial figures of :meth:`write_scores` (``{}`` before the first write)."""
-        path = self._scores_path(which)
-        if not path.is_file():
-            return {}
-        check = FileCheck(path)
-        data = run_files.check_scores(check, check.json())
-        return {int(k): float(v) for k, v in data.items() if k.isdigit()}
+        return _per_trial(_checked_scores(self._scores_path(which)))
 
     def read_remeasured(self) -> Remeasured:
         """latency_remeasured.json in one read: the final figures, their spreads and the drift
         (empty, empty and 1 before the end-of-run re-timing)."""
-        path = self.remeasured_path
-        if not path.is_file():
-            return Remeasured({}, {}, 1.0)
-        check = FileCheck(path)
-        data = run_files.check_scores(check, check.json())
-        return Remeasured({int(k): float(v) for k, v in data.items() if k.isdigit()},
+        data = _checked_scores(self.remeasured_path)
+        return Remeasured(_per_trial(data),
                           {k[4:]: float(v) for k, v in data.items() if k.startswith("iqr:")},
                           float(data.get("latency_drift", 1.0)))
 
@@ -417,6 +408,18 @@ class RunDir:
         check = FileCheck(self.front_json_path)
         return run_files.check_front(check, check.json(), _NUMBER_COLUMNS, _TEXT_COLUMNS,
                                      [s.value for s in TrialState])
+
+
+def _checked_scores(path: Path) -> dict[str, Any]:
+    """A scores file (test_scores.json, latency_remeasured.json) checked; ``{}`` if absent."""
+    if not path.is_file():
+        return {}
+    check = FileCheck(path)
+    return run_files.check_scores(check, check.json())
+
+
+def _per_trial(data: dict[str, Any]) -> dict[int, float]:
+    return {int(k): float(v) for k, v in data.items() if k.isdigit()}
 
 
 def _read_table(check: FileCheck) -> list[TrialRecord]:
