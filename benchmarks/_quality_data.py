@@ -351,7 +351,7 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
                 seed: int, search_steps: int, short_fidelities: list[float], lr: float,
                 log: Callable[[str], None] = print, device: str = "cpu", optimizer: str = "sgd",
                 weight_decay: float = 5e-4, ceiling: bool = False, distill: bool = False,
-                batch: int = BATCH) -> dict[str, Any]:
+                batch: int = BATCH, bn_batches: int = 20) -> dict[str, Any]:
     """How well the cheap scores rank candidates at one budget: for ``count`` random plans, the
     adaptive-BN proxy, short fine-tunes (one per fidelity) and the search's full fine-tune (each
     from a fresh prune, each candidate on the same batches) on the validation split; Spearman
@@ -360,6 +360,7 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     ``ceiling``: also the full fine-tune again under another seed (other batches, other torch
     seed): its rho against the first is the noise ceiling no cheap score can beat.
     ``distill``: each short fine-tune also with distillation from the dense model.
+    ``bn_batches``: BatchNorm is re-estimated on that many batches before every score.
     """
     from autoprune.pipeline import finetune_model, reestimate_bn
     from autoprune.settings import FinetuneSettings
@@ -367,7 +368,7 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     evaluate = make_evaluate(data)
     shorts = {f"short@{f:g}": max(1, round(f * search_steps)) for f in short_fidelities}
     settings = FinetuneSettings(steps=search_steps, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
-                                weight_decay=weight_decay, bn_batches=20, device=device)
+                                weight_decay=weight_decay, bn_batches=bn_batches, device=device)
     teacher = analysis.model.to(device).eval() if distill else None
     # (score, steps, batch seed, distil): the full fine-tune last, its repeat after it
     plan_of: list[tuple[str, int, int, bool]] = [("proxy", 0, 1, False)]
@@ -398,7 +399,7 @@ def proxy_study(analysis: Any, data: Data, space_name: str, budget: float, count
     full = [r["full"] for r in rows]
     flops = [r["flops_ratio"] for r in rows]
     return {"n": len(rows), "budget": budget, "space": space_name,
-            "full_steps": search_steps,
+            "full_steps": search_steps, "bn_batches": bn_batches,
             "rho_proxy": spearman([r["proxy"] for r in rows], full),
             "rho_short": {f"{k} ({n} steps)": spearman([r[k] for r in rows], full)
                           for k, n, _, _ in plan_of[1:-1 - int(ceiling)]},

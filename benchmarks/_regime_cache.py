@@ -27,6 +27,9 @@ KEY_FIELDS = ("train_size", "val_size", "test_size", "trials", "search_steps", "
 #: The search's settings: no part of the key of a dense model's scores or of a peer that does
 #: not search, so a run with another ``--trials`` pairs new search rows with the kept peers.
 SEARCH_FIELDS = ("trials", "search_steps", "distill")
+#: BatchNorm re-estimation batches every kept row used before ``--bn-batches``: only another
+#: value is part of a key.
+BN_BATCHES = 20
 UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth",
               SENS, SENS_COST)
 
@@ -41,6 +44,8 @@ class DenseMismatch(RuntimeError):
 
 def _key(cfg: dict[str, Any], *parts: Any, searched: bool = True) -> str:
     wanted = {k: cfg[k] for k in KEY_FIELDS if searched or k not in SEARCH_FIELDS}
+    if cfg.get("bn_batches", BN_BATCHES) != BN_BATCHES:  # keys of rows kept before the flag
+        wanted["bn_batches"] = cfg["bn_batches"]
     raw = json.dumps([wanted, *parts], sort_keys=True, default=str)
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 

@@ -70,6 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import die_with_parent, save_report
 from _regime_cache import (
+    BN_BATCHES,
     REFINE,
     SENS,
     SENS_COST,
@@ -97,11 +98,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {"seeds": 3, "train_size": 55000, "val_size": 5000, "test_size": None,
              "flops": [0.3, 0.15, 0.07], "latency": [0.5, 0.3], "trials": 8,
              "search_steps": 150, "final_epochs": 2.0, "sl_epochs": 1.0,
-             "proxy_candidates": 24, "bisect_iters": 7, "random_in": "latency"},
+             "proxy_candidates": 24, "bisect_iters": 7, "random_in": "latency",
+             "bn_batches": BN_BATCHES},
     "quick": {"seeds": 1, "val_size": 500, "test_size": 1000,
-              "flops": [0.3], "latency": [0.5], "trials": 2, "search_steps": 15,
+              "flops": [0.3], "latency": [0.5], "trials": 2, "search_steps": 10,
               "final_epochs": 1.0, "sl_epochs": 0.1, "dense_epochs": 2, "arch": ["resnet20"],
-              "proxy_candidates": 4, "train_size": 5000, "bisect_iters": 4, "random_in": "none"},
+              "proxy_candidates": 3, "train_size": 5000, "bisect_iters": 3, "random_in": "none",
+              "bn_batches": 4,
+              # every peer once; the --depth variants are the same search again (--methods)
+              "methods": ["uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "autoprune"]},
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
 NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured",
@@ -128,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
     p.add_argument("--methods", nargs="+",
                    choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE, SENS, SENS_COST}),
-                   help="only these methods (default all that fit each cell)")
+                   help="only these methods (default all that fit each cell; --quick: "
+                        "neither depth variant)")
     p.add_argument("--random-in", choices=["latency", "all", "none"],
                    help="cells that also run random search (default: the latency cells; "
                         "--quick: none)")
@@ -152,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "fine-tune under another seed, the noise ceiling); none: skip")
     p.add_argument("--proxy-budget", type=float, default=0.15, help="its FLOPs budget")
     p.add_argument("--proxy-candidates", type=int, help="its random candidates (default 24)")
+    p.add_argument("--bn-batches", type=int, help="training batches BatchNorm is re-estimated "
+                   "on before every score: the searches' screening, the sensitivity drops, the "
+                   "proxy study (default 20, autoprune's; --quick: 4)")
     p.add_argument("--bisect-iters", type=int, help="timings of the latency-matched uniform "
                    "plan's bisection (default 7)")
     p.add_argument("--quick", action="store_true")
@@ -267,7 +276,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                         train_loader=ctx["data"].loader(seed, ctx["batch"]), budget=budget,
                         trials=cfg["trials"], run_dir=run_dir, space=_space(arch, kind),
                         finetune_settings=FinetuneSettings(
-                            steps=cfg["search_steps"], bn_batches=20, device=cfg["device"],
+                            steps=cfg["search_steps"], bn_batches=cfg["bn_batches"],
+                            device=cfg["device"],
                             distill=cfg["distill"] and method in OURS, **ctx["ft"]),
                         settings=settings)
         _keep_shared(ctx, run_dir, (kind, b, seed), latency)
@@ -356,7 +366,8 @@ def _sensitivity_plan(ctx: dict[str, Any], kind: str, b: float, cfg: dict[str, A
     if "sensitivity" not in ctx:
         start = time.perf_counter()
         drops = peers.group_sensitivity(ctx["analysis"], ctx["evaluate"],
-                                        ctx["data"].loader(0, ctx["batch"]))
+                                        ctx["data"].loader(0, ctx["batch"]),
+                                        bn_batches=cfg["bn_batches"])
         ctx["sensitivity"] = (drops, time.perf_counter() - start)
         log(f"sensitivity: {len(drops)} groups in {ctx['sensitivity'][1]:.0f} s, drops (pt) "
             + ", ".join(f"{n} {100 * d:.1f}" for n, d in drops.items()))
@@ -635,7 +646,7 @@ def run_proxy(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
                            cfg["proxy_candidates"], 0, cfg["search_steps"], [0.35],
                            ctx["ft"]["lr"], log, cfg["device"], ctx["ft"]["optimizer"],
                            ctx["ft"]["weight_decay"], ceiling=True, distill=True,
-                           batch=ctx["batch"])
+                           batch=ctx["batch"], bn_batches=cfg["bn_batches"])
     out = {"arch": arch, "proxy": study}
     keep(cfg, key, out)
     return out
@@ -728,7 +739,8 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
         if not sp:
             continue
         ceiling = sp["rho_ceiling"]
-        scores = {"adaptive-BN proxy (20 batches)": sp["rho_proxy"], **sp["rho_short"],
+        scores = {f"adaptive-BN proxy ({sp.get('bn_batches', 20)} batches)": sp["rho_proxy"],
+                  **sp["rho_short"],
                   f"full fine-tune, another seed ({sp['full_steps']} steps): the ceiling":
                   ceiling}
         lines += ["", f"## Proxy study: {res['arch']}, FLOPs {sp['budget']:g}", "",
@@ -772,8 +784,10 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
              f"- seeds {cfg['first_seed']}..{cfg['first_seed'] + cfg['seeds'] - 1}: searches "
              "and the final fine-tune; one dense model per arch (split seed 0)",
              f"- searches: {cfg['trials']} full fine-tunes x {cfg['search_steps']} steps; "
-             "autoprune with its defaults (TPE, staged screening, priors); random: random "
-             "sampler, no screening, no priors",
+             "autoprune with its defaults (TPE, staged screening, priors)"
+             + ("" if cfg.get("bn_batches", BN_BATCHES) == BN_BATCHES else
+                f" but BatchNorm re-estimated on {cfg['bn_batches']} batches before a score, "
+                f"not {BN_BATCHES}") + "; random: random sampler, no screening, no priors",
              f"- final fine-tune: {cfg['final_epochs']:g} epochs of the training set, same seed "
              "and batches for every method of a cell",
              *([f"- group-norm recipe: {cfg['sl_epochs']:g} epoch(s) of sparsity learning "
@@ -782,10 +796,10 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                if cfg["flops"] else []),
              "- latency-matched uniform: the uniform L2 plan (widths rounded to 8) with the "
              f"largest FLOPs share whose latency, timed alternately with dense, meets the "
-             f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed; "
-             "uniform-lat-depth: the same on the model without its residual blocks; "
-             "autoprune-depth: autoprune with `--depth latency` (which residual blocks go is "
-             "searched too)",
+             f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed"
+             + ("; uniform-lat-depth: the same on the model without its residual blocks; "
+                "autoprune-depth: autoprune with `--depth latency` (which residual blocks go is "
+                "searched too)" if DEPTH in methods_of(cfg, "latency") else ""),
              f"- latency: batch 1, {cfg['latency_runtime']}, 1 thread, every model of a cell "
              "timed alternately with dense after its fine-tune (7 rounds x 20 runs, medians); "
              "latency cells: widths rounded to 8 for every method; FLOPs cells: unrounded", ""]

@@ -237,6 +237,33 @@ def test_a_kept_search_row_from_another_space_is_searched_again(tmp_path):
     assert not regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
 
 
+def test_quick_runs_every_peer_once_without_the_depth_variants_unless_asked():
+    regime = _regime()
+    quick = vars(regime.parse_args(["--quick"]))
+    assert regime.methods_of(quick, "flops") == ["uniform-l2", "global-l2", "groupnorm-sl",
+                                                 "autoprune"]
+    assert regime.methods_of(quick, "latency") == ["uniform-lat", "autoprune"]
+    asked = vars(regime.parse_args(["--quick", "--methods", "autoprune-depth", "autoprune"]))
+    assert regime.methods_of(asked, "latency") == ["autoprune", "autoprune-depth"]
+    full = vars(regime.parse_args([]))
+    assert regime.methods_of(full, "latency") == ["uniform-lat", "uniform-lat-depth", "random",
+                                                  "autoprune", "autoprune-depth"]
+
+
+def test_bn_batches_enters_a_rows_key_only_when_not_the_value_every_kept_row_used():
+    regime = _regime()
+    from _regime_cache import BN_BATCHES, header_key, row_key
+
+    cfg = vars(regime.parse_args(["--cache", "kept"]))
+    before = {k: v for k, v in cfg.items() if k != "bn_batches"}  # a config from before the flag
+    assert cfg["bn_batches"] == BN_BATCHES == 20
+    for key in (lambda c: row_key(c, "mbv2", 0, "latency", 0.3, "autoprune"),
+                lambda c: header_key(c, "mbv2", 0)):
+        assert key(cfg) == key(before)  # rows kept before the flag are still found
+        assert key({**cfg, "bn_batches": 4}) != key(cfg)
+    assert vars(regime.parse_args(["--quick"]))["bn_batches"] == 4
+
+
 def test_merge_units_gives_one_result_per_arch_and_seed_with_its_cells_in_order():
     head = {"sizes": {"train": 1}, "dense": {"test_acc": 0.9}}
     units = [{"arch": "a", "seed": 0, **head, "runs": [{"ci": 0}]},
@@ -330,12 +357,15 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "regime.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    regime = _regime()
     cmd = [sys.executable, "benchmarks/search_regime.py", "--quick", "--train-size", "1500",
            "--val-size", "300", "--test-size", "300", "--trials", "1", "--search-steps", "4",
            "--final-epochs", "0.3", "--flops", "0.3", "--latency", "0.9", "--bisect-iters", "2",
            "--latency-runtime", "eager",
            "--proxy-candidates", "3", "--random-in", "none", "--jobs", "1",
            "--refine", "2", "--refine-epochs", "0.05", "--sensitivity",
+           "--methods", *sorted({*regime.FLOPS_METHODS, *regime.LATENCY_METHODS, regime.REFINE,
+                                 regime.SENS, regime.SENS_COST}),
            "--cache", str(tmp_path / "kept"), "--out", str(out)]
     # timeouts are a net against hangs: the first run took over 900 s on a CPU ~3x slower than usual
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
