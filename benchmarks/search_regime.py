@@ -739,8 +739,8 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
         if not sp:
             continue
         ceiling = sp["rho_ceiling"]
-        scores = {f"adaptive-BN proxy ({sp.get('bn_batches', 20)} batches)": sp["rho_proxy"],
-                  **sp["rho_short"],
+        bn = sp.get("bn_batches", BN_BATCHES)  # studies kept before the flag used the default
+        scores = {f"adaptive-BN proxy ({bn} batches)": sp["rho_proxy"], **sp["rho_short"],
                   f"full fine-tune, another seed ({sp['full_steps']} steps): the ceiling":
                   ceiling}
         lines += ["", f"## Proxy study: {res['arch']}, FLOPs {sp['budget']:g}", "",
