@@ -22,6 +22,7 @@ from torch import nn
 from autoprune.backends.base import SearchBackend
 from autoprune.errors import ConfigError
 from autoprune.generations import optimize
+from autoprune.interrupts import watching
 from autoprune.plan import DEFAULT_BUDGET, Budget
 from autoprune.results import RunDir
 from autoprune.run import Recipe, Run, Target, open_run_dir, release_unstarted, resolved_config
@@ -70,9 +71,10 @@ def run_search(run: Run, trials: int, resume: bool, rebuildable: bool) -> Search
         raise ConfigError(f"--trials {trials} must be >= 1")
     backend = run.backend()
     try:
-        prime(run, backend, resume, trials)
-        _loop(run, backend, trials, rebuildable)
-        return finish(run, backend)
+        with watching():
+            prime(run, backend, resume, trials)
+            _loop(run, backend, trials, rebuildable)
+            return finish(run, backend)
     finally:
         backend.close()
 
@@ -165,7 +167,8 @@ def work(run: Run, trials: int, args: WorkerArgs) -> int:
     backend = run.backend(seed_offset=1000 * args.index)
     try:
         before = backend.slots().done
-        optimize(backend, run.stages, trials, None, FileLock(str(run.dir.lock_path("ask"))))
+        with watching():
+            optimize(backend, run.stages, trials, None, FileLock(str(run.dir.lock_path("ask"))))
         return backend.slots().done - before
     finally:
         backend.close()

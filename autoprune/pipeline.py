@@ -24,6 +24,7 @@ from torch import nn
 from autoprune.engine.inputs import call_model
 from autoprune.engine.inputs import to_device as _to
 from autoprune.errors import ConfigError
+from autoprune.interrupts import raise_if_pressed
 from autoprune.plan import PruningPlan
 from autoprune.settings import FinetuneSettings
 
@@ -275,10 +276,13 @@ def _guarded(stage: Callable[[], CandidateResult]) -> CandidateResult:
     """Run one stage; anything a candidate does wrong becomes :class:`CandidateFailed`."""
     try:
         return stage()
-    except CandidateFailed:
+    except CandidateFailed as exc:
+        raise_if_pressed(exc)
         raise
     except torch.OutOfMemoryError as exc:
+        raise_if_pressed(exc)
         raise CandidateFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
     except Exception as exc:  # a user's finetune/evaluate may raise anything
+        raise_if_pressed(exc)  # ... or a library swallowed the user's Ctrl-C
         raise CandidateFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               if str(exc) else type(exc).__name__) from exc

@@ -305,27 +305,44 @@ def test_help_explains_budgets(tmp_path):
         assert flag in out
 
 
+def _as_from_a_terminal() -> None:
+    """The signal state a terminal's Ctrl-C meets: pytest-xdist workers ignore SIGINT and a
+    child inherits that (and any blocked mask); a shell starts programs with neither."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state(pid: int) -> str:
+    """The process's blocked, ignored and caught signal masks (Linux), or why not."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"no /proc status ({exc.strerror})"
+    return " ".join(x.replace("\t", "") for x in lines if x.startswith(("State", "SigBlk",
+                                                                         "SigIgn", "SigCgt")))
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     args = ["search", "--budget-flops", "0.5", "--trials", "6", "--out", "run",
             "--finetune-steps", "150", "--bn-batches", "4", "--quiet"]
-    # pytest-xdist workers ignore SIGINT, and children inherit that: give the search the
-    # default handling a terminal's Ctrl-C meets
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_as_from_a_terminal)
     trials_csv = tmp_path / "run" / "trials.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline:
+    start = time.time()
+    while time.time() < start + 240:
         # the first recorded trial (a screened or completed one): early, so the run is still
         # going when the signal lands (waiting for a COMPLETE one raced the run's end)
         if trials_csv.exists() and len(trials_csv.read_text().splitlines()) >= 2:
             break
         time.sleep(0.2)
     time.sleep(0.3)
+    # what the search's signal state was when Ctrl-C landed: a failure names it
+    seen = f"signalled at {time.time() - start:.1f} s, {_signal_state(proc.pid)}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"{seen}; ended at {time.time() - start:.1f} s; stderr: {err}"
     assert "--resume" in err and "Traceback" not in err
     assert RunDir.open(tmp_path / "run").read_trials()  # what was done is written
     resumed = cli("search", "--resume", "run", "--quiet", cwd=tmp_path)

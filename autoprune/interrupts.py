@@ -1,0 +1,54 @@
+"""Ctrl-C that a library swallowed.
+
+A SIGINT raises :class:`KeyboardInterrupt` in whatever Python frame runs when it lands. When
+that frame was called back from C++, the exception may not survive: a search pressed with
+Ctrl-C while torch-pruning traced a candidate recorded the baseline as failed with
+``TypeError: conv2d() received an invalid combination of arguments`` (torch's argument parser
+replaced the interrupt) and ran on to the end, exit code 0 (2 of 31 interrupted runs like
+``tests/test_search.py::test_ctrl_c_stops_cleanly_and_resume_finishes`` on a loaded machine).
+
+:func:`watching` notes every SIGINT while a search runs (and still raises as Python's own
+handler does); where a candidate's failure would be recorded, :func:`raise_if_pressed` turns
+it back into the interrupt the user asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["raise_if_pressed", "watching"]
+
+_pressed = threading.Event()
+
+
+def _note_and_raise(signum: int, frame: FrameType | None) -> None:
+    _pressed.set()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[None]:
+    """Note Ctrl-C while the block runs. Only Python's default handler is replaced (in the main
+    thread): a handler the host application installed, or an ignored SIGINT, stays as it is."""
+    _pressed.clear()
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _note_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def raise_if_pressed(cause: BaseException) -> None:
+    """Raise :class:`KeyboardInterrupt` (from ``cause``) if Ctrl-C was pressed inside
+    :func:`watching`: ``cause`` is then what became of the interrupt, not the candidate's
+    fault."""
+    if _pressed.is_set():
+        raise KeyboardInterrupt from cause
