@@ -4,8 +4,9 @@ A SIGINT raises :class:`KeyboardInterrupt` in whatever Python frame runs when it
 that frame was called back from C++, the exception may not survive: a search pressed with
 Ctrl-C while torch-pruning traced a candidate recorded the baseline as failed with
 ``TypeError: conv2d() received an invalid combination of arguments`` (torch's argument parser
-replaced the interrupt) and ran on to the end, exit code 0 (2 of 31 interrupted runs like
-``tests/test_search.py::test_ctrl_c_stops_cleanly_and_resume_finishes`` on a loaded machine).
+replaced the interrupt) and ran on to the end, exit code 0: 2 of 29 runs of
+``tests/test_search.py::test_ctrl_c_stops_cleanly_and_resume_finishes`` on a loaded 2-core
+machine, and one CI run.
 
 :func:`watching` notes every SIGINT while a search runs (and still raises as Python's own
 handler does); where a candidate's failure would be recorded, :func:`raise_if_pressed` turns
