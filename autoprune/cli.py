@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune._cli_args import build_parser, given_flags, settings_from_args
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.interrupts import watching
 from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
 
 if TYPE_CHECKING:
@@ -370,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch warns about a missing CUDA toolkit when its benchmark timer loads; not our user's issue
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        return int(COMMANDS[args.command](args) or 0)
+        with watching():  # a Ctrl-C that a library swallowed still stops the command
+            return int(COMMANDS[args.command](args) or 0)
     except AutopruneError as exc:
         return _fail(exc, 2)
     except KeyboardInterrupt:

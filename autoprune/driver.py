@@ -71,10 +71,9 @@ def run_search(run: Run, trials: int, resume: bool, rebuildable: bool) -> Search
         raise ConfigError(f"--trials {trials} must be >= 1")
     backend = run.backend()
     try:
-        with watching():
-            prime(run, backend, resume, trials)
-            _loop(run, backend, trials, rebuildable)
-            return finish(run, backend)
+        prime(run, backend, resume, trials)
+        _loop(run, backend, trials, rebuildable)
+        return finish(run, backend)
     finally:
         backend.close()
 
@@ -167,8 +166,7 @@ def work(run: Run, trials: int, args: WorkerArgs) -> int:
     backend = run.backend(seed_offset=1000 * args.index)
     try:
         before = backend.slots().done
-        with watching():
-            optimize(backend, run.stages, trials, None, FileLock(str(run.dir.lock_path("ask"))))
+        optimize(backend, run.stages, trials, None, FileLock(str(run.dir.lock_path("ask"))))
         return backend.slots().done - before
     finally:
         backend.close()
@@ -205,14 +203,15 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
                     settings or SearchSettings(), finetune_settings or FinetuneSettings())
     config = resolved_config({"python": True}, budget, trials, recipe)
     run_d = open_run_dir(run_dir, config, resume, budget)
-    try:
-        run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune), budget,
-                  recipe)
-    except BaseException:
-        if not resume:
-            release_unstarted(run_d)
-        raise
-    return run_search(run, trials, resume, rebuildable=False)
+    with watching():  # a Ctrl-C that a library swallowed still stops the search
+        try:
+            run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune),
+                      budget, recipe)
+        except BaseException:
+            if not resume:
+                release_unstarted(run_d)
+            raise
+        return run_search(run, trials, resume, rebuildable=False)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

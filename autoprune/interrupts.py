@@ -8,9 +8,10 @@ replaced the interrupt) and ran on to the end, exit code 0: 2 of 29 runs of
 ``tests/test_search.py::test_ctrl_c_stops_cleanly_and_resume_finishes`` on a loaded 2-core
 machine, and one CI run.
 
-:func:`watching` notes every SIGINT while a search runs (and still raises as Python's own
-handler does); where a candidate's failure would be recorded, :func:`raise_if_pressed` turns
-it back into the interrupt the user asked for.
+:func:`watching` notes every SIGINT while a command or ``ap.search`` runs (and still raises
+as Python's own handler does); where an exception would be recorded as a candidate's failure
+or a frozen group and the run would go on, :func:`raise_if_pressed` turns it back into the
+interrupt the user asked for.
 """
 
 from __future__ import annotations

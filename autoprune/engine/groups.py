@@ -21,6 +21,7 @@ from autoprune.engine.attention import HeadLayout
 from autoprune.engine.costmodel import CostModel
 from autoprune.engine.trace import ROOT_TYPES, UNSUPPORTED, check_supported
 from autoprune.errors import UnsupportedModelError
+from autoprune.interrupts import raise_if_pressed
 
 __all__ = ["CoupledGroup", "FrozenGroup", "Group", "collect_groups", "describe_groups",
            "fixed_index_mappings", "head_groups", "removal_of"]
@@ -247,6 +248,7 @@ def collect_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str],
                     f"limit at layer {names.get(m, '?')!r}; raise trace_timeout or move that "
                     "block to `ignore=`") from None
             except Exception as exc:  # torch-pruning's own errors: freeze this root, go on
+                raise_if_pressed(exc)  # unless it was a Ctrl-C that torch swallowed
                 visited.add(id(m))
                 frozen.append(FrozenGroup(names.get(m, "?"),
                                           f"torch-pruning cannot group it ({_first_line(exc)})"))

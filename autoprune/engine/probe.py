@@ -27,6 +27,7 @@ from autoprune.engine.groups import CoupledGroup, FrozenGroup
 from autoprune.engine.inputs import call_model
 from autoprune.engine.prune import Ranking, prune_groups
 from autoprune.errors import UnsupportedModelError
+from autoprune.interrupts import raise_if_pressed
 
 __all__ = ["TOLERANCE", "ProbeLimits", "probe_groups", "probe_kept"]
 
@@ -96,6 +97,7 @@ class _Prober:
                 shapes = _output_shapes(call_model(pruned.eval(), self.example_inputs))
             macs, params = count_macs_params(pruned, self.example_inputs)
         except Exception as exc:  # any failure (ours or torch-pruning's) freezes the group
+            raise_if_pressed(exc)  # unless it was a Ctrl-C that torch swallowed
             text = str(exc).strip().splitlines()
             return f"the pruned copy fails ({type(exc).__name__}: {text[0][:140] if text else ''})"
         if shapes != self.dense_shapes:
