@@ -10,8 +10,9 @@ machine, and one CI run.
 
 :func:`watching` notes every SIGINT while a command or ``ap.search`` runs (and still raises
 as Python's own handler does); where an exception would be recorded as a candidate's failure
-or a frozen group and the run would go on, :func:`raise_if_pressed` turns it back into the
-interrupt the user asked for.
+or a frozen group, or taken as the cue for a fallback (the legacy ONNX exporter that times a
+candidate in ONNX Runtime, a model without counted matmuls), and the run would go on,
+:func:`raise_if_pressed` turns it back into the interrupt the user asked for.
 """
 
 from __future__ import annotations

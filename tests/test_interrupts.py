@@ -71,3 +71,31 @@ def test_a_host_applications_handler_is_left_alone(python_sigint):
         signal.raise_signal(signal.SIGINT)
         raise_if_pressed(ValueError("no press was noted"))  # the host handled it
     assert calls == [signal.SIGINT]
+
+
+def test_a_swallowed_ctrl_c_in_the_dynamo_exporter_is_no_reason_to_fall_back(python_sigint,
+                                                                            monkeypatch):
+    # timing a candidate in ONNX Runtime exports it; the legacy fallback would carry on
+    pytest.importorskip("onnxscript")
+    from autoprune.deploy import onnx_file
+
+    monkeypatch.setattr(onnx_file, "_dynamo", lambda *args: _conv_with_ctrl_c())
+    legacy_called: list[bool] = []
+    monkeypatch.setattr(onnx_file, "_legacy", lambda *args: legacy_called.append(True))
+    model = torch.nn.Conv2d(1, 2, 3)
+    with watching(), pytest.raises(KeyboardInterrupt):
+        onnx_file.onnx_bytes(model, [torch.randn(1, 1, 4, 4)], {})
+    assert legacy_called == []
+
+
+def test_a_swallowed_ctrl_c_while_counting_matmuls_stops_the_analysis(python_sigint,
+                                                                     monkeypatch):
+    from autoprune.engine import analysis
+
+    monkeypatch.setattr(analysis, "count_matmul_macs", lambda *args: _conv_with_ctrl_c())
+    with watching(), pytest.raises(KeyboardInterrupt):
+        analysis._counted_matmuls(torch.nn.Linear(2, 2), torch.randn(1, 2))
+    # the same failure without a press is "nothing to add"
+    monkeypatch.setattr(analysis, "count_matmul_macs", lambda *args: 1 / 0)
+    with watching():
+        assert analysis._counted_matmuls(torch.nn.Linear(2, 2), torch.randn(1, 2)) is None

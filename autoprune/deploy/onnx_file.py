@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import BackendUnavailable, ConfigError
+from autoprune.interrupts import raise_if_pressed
 
 __all__ = ["ONNX_HINT", "ONNX_TOLERANCE", "PLAN_KEY", "VERSION_KEY", "onnx_bytes", "onnx_module",
            "ort_session", "run_onnx"]
@@ -66,6 +67,7 @@ def onnx_bytes(model: nn.Module, tensors: Sequence[torch.Tensor], metadata: Mapp
             data = _dynamo(model, tuple(tensors), names, dynamic_batch)
             info["onnx_exporter"] = "dynamo"
         except Exception as exc:  # an op the dynamo exporter cannot capture or translate
+            raise_if_pressed(exc)  # not the exporter's fault: the user's Ctrl-C, swallowed
             info["onnx_exporter_fallback"] = _why(exc)
             log.warning("the dynamo ONNX exporter failed (%s); using the legacy TorchScript-based "
                         "one", _why(exc))

@@ -38,6 +38,7 @@ from autoprune.engine.prune import Ranking, group_scores, prune_groups
 from autoprune.engine.terms import LayerDims, build_cost_model, layer_dims
 from autoprune.engine.trace import Trace, check_supported, resolve_ignore, trace
 from autoprune.errors import AutopruneError, ConfigError, UnsupportedModelError
+from autoprune.interrupts import raise_if_pressed
 from autoprune.plan import FitRequest, PruningPlan, fit_plan, kept_channels
 
 __all__ = ["PrunableModel", "analyze", "apply_plan", "fit_budget", "prunable_groups"]
@@ -278,7 +279,8 @@ def _counted_matmuls(model: nn.Module, example_inputs: Any) -> float | None:
     """``FlopCounterMode``'s matmul MACs per image of the dense model (None if it cannot run)."""
     try:
         return count_matmul_macs(model, example_inputs)
-    except Exception:  # a model FlopCounterMode cannot run under: nothing to add
+    except Exception as exc:  # a model FlopCounterMode cannot run under: nothing to add
+        raise_if_pressed(exc)
         return None
 
 
