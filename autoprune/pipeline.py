@@ -276,13 +276,11 @@ def _guarded(stage: Callable[[], CandidateResult]) -> CandidateResult:
     """Run one stage; anything a candidate does wrong becomes :class:`CandidateFailed`."""
     try:
         return stage()
-    except CandidateFailed as exc:
-        raise_if_pressed(exc)
-        raise
-    except torch.OutOfMemoryError as exc:
-        raise_if_pressed(exc)
-        raise CandidateFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
     except Exception as exc:  # a user's finetune/evaluate may raise anything
         raise_if_pressed(exc)  # ... or a library swallowed the user's Ctrl-C
+        if isinstance(exc, CandidateFailed):
+            raise
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise CandidateFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
         raise CandidateFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               if str(exc) else type(exc).__name__) from exc

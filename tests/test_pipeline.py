@@ -17,6 +17,7 @@ from autoprune.errors import ConfigError
 from autoprune.pipeline import (
     CandidateFailed,
     Pipeline,
+    _guarded,
     finetune_model,
     reestimate_bn,
 )
@@ -405,3 +406,12 @@ def test_a_user_finetune_leaving_nan_weights_fails_the_candidate(analysis: Any) 
     pipeline = Pipeline(analysis, Evaluate(), None, FinetuneSettings(steps=1), poison)
     with pytest.raises(CandidateFailed, match=r"non-finite values in .* after fine-tuning"):
         pipeline.run(PLAN)
+
+
+def test_a_stage_out_of_memory_is_a_failed_candidate_named_by_its_first_line():
+    def oom() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    with pytest.raises(CandidateFailed, match=r"^out of memory: CUDA out of memory\. Tried to "
+                                              r"allocate 2\.00 GiB$"):
+        _guarded(oom)
