@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.plan import Budget, Metric
-from autoprune.trial import TrialRecord
+from autoprune.trial import Outcome, TrialRecord, TrialState
 
 __all__ = ["Axis", "ResolvedBudget"]
 
@@ -127,6 +127,30 @@ class ResolvedBudget:
 
     def within(self, record: TrialRecord) -> bool:
         return not self.violations(record)
+
+    def infeasible(self, rec: dict[str, Any]) -> Outcome | None:
+        """An INFEASIBLE outcome for a candidate's record (before any training) that is over a
+        limit its fit could not see (a secondary params budget under a FLOPs fit, a measured
+        latency), else None."""
+        return self._over_params(rec) or self._over_latency(rec)
+
+    def _over_params(self, rec: dict[str, Any]) -> Outcome | None:
+        limit = self.budget.params
+        if limit is None or self.metric != "macs" or rec["params_ratio"] <= limit:
+            return None
+        return Outcome(TrialState.INFEASIBLE, (0.0, rec["flops_ratio"]),
+                       rec["params_ratio"] - limit,
+                       {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
+                                              f"budget {limit}"})
+
+    def _over_latency(self, rec: dict[str, Any]) -> Outcome | None:
+        lat, limit = rec.get("latency_ms"), self.latency_limit_ms
+        if limit is None or lat is None or lat <= limit:
+            return None
+        return Outcome(TrialState.INFEASIBLE, (0.0, self.latency_ratio(lat) or 1.0),
+                       (lat - limit) / (self.dense_latency_ms or 1.0),
+                       {**rec, "fail_reason": f"latency {lat:.4g} ms over the budget "
+                                              f"{limit:.4g} ms; not fine-tuned"})
 
     # -- the run directory's copy -------------------------------------------------------------
     def with_dense_latency(self, latency_ms: float | None) -> ResolvedBudget:

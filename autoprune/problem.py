@@ -10,7 +10,6 @@ here too, before any training. No I/O, no backend.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from functools import cached_property
@@ -32,7 +31,7 @@ from autoprune.plan import (
 )
 from autoprune.settings import SearchSettings
 from autoprune.space import SearchSpace
-from autoprune.trial import LEVEL, Outcome, ParamSpec, TrialRecord, TrialState
+from autoprune.trial import LEVEL, Outcome, ParamSpec, TrialRecord
 
 if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
@@ -266,48 +265,17 @@ class Problem:
                 "fidelity": 1.0}
 
     def zero_weights(self, level: float, rec: dict[str, Any]) -> nn.Module:
-        """A copy of the dense model with the smallest weights zeroed (one global L1 ranking)
-        so that at most ``level`` of the dense parameters stay nonzero; a gradient mask keeps
-        them zero through fine-tuning. Fills the record's params with the nonzero count."""
-        from autoprune.deploy.weights import prune_weights, sparse_size
+        """A copy of the dense model with weights zeroed down to ``level`` of the dense
+        parameters (:func:`~autoprune.deploy.weights.zeroed_copy`); fills the record's params."""
+        from autoprune.deploy.weights import zeroed_copy
 
-        dense_params = self.budget.dense_params
-        model = copy.deepcopy(self.analysis.model)
-        prunable = sum(m.weight.numel() for m in model.modules()
-                       if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
-        sparsity = (1.0 - level) * dense_params / prunable
-        if not 0.0 <= sparsity < 1.0:
-            raise BudgetError(f"keeping {level:.3f} of the parameters nonzero needs a weight "
-                              f"sparsity of {sparsity:.3f}; only [0, 1) is possible")
-        prune_weights(model, sparsity, scope="global").attach(model)
-        nonzeros = sparse_size(model).nonzeros
-        rec.update(params=float(nonzeros), params_ratio=nonzeros / dense_params,
-                   weight_sparsity=sparsity)
+        model, counts = zeroed_copy(self.analysis.model, level, self.budget.dense_params)
+        rec.update(counts)
         return model
 
-    # -- budget checks (before any training) ----------------------------------------------------
     def infeasible(self, rec: dict[str, Any]) -> Outcome | None:
-        """An INFEASIBLE outcome when a candidate is over a budget its fit could not see (a
-        secondary params budget, a measured latency), else None."""
-        return self._over_params(rec) or self._over_latency(rec)
-
-    def _over_params(self, rec: dict[str, Any]) -> Outcome | None:
-        limit = self.budget.budget.params
-        if limit is None or self.budget.metric != "macs" or rec["params_ratio"] <= limit:
-            return None
-        return Outcome(TrialState.INFEASIBLE, (0.0, rec["flops_ratio"]),
-                       rec["params_ratio"] - limit,
-                       {**rec, "fail_reason": f"params ratio {rec['params_ratio']:.4f} over "
-                                              f"budget {limit}"})
-
-    def _over_latency(self, rec: dict[str, Any]) -> Outcome | None:
-        lat, limit = rec.get("latency_ms"), self.budget.latency_limit_ms
-        if limit is None or lat is None or lat <= limit:
-            return None
-        return Outcome(TrialState.INFEASIBLE, (0.0, self.budget.latency_ratio(lat) or 1.0),
-                       (lat - limit) / (self.budget.dense_latency_ms or 1.0),
-                       {**rec, "fail_reason": f"latency {lat:.4g} ms over the budget "
-                                              f"{limit:.4g} ms; not fine-tuned"})
+        """An INFEASIBLE outcome when a candidate is over a budget its fit could not see."""
+        return self.budget.infeasible(rec)
 
     def objective(self, rec: dict[str, Any]) -> float | None:
         """The cost a scored candidate is told to the sampler with (the front's axis)."""

@@ -14,6 +14,7 @@ For speed anywhere else, remove channels instead.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import io
 import math
@@ -32,7 +33,7 @@ from autoprune.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LAYERS", "SizeReport", "WeightMask", "load_sparse", "mask_24", "prune_weights",
-    "save_sparse", "sparse_size", "sparsity_schedule", "to_semi_structured_24",
+    "save_sparse", "sparse_size", "sparsity_schedule", "to_semi_structured_24", "zeroed_copy",
 ]
 
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -220,6 +221,26 @@ def prune_weights(
     if grads:
         mask.attach(model)
     return mask
+
+
+def zeroed_copy(model: nn.Module, level: float, dense_params: float
+                ) -> tuple[nn.Module, dict[str, float]]:
+    """A copy of ``model`` with its smallest weights zeroed (one global L1 ranking) so that at
+    most ``level`` of ``dense_params`` stay nonzero, a gradient mask keeping them zero through
+    fine-tuning; and its counts (``params``: the nonzeros, ``params_ratio``,
+    ``weight_sparsity``). :class:`~autoprune.errors.BudgetError` when no sparsity reaches it."""
+    from autoprune.errors import BudgetError
+
+    model = copy.deepcopy(model)
+    prunable = sum(m.weight.numel() for m in model.modules() if isinstance(m, DEFAULT_LAYERS))
+    sparsity = (1.0 - level) * dense_params / prunable
+    if not 0.0 <= sparsity < 1.0:
+        raise BudgetError(f"keeping {level:.3f} of the parameters nonzero needs a weight "
+                          f"sparsity of {sparsity:.3f}; only [0, 1) is possible")
+    prune_weights(model, sparsity, scope="global").attach(model)
+    nonzeros = sparse_size(model).nonzeros
+    return model, {"params": float(nonzeros), "params_ratio": nonzeros / dense_params,
+                   "weight_sparsity": sparsity}
 
 
 def sparsity_schedule(final: float, steps: int, kind: str = "cubic") -> list[float]:
