@@ -172,8 +172,8 @@ def _ask(backend: SearchBackend, stages: Stages, specs: Sequence[ParamSpec],
         level = problem.generation_level(len(records) // max(n, 1))
         waiting = backend.slots().waiting  # baselines and retried trials go first
         priors = problem.prior_params(records, level, min(n // 2, max(0, n - waiting)))
-        for params in priors:
-            backend.enqueue(params, {"prior": True})
+        for params, attrs in priors:
+            backend.enqueue(params, attrs)
         for _ in range(max(0, n - waiting - len(priors))):
             backend.enqueue({LEVEL: level}, {})  # the sampler fills in the allocation
     worker = f"{socket.gethostname()}:{os.getpid()}"

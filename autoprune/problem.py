@@ -20,7 +20,7 @@ from torch import nn
 
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import BudgetError
-from autoprune.neighbours import perturb, plan_key
+from autoprune.neighbours import Neighbours, perturb, plan_key
 from autoprune.plan import (
     FitOptions,
     PruningPlan,
@@ -99,11 +99,16 @@ class Problem:
     def level_of(self, params: dict[str, float]) -> float:
         return float(params.get(LEVEL, self.budget.fraction))
 
-    def plan_for(self, params: dict[str, float], baseline: str | None = None) -> PruningPlan:
+    def plan_for(self, params: dict[str, float], baseline: str | None = None,
+                 allocation: Mapping[str, float] | None = None) -> PruningPlan:
         """The plan of searched ``params``; a ``baseline`` candidate gets its exact plan where
-        the space's parameters can only approximate it (the global ranking)."""
+        the space's parameters can only approximate it (the global ranking), and a candidate
+        with its own per-group ``allocation`` (a prior around such a baseline) that allocation
+        fitted onto its level, capped at 0.95 only."""
         if self.weights_mode:  # no channels go; the weights are zeroed instead
             return PruningPlan({}, self.settings.importance, None)
+        if allocation is not None:
+            return self._fit_exact(dict(allocation), self.level_of(params))
         if self.latency_table is not None:
             sensitive = baseline is not None and baseline.startswith("sensitivity-")
             return self._latency_plan(params, self._sensitivity_alloc() if sensitive else None)
@@ -151,14 +156,22 @@ class Problem:
         under a latency budget (its FLOPs levels are a guess) or out of its reach."""
         if self.budget.latency_bound:
             return None
-        caps = np.array(list(self._caps(1.0).values()))
         try:
-            return self._plan_of(fit_allocation(
-                self._widths, (caps > 0).astype(float),
-                self.budget.fraction * self.budget.dense_metric,
-                FitOptions(self.budget.metric, caps, self.space.round_to)))
+            return self._fit_exact({n: float(c > 0) for n, c in self._caps(1.0).items()},
+                                   self.budget.fraction)
         except BudgetError:
             return None
+
+    def _fit_exact(self, alloc: dict[str, float], level: float) -> PruningPlan:
+        """``alloc`` (a ratio per group) fitted onto ``level``, capped at 0.95 only (as the
+        one-liners are); under a latency budget on the latency table."""
+        caps = self._caps(1.0)
+        alloc = {n: alloc.get(n, 0.0) for n in caps}  # every group: absent ones stay unpruned
+        if self.latency_table is not None:
+            return self._latency_plan({LEVEL: level}, alloc)
+        return self._plan_of(fit_allocation(
+            self._widths, np.array(list(alloc.values())), level * self.budget.dense_metric,
+            FitOptions(self.budget.metric, list(caps.values()), self.space.round_to)))
 
     def _latency_plan(self, params: dict[str, float],
                       exact: dict[str, float] | None = None) -> PruningPlan:
@@ -340,12 +353,8 @@ class Problem:
         if alloc is None:
             return []
         if self.latency_table is None:
-            caps = np.array(list(self._caps(1.0).values()))
             try:
-                exact[name] = self._plan_of(fit_allocation(
-                    self._widths, np.array(list(alloc.values())),
-                    self.budget.fraction * self.budget.dense_metric,
-                    FitOptions(self.budget.metric, caps, self.space.round_to)))
+                exact[name] = self._fit_exact(alloc, self.budget.fraction)
             except BudgetError:
                 log.warning("sensitivity baseline skipped: out of reach of the budget")
                 return []
@@ -393,25 +402,36 @@ class Problem:
         # rounded for a readable study, but never out of the sampler's range
         return min(max(round(float(grid[index % len(grid)]), 9), spec.low), spec.high)
 
-    def prior_params(self, records: list[TrialRecord], level: float, n: int) -> list[dict]:
-        """``n`` neighbours of the best fully fine-tuned candidates at ``level`` (before any,
-        of the uniform and global-ranking baselines): searching starts around the naive answers."""
+    def prior_params(self, records: list[TrialRecord], level: float, n: int
+                     ) -> list[tuple[dict, dict]]:
+        """``n`` neighbours (searched values, attributes) of the best fully fine-tuned candidates
+        at ``level`` (before any, of the baselines): searching starts around the naive answers.
+        Around a baseline whose plan its searched values only approximate (the one-liners under
+        a FLOPs budget, the sensitivity plan), the step is taken in that plan's own ratios: the
+        space's caps bend the approximation far from it at small budgets."""
         if not self.settings.priors or n <= 0 or self.weights_mode:
             return []
         done = sorted((r for r in records if r.is_full and r.searched
                        and abs(r.searched.get(LEVEL, -1) - level) < 1e-6),
                       key=lambda r: -(r.val_acc or 0.0))
-        centres = [r.searched for r in done[:3]] or [p for p, _ in self.baseline_params()]
-        rng = np.random.default_rng([self.settings.seed, len(records)])
-        specs = self.specs()[:-1]
-        seen = {plan_key(r.searched) for r in records if r.searched}
-        out: list[dict] = []
-        for i in range(n):
-            for _ in range(20):  # a neighbour on the grid may round back onto a known plan
-                params = {**perturb(centres[i % len(centres)], specs, rng), LEVEL: level}
-                if plan_key(params) not in seen:
-                    break
-            seen.add(plan_key(params))
-            out.append(params)
-        return out
+        centres = [(r.searched, self._exact_ratios(r.baseline, r.plan)) for r in done[:3]] or [
+            (p, self._exact_ratios(a["baseline"], None, p)) for p, a in self.baseline_params()]
+        keep = dict.fromkeys((DROP + b for b in self.removable), 0.0)
+        steps = Neighbours(self.specs()[:-1], self._caps(1.0),
+                           lambda ratios: {**self.resolved.from_group_ratios(ratios), **keep},
+                           np.random.default_rng([self.settings.seed, len(records)]))
+        return steps.around(centres, n, level, {plan_key(r.searched) for r in records
+                                                 if r.searched})
 
+    def _exact_ratios(self, baseline: str | None, plan: Mapping[str, Any] | None,
+                      params: dict[str, float] | None = None) -> dict[str, float] | None:
+        """A baseline's ratios where its searched values do not express its plan (``plan``,
+        else that of ``params``); None for other candidates and plans that remove blocks."""
+        if baseline not in self._computed_baselines()[1] and \
+                not (baseline or "").startswith("sensitivity-"):
+            return None
+        try:
+            plan = plan or self.plan_for(params or {}, baseline).to_dict()
+        except BudgetError:
+            return None
+        return None if plan.get("drop") else dict(plan.get("ratios") or {})

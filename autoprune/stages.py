@@ -235,7 +235,7 @@ class Stages:
         prep = Prepared(PruningPlan(), {}, number, p.level_of(params), start,
                         baseline=bool(attrs.get("baseline")))
         try:
-            prep.plan = p.plan_for(params, attrs.get("baseline"))
+            prep.plan = p.plan_for(params, attrs.get("baseline"), attrs.get("allocation"))
         except BudgetError as exc:
             return prep.end(Outcome(TrialState.INFEASIBLE, (0.0, p.budget.fraction), 1.0,
                                     {"fail_reason": str(exc), "seconds": self._since(prep)}))
@@ -287,7 +287,8 @@ class Stages:
             aim = level * aim_ms / measured  # the miss, proportionally; else bisect
             level = min(aim if lo < aim < hi else (lo + hi) / 2, 1.0)
             try:
-                plan = p.plan_for({**params, LEVEL: level}, attrs.get("baseline"))
+                plan = p.plan_for({**params, LEVEL: level}, attrs.get("baseline"),
+                                  attrs.get("allocation"))
             except BudgetError:
                 break
             first = prep.rec.get("refit_from_ms", measured)

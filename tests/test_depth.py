@@ -389,3 +389,27 @@ def test_a_latency_budget_out_of_reach_without_depth_names_depth_and_what_it_pre
     predicted = float(str(e.value).split("all removed: ")[1].split(" predicted")[0])
     assert predicted == pytest.approx(float(str(deep.value).split("predicts ")[1].split()[0]),
                                       rel=1e-2)
+
+
+def test_a_ratio_prior_naming_some_groups_fits_on_the_table_with_the_rest_unpruned(
+        analysis, steady_table):
+    """A prior around a baseline carries ratios for the groups the space prunes only; fitted on
+    the latency table the others stay dense, and one the table cannot bring to its level is
+    over the budget (a BudgetError the stages record), not a crash."""
+    from autoprune.errors import BudgetError
+
+    table = build_table(analysis, grid=TableGrid(fractions=(0.5, 1.0), calibration=(0.5,)))
+    cm = analysis.cost_model
+    budget = ResolvedBudget(Budget(latency=0.9), cm.dense_macs(), cm.dense_params(),
+                            table.dense_ms)
+    problem = Problem(analysis, ap.SearchSpace(), budget, ap.SearchSettings(),
+                      latency_table=table)
+    names = [g.name for g in analysis.groups]
+    plan = problem.plan_for({LEVEL: 0.9}, None, dict.fromkeys(names[:-1], 0.5))
+    assert plan.ratios and set(plan.ratios) <= set(names[:-1])  # the last one is left dense
+    assert table.predict(plan) <= 0.9 * table.dense_ms * 1.001
+    try:  # one group alone cannot bring the model to 0.78 of dense
+        plan = problem.plan_for({LEVEL: 0.78}, None, {names[0]: 0.5})
+    except BudgetError:
+        return
+    assert set(plan.ratios) <= {names[0]}

@@ -141,3 +141,26 @@ def test_sampled_candidates_keep_the_space_caps_the_baselines_go_past():
     equal = problem.plan_for({"c1": 0.3, "c2": 0.3, "c3": 0.3, LEVEL: 0.2})
     assert equal.ratios["c1"] == pytest.approx(0.3, abs=1 / 16)
     assert problem.costs(equal)["flops_ratio"] <= 0.2
+
+
+def test_priors_around_a_baseline_step_in_its_ratios_not_in_its_bent_parameters():
+    """Under a FLOPs budget the caps bend a baseline's nearest searched values far from its
+    plan; the first generation's priors are steps around the plan itself, within the budget."""
+    problem = _problem(0.2, 1, 0.8, cap=("c1", 0.3))
+    baselines = {a["baseline"]: (p, problem.plan_for(p, a["baseline"]))
+                 for p, a in problem.baseline_params()}
+    priors = problem.prior_params([], 0.2, 6)
+    assert len(priors) == 6 and all("allocation" in attrs for _, attrs in priors)
+
+    def distance(plan, other):
+        return np.mean([abs(plan.ratios.get(g, 0.0) - other.ratios.get(g, 0.0))
+                        for g in ("c1", "c2")])
+
+    uniform = baselines["uniform-l2"][1]
+    assert uniform.ratios["c1"] > 0.5  # past c1's cap of 0.3: the caps bend its parameters
+    for params, attrs in priors[0::2]:  # the centres alternate: uniform first
+        plan = problem.plan_for(params, None, attrs["allocation"])
+        assert problem.costs(plan)["flops_ratio"] <= 0.2
+        assert plan.ratios["c1"] > 0.3  # a step around the uniform plan, through the cap
+        bent = problem.plan_for(params)  # what its searched values alone would give
+        assert distance(plan, uniform) < distance(bent, uniform)

@@ -61,8 +61,9 @@ def heartbeat_settings() -> tuple[int, int]:
 def retry_attrs(t: FrozenTrial) -> dict[str, Any]:
     """The attributes a retried trial starts with."""
     attrs: dict[str, Any] = {"retry_of": t.number}
-    if t.user_attrs.get("baseline"):
-        attrs["baseline"] = t.user_attrs["baseline"]
+    for key in ("baseline", "allocation"):  # what its plan is made from, beside its params
+        if t.user_attrs.get(key):
+            attrs[key] = t.user_attrs[key]
     return attrs
 
 
