@@ -28,10 +28,7 @@ def test_jitter_scales_each_kept_fraction_and_stays_within_the_caps():
 
 def test_around_steps_in_ratios_where_the_values_do_not_express_the_plan():
     specs = [ParamSpec("a", 0.0, 0.8, 0.05), ParamSpec("b", 0.0, 0.5, 0.05)]
-    told: list[dict[str, float]] = []
-
     def nearest(ratios):
-        told.append(dict(ratios))
         return {k: round(min(v, 0.8) * 20) / 20 for k, v in ratios.items()}
 
     steps = Neighbours(specs, CAPS, nearest, np.random.default_rng(1))
