@@ -36,17 +36,24 @@ def _note_and_raise(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def watching() -> Iterator[None]:
     """Note Ctrl-C while the block runs. Only Python's default handler is replaced (in the main
-    thread): a handler the host application installed, or an ignored SIGINT, stays as it is."""
+    thread): a handler the host application installed, or an ignored SIGINT, stays as it is.
+    The note lives only as long as the block: a press noted here is no reason to stop code
+    that runs after it (a candidate evaluated later, outside any search, whose own error would
+    otherwise become a :class:`KeyboardInterrupt`)."""
     _pressed.clear()
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
+        try:
+            yield
+        finally:
+            _pressed.clear()
         return
     signal.signal(signal.SIGINT, _note_and_raise)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _pressed.clear()
 
 
 def raise_if_pressed(cause: BaseException) -> None:

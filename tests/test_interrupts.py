@@ -58,6 +58,14 @@ def test_a_press_of_an_earlier_search_does_not_stop_the_next(python_sigint):
         raise_if_pressed(ValueError("a candidate's own fault"))  # no interrupt: nothing raised
 
 
+def test_a_press_inside_a_search_does_not_stop_code_after_it(python_sigint):
+    # a candidate evaluated after the search (outside any watching block) fails as itself
+    with pytest.raises(KeyboardInterrupt), watching():
+        signal.raise_signal(signal.SIGINT)
+    with pytest.raises(CandidateFailed, match="ValueError"):
+        _guarded(lambda: int("x"))
+
+
 def test_the_default_handler_is_back_after_the_search(python_sigint):
     with watching():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
