@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autoprune.backends.base import Asked, SearchBackend
+from autoprune.neighbours import plan_key
 from autoprune.plan import PruningPlan
-from autoprune.problem import Problem, plan_key
+from autoprune.problem import Problem
 from autoprune.settings import SearchSettings
 from autoprune.stages import Prepared, StageName, Stages
 from autoprune.trial import LEVEL, ParamSpec, TrialRecord, TrialState

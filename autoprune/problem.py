@@ -20,7 +20,7 @@ from torch import nn
 
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import BudgetError
-from autoprune.neighbours import Neighbours, perturb, plan_key
+from autoprune.neighbours import Neighbours, plan_key
 from autoprune.plan import (
     FitOptions,
     PruningPlan,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from autoprune.engine import PrunableModel
     from autoprune.latency import LatencyTable
 
-__all__ = ["DROP", "Problem", "perturb", "plan_key"]
+__all__ = ["DROP", "Problem"]
 
 log = logging.getLogger(__name__)
 # the baselines' searched parameters and attributes, and {baseline: exact plan} for those the

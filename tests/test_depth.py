@@ -16,8 +16,9 @@ from autoprune.engine.depth import drop_blocks, residual_blocks
 from autoprune.errors import ConfigError
 from autoprune.latency.layer_table import TableGrid, build_table
 from autoprune.latency.predictor import fit_latency
+from autoprune.neighbours import perturb
 from autoprune.plan import Budget, PruningPlan
-from autoprune.problem import DROP, Problem, perturb
+from autoprune.problem import DROP, Problem
 from autoprune.trial import LEVEL, ParamSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ import autoprune as ap
 from autoprune.backends.base import Asked
 from autoprune.errors import ConfigError
 from autoprune.generations import Schedule, allot, duplicates, top_per_level
-from autoprune.problem import perturb, plan_key
+from autoprune.neighbours import perturb, plan_key
 from autoprune.settings import check_schedule
 from autoprune.trial import ParamSpec, TrialRecord, TrialState
 
