@@ -41,18 +41,15 @@ def watching() -> Iterator[None]:
     that runs after it (a candidate evaluated later, outside any search, whose own error would
     otherwise become a :class:`KeyboardInterrupt`)."""
     _pressed.clear()
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        try:
-            yield
-        finally:
-            _pressed.clear()
-        return
-    signal.signal(signal.SIGINT, _note_and_raise)
+    ours = threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, _note_and_raise)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _pressed.clear()
 
 
