@@ -73,7 +73,7 @@ class RunView:
     budget_path: Path = Path("budget.json")
     latency_iqr: dict[str, float] = dataclasses.field(default_factory=dict)  # "N" / "dense"
     retimed: frozenset[int] = frozenset()  # trials the end-of-run re-timing timed
-    latency_drift: float = 1.0  # how much every re-timed model moved (Ledger.remeasure)
+    latency_drift: float = 1.0  # the re-timed models' median move (Ledger.remeasure)
 
     @property
     def group_channels(self) -> dict[str, dict[str, int]]:

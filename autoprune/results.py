@@ -161,7 +161,7 @@ class Remeasured:
 
     ms: dict[int, float]  # trial -> final median ms
     iqr: dict[str, float]  # "<trial>" or "dense" -> the spread beside each median
-    drift: float  # how far every re-timed model moved relative to dense (Ledger.remeasure)
+    drift: float  # the re-timed models' median move relative to dense (Ledger.remeasure)
 
 
 @dataclass(frozen=True)

@@ -533,9 +533,10 @@ def test_search_rank_reads_a_kept_run_and_ranks_each_score_against_the_final(tmp
 
 def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
     """Three models searched at 0.45 / 0.48 / 0.49 of a 2 ms dense model; re-timed beside a
-    4 ms dense one at 0.54 / 0.53 / 0.60 (moved x1.2 / x1.104 / x1.224): the least move
-    (x1.104) lifts the 0.5 budget to 0.552, so trial 2 alone is dropped; the pick is the kept
-    model best on validation."""
+    4 ms dense one at 0.575 / 0.53 / 0.625 (moved x1.278 / x1.104 / x1.276). The ledger's
+    rule (the median move, x1.276) lifts the 0.5 budget to 0.638 and keeps all three, picking
+    trial 2 (best on validation); the least move (x1.104) lifts it to 0.552 and keeps trial 1
+    alone; the budget as measured keeps none. A FLOPs-budget run is skipped."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import drift_replay
@@ -549,12 +550,18 @@ def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
     (run / "baseline.json").write_text(json.dumps({"dense": {"latency_ms": 2.0}}))
     (run / "budget.json").write_text(json.dumps({"budget": {"latency": 0.5}}))
     (run / "latency_remeasured.json").write_text(json.dumps(
-        {"dense": 4.0, "iqr:dense": 0.1, "0": 2.16, "1": 2.12, "2": 2.4}))
+        {"dense": 4.0, "iqr:dense": 0.1, "0": 2.3, "1": 2.12, "2": 2.5}))
     (run / "trials.csv").write_text(
         "trial,state,baseline,val_acc,flops_ratio\n0,INFEASIBLE,uniform-l2,0.90,0.45\n"
-        "1,INFEASIBLE,,0.91,0.47\n2,INFEASIBLE,,0.95,0.49\n")
-    lines = drift_replay.replay(run)
-    assert "drift x1.104" in lines[0]
-    assert ["dropped" if ": dropped (" in line else "kept" if ": kept (" in line else line
-            for line in lines[1:4]] == ["kept", "kept", "dropped"]
-    assert lines[-1] == "  pick: trial 1 (searched, val 0.91, FLOPs 0.470)"
+        "1,COMPLETE,,0.91,0.47\n2,INFEASIBLE,,0.95,0.49\n")
+    tally: dict[str, list[int]] = {}
+    lines = drift_replay.replay(run, tally)
+    assert "median (now) x1.276, least (before) x1.104, none x1.000" in lines[0]
+    assert [line.split("val ")[1].split()[1:4] for line in lines[1:4]] == [
+        ["kept", "dropped", "dropped"], ["kept", "kept", "dropped"], ["kept", "dropped", "dropped"]]
+    assert lines[4:] == ["  pick, median (now): trial 2 (searched, val 0.95, final 0.625 of dense)",
+                         "  pick, least (before): trial 1 (searched, val 0.91, final 0.530 of "
+                         "dense)", "  pick, none: none"]
+    assert tally == {"median (now)": [0, 1, 1], "least (before)": [2, 0, 1], "none": [3, 0, 1]}
+    (run / "budget.json").write_text(json.dumps({"budget": {"flops": 0.4}}))
+    assert drift_replay.replay(run, tally) == ["run: not under a latency budget, skipped"]
