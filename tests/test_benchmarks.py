@@ -565,3 +565,20 @@ def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
     assert tally == {"median (now)": [0, 1, 1], "least (before)": [2, 0, 1], "none": [3, 0, 1]}
     (run / "budget.json").write_text(json.dumps({"budget": {"flops": 0.4}}))
     assert drift_replay.replay(run, tally) == ["run: not under a latency budget, skipped"]
+
+
+def test_finetune_plans_names_a_bad_plan_argument_and_the_fix(tmp_path, capsys):
+    """A PLAN.json:SEED argument without a seed, or naming no file, is refused before any
+    dense model is loaded, with the expected form in the message."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import finetune_plans
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    plan = tmp_path / "2.json"
+    plan.write_text("{}")
+    for bad in (str(plan), f"{tmp_path / 'missing.json'}:3000", f"{plan}:seed"):
+        with pytest.raises(SystemExit):
+            finetune_plans.main([bad, "--out", str(tmp_path / "o.json")])
+        assert "expected PLAN.json:SEED" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
