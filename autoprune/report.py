@@ -91,7 +91,9 @@ def _drift_note(run: RunView) -> str:
             if any(f in (r.latency_flag or "") for f in (DRIFT_FLAG, LEGACY_DRIFT_FLAG))]
     if not kept:
         return ""
-    return (f"\nlatency: the models re-timed at the end ran x{run.latency_drift:.3f} (median) "
+    legacy = any(LEGACY_DRIFT_FLAG in (r.latency_flag or "") for r in kept)  # the least move
+    return (f"\nlatency: the models re-timed at the end ran x{run.latency_drift:.3f} "
+            f"({'at least' if legacy else 'median'}) "
             "slower relative to dense than the search timed them (the machine's load moved, not "
             f"the models): {len(kept)} over the budget by no more than that were kept, flagged; "
             "re-time one where it will run with `autoprune export RUN --trial N` before "
