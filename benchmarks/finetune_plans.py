@@ -10,8 +10,8 @@ fine-tunes every method of a cell (2 epochs of the training set, that seed's bat
 scored on the test and validation splits. For "what would this cell have scored had the
 search picked that plan" without re-running the search: a plan the search did pick reproduces
 its row's test accuracy to the last image (MobileNetV2 latency 0.5 seed 4, trial 17: 91.98 %
-in its row and here; ``benchmarks/results/drift_replay_median.md``). Prints a table and writes
-``--out`` (JSON). One torch thread per process.
+in its row and with the calls this script makes; ``benchmarks/results/drift_replay_median.md``).
+Prints a table and writes ``--out`` (JSON). One torch thread per process.
 """
 
 from __future__ import annotations
