@@ -42,13 +42,14 @@ class Ledger:
     run: RunDir
     budget: ResolvedBudget
     max_cv: float = DEFAULT_MAX_CV  # a final figure noisier than this is flagged
+    forgive_drift: bool = True  # False: the latency budget as a hard line (--no-latency-drift)
 
     def merge(self, records: list[TrialRecord]) -> list[TrialRecord]:
         """Records with test scores and end-of-run latencies folded in (over a latency budget
         on the final timing, beyond the re-timed models' common drift -> INFEASIBLE; flagged
         ``noisy`` / ``slower than dense`` / over the budget within the drift)."""
         scores, final = self.run.read_scores("test"), self.run.read_remeasured()
-        latency, spread, drift = final.ms, final.iqr, final.drift
+        latency, spread, drift = final.ms, final.iqr, self._allowed(final.drift)
         limit = self.budget.latency_limit_ms
         out = []
         for r in records:
@@ -133,7 +134,9 @@ class Ledger:
         MobileNetV2 searches' kept runs the least move dropped 12 models and, in 3 searches,
         the one best on validation (it moved x1.11 / x1.06 / x1.05 where the least was x1.03 /
         x1.03 / x1.00); the median dropped 2, never that one
-        (``benchmarks/results/drift_replay_median.md``)."""
+        (``benchmarks/results/drift_replay_median.md``). With ``forgive_drift`` False
+        (``--no-latency-drift``) the drift is still measured and written, but every member over
+        the budget is dropped."""
         dense_ms = self.budget.dense_latency_ms  # the search-time figures, as ratios
         searched = {str(r.trial): r.latency_ms / dense_ms for r in records
                     if r.latency_ms and dense_ms}
@@ -156,11 +159,17 @@ class Ledger:
             drift = common_drift(ratios, searched)
             final = self._write_final(timed, ratios, drift)
 
+    def _allowed(self, drift: float) -> float:
+        """The factor over the latency budget a final figure may reach and be kept: the
+        re-timed models' common ``drift``, or 1 when the budget is a hard line."""
+        return drift if self.forgive_drift else 1.0
+
     def _over_budget(self, final: dict[str, float], drift: float) -> bool:
         """Whether a member's final figure (ms by trial key) is over the latency budget, beyond
-        the re-timed models' common ``drift``."""
+        the re-timed models' common ``drift`` where that is forgiven."""
         limit = self.budget.latency_limit_ms
-        return limit is not None and any(ms > limit * drift for ms in final.values())
+        return limit is not None and any(ms > limit * self._allowed(drift)
+                                         for ms in final.values())
 
     def _write_final(self, timed: dict[str, Timed], ratios: dict[str, list[float]],
                      drift: float) -> dict[str, float]:

@@ -177,7 +177,8 @@ class Run:
         self.stages = Stages(self.problem, run, self.timer, self.evaluate,
                              (target.train_loader, self.ft, finetune_adapter(target.finetune)))
         self.problem.sensitivity = self._sensitivity()
-        self.ledger = Ledger(run, self.budget, settings.latency_max_cv)
+        self.ledger = Ledger(run, self.budget, settings.latency_max_cv,
+                             settings.latency_drift)
 
     def _sensitivity(self) -> dict[str, float] | None:
         """The groups' validation drops for the sensitivity baseline (``--sensitivity``):

@@ -213,6 +213,12 @@ class SearchSettings:
         "a timing whose robust CV (IQR / 1.349 / median) is above this is taken again (twice "
         "at most) and flagged noisy if it stays above", "--latency-max-cv", group="latency",
         above=0, high=10))
+    latency_drift: bool = field(default=True, metadata=meta(
+        "keep a front member whose end-of-run latency is over the budget by no more than the "
+        "re-timed models' median move relative to dense (the machine's load moved, not the "
+        "model), flagged", "--no-latency-drift", negate=True, group="latency",
+        flag_help="drop every model whose end-of-run latency is over the budget, however the "
+        "machine's load moved: the budget as a hard line"))
     storage: str | None = field(default=None, metadata=meta(
         "Optuna storage URL (default: study.journal in the run dir)", "--storage",
         group="parallel"))

@@ -43,7 +43,8 @@ def test_every_search_flag_reaches_its_setting():
         "search", "--seed", "7", "--trials", "9", "--space", "resnet", "--round-to", "8",
         "--sampler", "nsga2",
         "--importance", "l1", "--no-latency", "--latency-batch", "4", "--latency-dtype",
-        "float16", "--latency-runtime", "compile", "--latency-device", "cpu", "--storage",
+        "float16", "--latency-runtime", "compile", "--latency-device", "cpu",
+        "--no-latency-drift", "--storage",
         "sqlite:///s.db", "--mode", "weights", "--workers", "2",
         "--workers-per-gpu", "3", "--ray-address", "auto", "--cpus-per-trial", "2",
         "--gpus-per-trial", "0.5", "--quiet", "--screen", "3", "--short-fidelity", "0.2",
@@ -55,7 +56,7 @@ def test_every_search_flag_reaches_its_setting():
     assert settings_from_args(SearchSettings, args) == SearchSettings(
         sampler="nsga2", seed=7, importance="l1", latency=False, latency_batch=4,
         latency_dtype="float16", latency_runtime="compile", latency_device="cpu",
-        storage="sqlite:///s.db",
+        latency_drift=False, storage="sqlite:///s.db",
         mode="weights", workers=2,
         workers_per_gpu=3, ray_address="auto", cpus_per_trial=2.0, gpus_per_trial=0.5,
         progress=False, screen=3.0, short_fidelity=0.2, promote=1.5, generation=3,

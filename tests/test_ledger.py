@@ -140,15 +140,18 @@ def test_final_figures_replace_search_flags_and_flag_slow_or_noisy_members(tmp_p
     assert [merged[t].latency_ms for t in (0, 1, 2)] == [2.0, 2.5, 1.5]
 
 
-def _retimed(tmp_path, moved: dict[str, float]) -> tuple[Ledger, list[TrialRecord], int]:
+def _retimed(tmp_path, moved: dict[str, float],
+             forgive: bool = True) -> tuple[Ledger, list[TrialRecord], int]:
     """A front member (0) and two baselines (1, 2) searched at 0.75 / 0.80 / 0.825 of a dense
-    4 ms under a 0.85 budget, re-timed with their ratios to dense multiplied by ``moved``;
-    returns the ledger, the records and the number of passes."""
+    4 ms under a 0.85 budget, re-timed with their ratios to dense multiplied by ``moved``
+    (``forgive``: the ledger's ``forgive_drift``); returns the ledger, the records and the
+    number of passes."""
     records = [full(0, 0.90, 0.5, 3.0), full(1, 0.85, 0.5, 3.2).updated(baseline="uniform-l2"),
                full(2, 0.80, 0.5, 3.3).updated(baseline="global-l2")]
     run = RunDir.create(tmp_path / "run")
     run.write_baseline({"dense": {"latency_ms": 4.0}})
-    book = Ledger(run, ResolvedBudget(Budget(latency=0.85), 100.0, 10.0, dense_latency_ms=4.0))
+    book = Ledger(run, ResolvedBudget(Budget(latency=0.85), 100.0, 10.0, dense_latency_ms=4.0),
+                  forgive_drift=forgive)
     passes = []
 
     def together(models: dict[str, nn.Module]) -> dict[str, Timed]:
@@ -177,6 +180,18 @@ def test_models_over_the_budget_only_by_what_every_model_re_timed_moved_are_kept
     book, merged, _ = _retimed(tmp_path / "one", {"0": 1.1, "1": 1.1, "2": 1.2})
     assert merged[1].state is TrialState.COMPLETE
     assert merged[2].state is TrialState.INFEASIBLE and "(x1.100)" in merged[2].fail_reason
+
+
+def test_a_hard_latency_budget_drops_what_the_drift_would_keep(tmp_path):
+    """--no-latency-drift: the same common x1.1 move as above is measured and written, but the
+    two baselines over the budget are dropped after the extra passes, the drift not named as
+    an allowance; the member still under the budget stays, unflagged."""
+    book, merged, passes = _retimed(tmp_path, {"0": 1.1, "1": 1.1, "2": 1.1}, forgive=False)
+    assert book.run.read_remeasured().drift == pytest.approx(1.1)
+    assert passes == 1 + OVER_RETIMES
+    assert [r.state for r in merged] == [TrialState.COMPLETE, *[TrialState.INFEASIBLE] * 2]
+    assert merged[0].latency_flag is None
+    assert all("beyond" not in r.fail_reason for r in merged[1:])
 
 
 def test_the_drift_is_the_median_move_not_the_least(tmp_path):
