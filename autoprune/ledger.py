@@ -25,7 +25,7 @@ from autoprune.backends.base import SearchBackend
 from autoprune.budget import ResolvedBudget
 from autoprune.latency.guard import DEFAULT_MAX_CV, Timed, robust_cv
 from autoprune.results import RunDir
-from autoprune.trial import DRIFT_FLAG, TrialRecord, TrialState
+from autoprune.trial import DRIFT_FLAG, HARD_LINE, TrialRecord, TrialState
 
 __all__ = ["DRIFT_MIN_MODELS", "OVER_RETIMES", "Ledger", "common_drift"]
 
@@ -49,7 +49,7 @@ class Ledger:
         on the final timing, beyond the re-timed models' common drift -> INFEASIBLE; flagged
         ``noisy`` / ``slower than dense`` / over the budget within the drift)."""
         scores, final = self.run.read_scores("test"), self.run.read_remeasured()
-        latency, spread, drift = final.ms, final.iqr, self._allowed(final.drift)
+        latency, spread, drift = final.ms, final.iqr, final.drift
         limit = self.budget.latency_limit_ms
         out = []
         for r in records:
@@ -63,15 +63,15 @@ class Ledger:
             out.append(r)
         return out
 
-    @staticmethod
-    def _over_budget_record(r: TrialRecord, ms: float, limit: float,
+    def _over_budget_record(self, r: TrialRecord, ms: float, limit: float,
                             drift: float) -> TrialRecord:
         """``r`` whose final figure ``ms`` is over ``limit``: INFEASIBLE when over it by more
-        than ``drift``, else flagged."""
-        if ms <= limit * drift:
+        than the allowed ``drift``, else flagged."""
+        if ms <= limit * self._allowed(drift):
             flag = f"{DRIFT_FLAG} (x{drift:.3f})"
             return r.updated(latency_flag="; ".join(f for f in (r.latency_flag, flag) if f))
-        moved = f", beyond the re-timed models' drift (x{drift:.3f})" if drift > 1 else ""
+        moved = "" if drift <= 1 else f", beyond the re-timed models' drift (x{drift:.3f})" \
+            if self.forgive_drift else f" (the re-timed models moved x{drift:.3f}; {HARD_LINE})"
         return r.updated(state=TrialState.INFEASIBLE, fail_reason=(
             f"re-measured latency {ms:.4g} ms over the budget {limit:.4g} ms{moved}"))
 

@@ -35,7 +35,7 @@ from autoprune.report_data import (
 from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
-from autoprune.trial import DRIFT_FLAG, LEGACY_DRIFT_FLAG, TrialRecord, TrialState
+from autoprune.trial import DRIFT_FLAG, HARD_LINE, LEGACY_DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
 
@@ -110,11 +110,14 @@ def _dropped_note(run: RunView) -> str:
     dense = run.dense_latency
     ratios = sorted(r.latency_ms / dense for r in dropped if r.latency_ms and dense)
     at = f" ({ratios[0]:.3f}-{ratios[-1]:.3f} of dense)" if ratios else ""
+    hard = f"; the run was made with {HARD_LINE}, so those over the budget by no more than " \
+        f"the re-timed models' common move (x{run.latency_drift:.3f}) were dropped too" \
+        if any(HARD_LINE in (r.fail_reason or "") for r in dropped) else ""
     return (f"\nlatency: {len(dropped)} of {len(run.retimed)} models re-timed at the end "
             f"measured over the budget{at} and were dropped (INFEASIBLE, fail_reason in "
-            "trials.csv). Their ratio to dense moves with the machine's load (5-10 % from one "
-            "pass to the next on a busy 2-core machine): before concluding the budget is out "
-            "of reach, re-time one on a quiet machine with `autoprune export RUN --trial N` "
+            f"trials.csv{hard}). Their ratio to dense moves with the machine's load (5-10 % from "
+            "one pass to the next on a busy 2-core machine): before concluding the budget is "
+            "out of reach, re-time one on a quiet machine with `autoprune export RUN --trial N` "
             "(add --finetune-epochs for a trial whose weights were dropped)")
 
 

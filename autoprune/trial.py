@@ -11,14 +11,17 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-__all__ = ["DRIFT_FLAG", "LEGACY_DRIFT_FLAG", "LEVEL", "Outcome", "ParamSpec", "TrialRecord",
-           "TrialState"]
+__all__ = ["DRIFT_FLAG", "HARD_LINE", "LEGACY_DRIFT_FLAG", "LEVEL", "Outcome", "ParamSpec",
+           "TrialRecord", "TrialState"]
 
 #: the latency flag of a model the end-of-run re-timing found over the budget by no more than
 #: the re-timed models' common drift (``Ledger.remeasure``): kept, flagged
 DRIFT_FLAG = "over the budget within the re-timed models' drift"
 #: the same flag as runs before 2026-12-07 wrote it (the drift was then the least any moved)
 LEGACY_DRIFT_FLAG = "over the budget as every model re-timed"
+#: in the fail_reason of a model dropped over a latency budget by no more than that drift,
+#: which the run was told not to forgive
+HARD_LINE = "--no-latency-drift"
 
 LEVEL = "cost_level"  # the searched cost level, a fraction of the dense model
 

@@ -12,7 +12,7 @@ from autoprune.ledger import OVER_RETIMES, Ledger
 from autoprune.pareto import non_dominated
 from autoprune.plan import Budget
 from autoprune.results import RunDir
-from autoprune.trial import DRIFT_FLAG, TrialRecord, TrialState
+from autoprune.trial import DRIFT_FLAG, HARD_LINE, TrialRecord, TrialState
 
 
 def full(trial: int, acc: float, flops: float, latency: float) -> TrialRecord:
@@ -191,7 +191,8 @@ def test_a_hard_latency_budget_drops_what_the_drift_would_keep(tmp_path):
     assert passes == 1 + OVER_RETIMES
     assert [r.state for r in merged] == [TrialState.COMPLETE, *[TrialState.INFEASIBLE] * 2]
     assert merged[0].latency_flag is None
-    assert all("beyond" not in r.fail_reason for r in merged[1:])
+    assert all(r.fail_reason.endswith(f"(the re-timed models moved x1.100; {HARD_LINE})")
+               for r in merged[1:])
 
 
 def test_the_drift_is_the_median_move_not_the_least(tmp_path):

@@ -21,7 +21,7 @@ from autoprune.report import terminal_summary, write_report
 from autoprune.report_compare import write_comparison
 from autoprune.report_data import load, summary_rows
 from autoprune.results import RunDir
-from autoprune.trial import DRIFT_FLAG, LEGACY_DRIFT_FLAG, TrialRecord
+from autoprune.trial import DRIFT_FLAG, HARD_LINE, LEGACY_DRIFT_FLAG, TrialRecord
 
 # -- tick labels --------------------------------------------------------------------------------
 
@@ -205,6 +205,23 @@ def test_terminal_summary_counts_the_models_the_final_re_timing_dropped(tmp_path
     # 4 models were re-timed (dense aside): trials 0-3; the two dropped at 0.35 and 0.45 of dense
     assert note.startswith("latency: 2 of 4 models re-timed at the end")
     assert "(0.350-0.450 of dense)" in note and "autoprune export RUN --trial N" in note
+    assert HARD_LINE not in note
+
+
+def test_the_dropped_note_says_a_hard_latency_line_dropped_what_the_drift_would_keep(
+        tmp_path: Path):
+    """A run made with --no-latency-drift: the ledger's fail_reason names it, and the note
+    says the models within the re-timed models' common move were dropped too."""
+    run = fabricated_run(tmp_path / "run")
+    reason = f"re-measured latency 0.9 ms over the budget 0.85 ms (the re-timed models moved " \
+        f"x1.100; {HARD_LINE})"
+    run.write_trials([r.updated(state="INFEASIBLE", latency_ms=0.9, fail_reason=reason)
+                      if r.trial == 2 else r for r in RECORDS])
+    run.write_scores("latency", {"dense": 2.0, **{str(r.trial): 1.0 for r in RECORDS},
+                                 "latency_drift": 1.1})
+    note = next(line for line in terminal_summary(str(run.path)).splitlines()
+                if "measured over the budget" in line)
+    assert f"made with {HARD_LINE}" in note and "(x1.100) were dropped too" in note
 
 
 def test_comparison_draws_every_runs_front_on_one_chart(tmp_path: Path):
