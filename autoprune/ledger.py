@@ -70,8 +70,12 @@ class Ledger:
         if ms <= limit * self._allowed(drift):
             flag = f"{DRIFT_FLAG} (x{drift:.3f})"
             return r.updated(latency_flag="; ".join(f for f in (r.latency_flag, flag) if f))
-        moved = "" if drift <= 1 else f", beyond the re-timed models' drift (x{drift:.3f})" \
-            if self.forgive_drift else f" (the re-timed models moved x{drift:.3f}; {HARD_LINE})"
+        if drift <= 1:
+            moved = ""
+        elif self.forgive_drift:
+            moved = f", beyond the re-timed models' drift (x{drift:.3f})"
+        else:
+            moved = f" (the re-timed models moved x{drift:.3f}; {HARD_LINE})"
         return r.updated(state=TrialState.INFEASIBLE, fail_reason=(
             f"re-measured latency {ms:.4g} ms over the budget {limit:.4g} ms{moved}"))
 
