@@ -184,8 +184,8 @@ def test_models_over_the_budget_only_by_what_every_model_re_timed_moved_are_kept
 
 def test_a_hard_latency_budget_drops_what_the_drift_would_keep(tmp_path):
     """--no-latency-drift: the same common x1.1 move as above is measured and written, but the
-    two baselines over the budget are dropped after the extra passes, the drift not named as
-    an allowance; the member still under the budget stays, unflagged."""
+    two baselines over the budget are dropped after the extra passes, their fail_reason naming
+    the move and the flag; the member still under the budget stays, unflagged."""
     book, merged, passes = _retimed(tmp_path, {"0": 1.1, "1": 1.1, "2": 1.1}, forgive=False)
     assert book.run.read_remeasured().drift == pytest.approx(1.1)
     assert passes == 1 + OVER_RETIMES
