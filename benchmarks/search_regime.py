@@ -10,7 +10,8 @@ fine-tuned with the same recipe, seed and batches.
 Cells:
 - FLOPs budgets (default 0.3 0.15 0.07; every method unrounded): uniform-l2, global-l2,
   torch-pruning's group-norm + sparsity-learning recipe (``groupnorm-sl``), autoprune
-  (``random`` too with ``--random-in all``);
+  (``random`` too with ``--random-in all``; ``autoprune-depth``, ``--depth on``, when named in
+  ``--methods``);
 - measured latency budgets (default 0.5 0.3; batch 1, ``--latency-runtime``, default
   onnxruntime; channel widths rounded to 8, autoprune's default): the uniform plan whose measured
   latency meets the budget (``uniform-lat``, bisected), the same with every residual block
@@ -88,7 +89,7 @@ from _regime_cache import (
 )
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
-DEPTH = "autoprune-depth"  # latency cells: --depth latency (residual blocks may go whole)
+DEPTH = "autoprune-depth"  # --depth latency (FLOPs cells: on): residual blocks may go whole
 OURS = ("autoprune", REFINE, DEPTH, SENS, SENS_COST)
 LATENCY_METHODS = ("uniform-lat", "uniform-lat-depth", "random", "autoprune", DEPTH)
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
@@ -202,6 +203,8 @@ def cells(cfg: dict[str, Any]) -> list[tuple[str, float]]:
 
 def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
     names = list(FLOPS_METHODS if kind == "flops" else LATENCY_METHODS)
+    if kind == "flops" and DEPTH in (cfg["methods"] or ()):
+        names.append(DEPTH)  # not in the default FLOPs table: only when named
     if cfg.get("refine"):
         names.append(REFINE)
     if cfg.get("sensitivity"):
@@ -264,7 +267,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     if method == "random":
         settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
     else:
-        settings = SearchSettings(depth="latency" if method == DEPTH else "off",
+        depth = "off" if method != DEPTH else "latency" if latency else "on"
+        settings = SearchSettings(depth=depth,
                                   sensitivity=cfg.get("search_sensitivity", "off"), **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
     run_dir = Path(tempfile.mkdtemp(prefix=f"regime-{method}-")) / "run"
@@ -794,12 +798,15 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                 "(reg 5e-4, lr 0.01) on the dense model before progressive pruning, then the "
                 "same final fine-tune: it trains longer than the others"]
                if cfg["flops"] else []),
+             *(["- autoprune-depth in FLOPs cells: autoprune with `--depth on` (which residual "
+                "blocks go is searched too; the uniform plan without all of them joins the "
+                "baselines)"] if cfg["flops"] and DEPTH in methods_of(cfg, "flops") else []),
              "- latency-matched uniform: the uniform L2 plan (widths rounded to 8) with the "
              f"largest FLOPs share whose latency, timed alternately with dense, meets the "
              f"budget: bisection over the share, {cfg['bisect_iters']} timings per seed"
              + ("; uniform-lat-depth: the same on the model without its residual blocks; "
                 "autoprune-depth: autoprune with `--depth latency` (which residual blocks go is "
-                "searched too)" if DEPTH in methods_of(cfg, "latency") else ""),
+                "searched too)" if cfg["latency"] and DEPTH in methods_of(cfg, "latency") else ""),
              f"- latency: batch 1, {cfg['latency_runtime']}, 1 thread, every model of a cell "
              "timed alternately with dense after its fine-tune (7 rounds x 20 runs, medians); "
              "latency cells: widths rounded to 8 for every method; FLOPs cells: unrounded", ""]
