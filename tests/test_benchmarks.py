@@ -245,9 +245,12 @@ def test_quick_runs_every_peer_once_without_the_depth_variants_unless_asked():
     assert regime.methods_of(quick, "latency") == ["uniform-lat", "autoprune"]
     asked = vars(regime.parse_args(["--quick", "--methods", "autoprune-depth", "autoprune"]))
     assert regime.methods_of(asked, "latency") == ["autoprune", "autoprune-depth"]
+    # FLOPs cells search depth (--depth on) only when it is named
+    assert regime.methods_of(asked, "flops") == ["autoprune", "autoprune-depth"]
     full = vars(regime.parse_args([]))
     assert regime.methods_of(full, "latency") == ["uniform-lat", "uniform-lat-depth", "random",
                                                   "autoprune", "autoprune-depth"]
+    assert "autoprune-depth" not in regime.methods_of(full, "flops")
 
 
 def test_bn_batches_enters_a_rows_key_only_when_not_the_value_every_kept_row_used():
@@ -377,8 +380,8 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
         ("flops", "autoprune"), ("latency", "uniform-lat"), ("latency", "autoprune"),
         ("flops", "autoprune-refine"), ("latency", "autoprune-refine"),
         ("latency", "uniform-lat-depth"), ("latency", "autoprune-depth"),
-        ("flops", "sensitivity"), ("latency", "sensitivity"), ("flops", "sensitivity-cost"),
-        ("latency", "sensitivity-cost")}
+        ("flops", "autoprune-depth"), ("flops", "sensitivity"), ("latency", "sensitivity"),
+        ("flops", "sensitivity-cost"), ("latency", "sensitivity-cost")}
     assert first.stdout.count("sensitivity: 12 groups") == 2  # measured once per cell's process
     sens = next(r for r in runs if (r["kind"], r["method"]) == ("flops", "sensitivity"))
     assert set(sens["sensitivity_drops"]) >= set(sens["plan"]["ratios"])
@@ -407,6 +410,7 @@ def test_search_regime_pipeline_on_a_fashion_mnist_slice(tmp_path):
     assert proxy["n"] == 3 and "rho_ceiling" in proxy
     text = out.read_text()
     assert "| resnet20 | flops 0.3 | groupnorm-sl |" in text and "Proxy study" in text
+    assert "autoprune-depth in FLOPs cells: autoprune with `--depth on`" in text
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sparsity steps (" in first.stdout
