@@ -90,7 +90,8 @@ from _regime_cache import (
 
 FLOPS_METHODS = ("uniform-l2", "global-l2", "groupnorm-sl", "random", "autoprune")
 DEPTH = "autoprune-depth"  # --depth latency (FLOPs cells: on): residual blocks may go whole
-OURS = ("autoprune", REFINE, DEPTH, SENS, SENS_COST)
+SEARCHES = ("autoprune", REFINE, DEPTH)  # ours that run autoprune's search (and its baselines)
+OURS = (*SEARCHES, SENS, SENS_COST)
 LATENCY_METHODS = ("uniform-lat", "uniform-lat-depth", "random", "autoprune", DEPTH)
 ARCH_NAMES = ("resnet20", "mbv2", "vgg8")
 DENSE_EPOCHS = {"resnet20": 12, "mbv2": 10, "vgg8": 8}
@@ -762,7 +763,8 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 def _mark(kind: str, ours: list[dict[str, Any]]) -> str:
-    """The footnote of a FLOPs row of ours measured with an earlier search (none: current)."""
+    """The footnote of a FLOPs row of a search (``SEARCHES``) measured with an earlier one (none:
+    current; the sensitivity peers run no search and carry no baselines)."""
     if kind != "flops" or not ours:
         return ""
     if any("global_baseline" not in r for r in ours):
@@ -770,9 +772,45 @@ def _mark(kind: str, ours: list[dict[str, Any]]) -> str:
     return "‡" if any("baselines_kind" not in r for r in ours) else ""
 
 
+def accuracy_lines(runs: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """The table of test accuracy per (arch, cell, method), with the footnotes of rows made by
+    earlier searches."""
+    from _quality_data import mean_std
+
+    lines = ["", "## Test accuracy after the same final fine-tune", "",
+             "Mean ± std over seeds. Latency ratio: measured, to dense, alternately timed.", "",
+             "| arch | budget | method | test acc % | FLOPs % | latency ratio | search s |",
+             "|---|---|---|---|---|---|---|"]
+    marks: set[str] = set()
+    for arch in cfg["arch"]:
+        for kind, b in cells(cfg):
+            for method in methods_of(cfg, kind):
+                rs = [r for r in runs if (r["arch"], r["kind"], r["budget"], r["method"])
+                      == (arch, kind, b, method)]
+                ok = [r for r in rs if r.get("test_acc") is not None]
+                if not rs:
+                    continue
+                mark = _mark(kind, [r for r in rs if r["method"] in SEARCHES])
+                marks.add(mark)
+                lines.append(f"| {arch} | {kind} {b:g} | {method}{mark} | "
+                             f"{mean_std([r['test_acc'] for r in ok])} | "
+                             f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
+                             f"{mean_std([r.get('latency_ratio') for r in ok], 1, 3)} | "
+                             f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
+    if "†" in marks:
+        lines += ["", "† measured before autoprune's global-ranking baseline was the exact "
+                  "global ranking (before it was the nearest point in the space's parameters, or "
+                  "skipped where the space's caps could not reach the budget); latency cells are "
+                  "unaffected."]
+    if "‡" in marks:
+        lines += ["", "‡ measured before autoprune's baselines were torch-pruning's one-liners "
+                  "(uniform and global ranking capped at 0.95 only; before, both were held to "
+                  "the space's caps); latency cells are unaffected."]
+    return lines
+
+
 def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> str:
     import _quality_data as qd
-    from _quality_data import mean_std
 
     runs = [r for res in results for r in res.get("runs", [])]
     units = [res for res in results if "runs" in res]
@@ -817,35 +855,7 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
         lines.append(f"| {res['arch']} | {qd.ARCHS[res['arch']].shape} | "
                      f"{d['test_acc'] * 100:.2f} | {d['val_acc'] * 100:.2f} | "
                      f"{d['macs'] / 1e6:.2f} | {d['params'] / 1e3:.1f} |")
-    lines += ["", "## Test accuracy after the same final fine-tune", "",
-              "Mean ± std over seeds. Latency ratio: measured, to dense, alternately timed.", "",
-              "| arch | budget | method | test acc % | FLOPs % | latency ratio | search s |",
-              "|---|---|---|---|---|---|---|"]
-    marks: set[str] = set()
-    for arch in cfg["arch"]:
-        for kind, b in cells(cfg):
-            for method in methods_of(cfg, kind):
-                rs = [r for r in runs if (r["arch"], r["kind"], r["budget"], r["method"])
-                      == (arch, kind, b, method)]
-                ok = [r for r in rs if r.get("test_acc") is not None]
-                if not rs:
-                    continue
-                mark = _mark(kind, [r for r in rs if r["method"] in OURS])
-                marks.add(mark)
-                lines.append(f"| {arch} | {kind} {b:g} | {method}{mark} | "
-                             f"{mean_std([r['test_acc'] for r in ok])} | "
-                             f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
-                             f"{mean_std([r.get('latency_ratio') for r in ok], 1, 3)} | "
-                             f"{mean_std([r.get('search_s') for r in rs], 1, 0)} |")
-    if "†" in marks:
-        lines += ["", "† measured before autoprune's global-ranking baseline was the exact "
-                  "global ranking (before it was the nearest point in the space's parameters, or "
-                  "skipped where the space's caps could not reach the budget); latency cells are "
-                  "unaffected."]
-    if "‡" in marks:
-        lines += ["", "‡ measured before autoprune's baselines were torch-pruning's one-liners "
-                  "(uniform and global ranking capped at 0.95 only; before, both were held to "
-                  "the space's caps); latency cells are unaffected."]
+    lines += accuracy_lines(runs, cfg)
     lines += ["", "## autoprune minus each peer", "",
               "Paired by seed (the same final fine-tune seed and batches), points, mean "
               "[95 % t-interval].", "",

@@ -151,6 +151,25 @@ def test_verdicts_pair_only_rows_fine_tuned_with_the_same_seed():
     assert v["diffs"] == pytest.approx([0.01, 0.02])
 
 
+def test_only_rows_of_an_earlier_search_are_footnoted():
+    regime = _regime()
+    cfg = {"arch": ["a"], "flops": [0.1], "latency": [], "methods": None, "refine": 0,
+           "sensitivity": True, "random_in": "none"}
+
+    def row(method, **extra):
+        return {"arch": "a", "kind": "flops", "budget": 0.1, "method": method, "seed": 0,
+                "test_acc": 0.9, "flops_ratio": 0.1, "search_s": 1.0, **extra}
+
+    current = {"global_baseline": "exact", "baselines_kind": "one-liners"}
+    lines = regime.accuracy_lines([row("uniform-l2"), row("autoprune", **current),
+                                   row("sensitivity")], cfg)  # a peer: no baselines to mark
+    assert not any("†" in line or "‡" in line for line in lines)
+    lines = regime.accuracy_lines([row("autoprune"), row("sensitivity")], cfg)
+    assert [line.split(" | ")[2] for line in lines if line.startswith("| a |")] == [
+        "autoprune†", "sensitivity"]
+    assert any(line.startswith("† measured before") for line in lines)
+
+
 def test_variants_of_ours_are_compared_with_the_peers_and_with_autoprune():
     def row(method, seed, acc):
         return {"arch": "a", "kind": "latency", "budget": 0.3, "method": method, "seed": seed,
