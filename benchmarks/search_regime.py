@@ -268,7 +268,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     if method == "random":
         settings = SearchSettings(sampler="random", screen=0.0, priors=False, **common)
     else:
-        depth = "off" if method != DEPTH else "latency" if latency else "on"
+        depth = ("latency" if latency else "on") if method == DEPTH else "off"
         settings = SearchSettings(depth=depth,
                                   sensitivity=cfg.get("search_sensitivity", "off"), **common)
     budget = ap.Budget(latency=b) if latency else ap.Budget(flops=b)
@@ -762,9 +762,10 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _mark(kind: str, ours: list[dict[str, Any]]) -> str:
+def _mark(kind: str, rows: list[dict[str, Any]]) -> str:
     """The footnote of a FLOPs row of a search (``SEARCHES``) measured with an earlier one (none:
-    current; the sensitivity peers run no search and carry no baselines)."""
+    current; peers, the sensitivity ones included, run no search and carry no baselines)."""
+    ours = [r for r in rows if r["method"] in SEARCHES]
     if kind != "flops" or not ours:
         return ""
     if any("global_baseline" not in r for r in ours):
@@ -790,7 +791,7 @@ def accuracy_lines(runs: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]
                 ok = [r for r in rs if r.get("test_acc") is not None]
                 if not rs:
                     continue
-                mark = _mark(kind, [r for r in rs if r["method"] in SEARCHES])
+                mark = _mark(kind, rs)
                 marks.add(mark)
                 lines.append(f"| {arch} | {kind} {b:g} | {method}{mark} | "
                              f"{mean_std([r['test_acc'] for r in ok])} | "
