@@ -29,7 +29,7 @@ from autoprune.plan import PruningPlan
 from autoprune.settings import FinetuneSettings
 
 __all__ = ["CandidateFailed", "CandidateResult", "Pipeline",
-           "finetune_model", "reestimate_bn"]
+           "finetune_model", "make_optimizer", "reestimate_bn", "training_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,12 @@ def _cycle(loader: Iterable[Any]) -> Iterable[Any]:
                                   "re-iterable loader (e.g. a DataLoader)")
 
 
+def training_pairs(loader: Iterable[Any]) -> Iterable[tuple[Any, Any]]:
+    """``(inputs, targets)`` from ``loader``, passing over it again and again: the batches a
+    fine-tune of ``steps`` steps trains on, in order."""
+    return _batches(_cycle(loader))
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, loader: Iterable[Any], batches: int, device: str) -> bool:
     """Recompute BatchNorm running statistics from ``batches`` training batches (in place)."""
@@ -95,25 +101,29 @@ def reestimate_bn(model: nn.Module, loader: Iterable[Any], batches: int, device:
     return seen > 0
 
 
+def make_optimizer(model: nn.Module, settings: FinetuneSettings) -> torch.optim.Optimizer:
+    """The fine-tune's optimizer over ``model``'s trainable parameters (SGD: Nesterov, momentum
+    0.9; else AdamW), at ``settings.lr`` and ``settings.weight_decay``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
 def finetune_model(model: nn.Module, loader: Iterable[Any], settings: FinetuneSettings,
                    teacher: nn.Module | None = None, steps: int | None = None) -> float:
     """Fine-tune ``model`` in place for ``steps`` steps (cosine LR); returns the last loss."""
     steps = settings.steps if steps is None else steps
     if steps <= 0:
         return float("nan")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=0.9, nesterov=True,
-            weight_decay=settings.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = make_optimizer(model, settings)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
     if teacher is not None:
         teacher.eval()
     loss_value = float("nan")
-    for step, (x, y) in zip(range(steps), _batches(_cycle(loader))):
+    for step, (x, y) in zip(range(steps), training_pairs(loader)):
         x, y = _to(x, settings.device), _to(y, settings.device)
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)

@@ -590,14 +590,19 @@ def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
     assert drift_replay.replay(run, tally) == ["run: not under a latency budget, skipped"]
 
 
-def test_finetune_plans_names_a_bad_plan_argument_and_the_fix(tmp_path, capsys):
-    """A PLAN.json:SEED argument without a seed, or naming no file, is refused before any
-    dense model is loaded, with the expected form in the message."""
+def _finetune_plans():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import finetune_plans
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return finetune_plans
+
+
+def test_finetune_plans_names_a_bad_plan_argument_and_the_fix(tmp_path, capsys):
+    """A PLAN.json:SEED argument without a seed, or naming no file, is refused before any
+    dense model is loaded, with the expected form in the message."""
+    finetune_plans = _finetune_plans()
     plan = tmp_path / "2.json"
     plan.write_text("{}")
     for bad in (str(plan), f"{tmp_path / 'missing.json'}:3000", f"{plan}:seed"):
@@ -605,3 +610,69 @@ def test_finetune_plans_names_a_bad_plan_argument_and_the_fix(tmp_path, capsys):
             finetune_plans.main([bad, "--out", str(tmp_path / "o.json")])
         assert "expected PLAN.json:SEED" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_gradual_prune_events_spread_over_the_first_part_of_the_fine_tune():
+    prune_events = _finetune_plans().prune_events
+    assert prune_events(860, 4, 0.5) == [1, 109, 216, 323]  # 1 + round(j * 107.5)
+    assert prune_events(10, 1, 0.5) == [1]  # one event: pruned after the first step
+    assert prune_events(8, 8, 1.0) == list(range(1, 9))
+    for steps, k, until in ((860, 0, 0.5), (860, 4, 0.0), (3, 4, 0.5), (8, 8, 0.5)):
+        with pytest.raises(ValueError, match=r"gradual pruning|do not fit"):
+            prune_events(steps, k, until)
+
+
+def test_gradual_finetune_ends_at_the_plans_architecture_and_leaves_dense_alone():
+    """Pruned in 3 events while it trains, the model ends with exactly the widths a one-shot
+    prune to the plan gives, each event closer to them; the dense model is not touched."""
+    import torch
+
+    import autoprune as ap
+    from autoprune.engine import analyze
+    from autoprune.tasks.models import cifar_resnet
+
+    torch.manual_seed(0)
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    an = analyze(dense, x)
+    plan = ap.PruningPlan({g.name: 0.25 + 0.25 * (i % 2) for i, g in enumerate(an.groups)}, "l2")
+    batches = [(torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))) for _ in range(3)]
+
+    class Data:
+        def loader(self, seed, batch):
+            return batches
+
+    ctx = {"dense": dense, "example": x, "data": Data(), "batch": 4, "epoch_steps": 3,
+           "ft": {"lr": 0.01, "optimizer": "sgd", "weight_decay": 5e-4}}
+    before = [p.clone() for p in dense.parameters()]
+    model, steps, history = _finetune_plans().gradual_finetune(
+        plan, {"final_epochs": 4.0, "gradual_until": 0.5}, ctx, seed=0, k=3)
+    assert steps == 12 and [h["step"] for h in history] == [1, 3, 5]
+    shares = [h["flops_ratio"] for h in history]
+    assert shares[0] > shares[1] > shares[2] == pytest.approx(an.macs(plan) /
+                                                               an.cost_model.dense_macs())
+    assert [p.shape for p in model.parameters()] == [p.shape for p in an.apply(plan).parameters()]
+    assert not model.training and model(x).shape == (1, 10)
+    assert all(torch.equal(a, b) for a, b in zip(before, dense.parameters()))
+
+
+def test_finetune_plans_takes_a_cells_plans_from_rows_and_pairs_them_by_seed(tmp_path):
+    fp = _finetune_plans()
+    runs = [{"kind": "flops", "budget": 0.07, "method": m, "seed": s, "plan": {"ratios": {}},
+             "final_seed": 1000 * s, "test_acc": acc}
+            for s, m, acc in ((0, "autoprune", 0.90), (0, "uniform-l2", 0.89),
+                              (1, "uniform-l2", 0.88), (1, "autoprune", 0.89),
+                              (1, "global-l2", 0.70))]
+    runs.append({**runs[0], "budget": 0.15})  # another cell: not taken
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": [{"runs": runs}]}))
+    jobs = fp.jobs_from_rows(str(path), "flops:0.07", ["uniform-l2", "autoprune"])
+    assert [(j["seed"], j["method"], j["final_seed"]) for j in jobs] == [
+        (0, "uniform-l2", 0), (0, "autoprune", 0), (1, "uniform-l2", 1000),
+        (1, "autoprune", 1000)]
+    rows = [{**j, "test_acc": j["row_test_acc"] + (0.01 if j["method"] == "autoprune" else 0)}
+            for j in jobs]
+    lines = fp.paired_lines(rows, ["uniform-l2", "autoprune"])
+    assert lines[-1].startswith("| uniform-l2 (2 seeds) | +2.00 [") and "| +1.00 [" in lines[-1]
+    with pytest.raises(SystemExit, match="no rows"):
+        fp.jobs_from_rows(str(path), "latency:0.5", ["autoprune"])
