@@ -135,20 +135,39 @@ def jobs_from_rows(path: str, cell: str, methods: list[str]) -> list[dict[str, A
     return sorted(found, key=lambda j: (j["seed"], methods.index(j["method"])))
 
 
+def _interval(diffs: list[float]) -> str:
+    """Mean difference in points and its 95 % interval, as ``search_regime.py`` writes them."""
+    return sr._fmt(*paired_interval(diffs), scale=1.0)
+
+
 def paired_lines(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    """The last method minus each other one, paired by seed: this run and the rows' figures."""
+    """The last method minus each other one, paired by seed, in this run and in the rows'
+    figures; then each method's test accuracy here minus its row's (points, 95 % interval)."""
     by = {(r["seed"], r["method"]): r for r in rows}
     last = methods[-1]
     lines = ["", f"| {last} − | this fine-tune | the rows' fine-tune |", "|---|---|---|"]
     for other in methods[:-1]:
         seeds = [s for s, m in by if m == last and (s, other) in by]
-        cols = []
-        for key in ("test_acc", "row_test_acc"):
-            mean, half = paired_interval([100 * (by[s, last][key] - by[s, other][key])
-                                          for s in seeds])
-            cols.append(f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]")
+        cols = [_interval([100 * (by[s, last][key] - by[s, other][key]) for s in seeds])
+                for key in ("test_acc", "row_test_acc")]
         lines.append(f"| {other} ({len(seeds)} seeds) | {cols[0]} | {cols[1]} |")
+    lines += ["", "| method | this fine-tune − the row's |", "|---|---|"]
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        lines.append(f"| {method} ({len(mine)} seeds) | "
+                     f"{_interval([100 * (r['test_acc'] - r['row_test_acc']) for r in mine])} |")
     return lines
+
+
+def render(rows: list[dict[str, Any]], methods: list[str], header: str) -> str:
+    """The printed report of ``rows`` (this run's, or a ``--out`` file's with ``--render``)."""
+    lines = [header, "", "| plan | final seed | test % | the row's test % | val % |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        was = r.get("row_test_acc")
+        lines.append(f"| {r['label']} | {r['final_seed']} | {100 * r['test_acc']:.2f} | "
+                     f"{'' if was is None else f'{100 * was:.2f}'} | {100 * r['val_acc']:.2f} |")
+    return "\n".join(lines + (paired_lines(rows, methods) if methods else []))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,7 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--cache", default="/tmp/finetune_plans", help="dense-model cache")
     p.add_argument("--out", default="finetune_plans.json")
+    p.add_argument("--render", metavar="OUT.json", help="print the report of an earlier "
+                   "run's --out file (with its --methods) and fine-tune nothing")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text()), args.methods, args.render))
+        return
     if bool(args.rows) != bool(args.cell) or (args.rows and not args.methods):
         p.error("--rows needs --cell KIND:BUDGET and --methods")
     common = {"arch": args.arch, "cache": args.cache, "gradual": args.gradual,
@@ -185,15 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with Pool(max(1, args.jobs)) as pool:
         rows = pool.map(_one, jobs, chunksize=1)
-    print(f"\n{len(rows)} fine-tunes in {(time.perf_counter() - start) / 60:.1f} min "
-          f"({'gradual, ' + str(args.gradual) + ' events' if args.gradual else 'one shot'})")
-    print("\n| plan | final seed | test % | the row's test % | val % |\n|---|---|---|---|---|")
-    for r in rows:
-        was = r.get("row_test_acc")
-        print(f"| {r['label']} | {r['final_seed']} | {100 * r['test_acc']:.2f} | "
-              f"{'' if was is None else f'{100 * was:.2f}'} | {100 * r['val_acc']:.2f} |")
-    if args.rows:
-        print("\n".join(paired_lines(rows, args.methods)))
+    how = f"gradual, {args.gradual} events" if args.gradual else "one shot"
+    print(render(rows, args.methods if args.rows else [],
+                 f"\n{len(rows)} fine-tunes in {(time.perf_counter() - start) / 60:.1f} min "
+                 f"({how})"))
     Path(args.out).write_text(json.dumps(rows, indent=1))
 
 

@@ -673,6 +673,8 @@ def test_finetune_plans_takes_a_cells_plans_from_rows_and_pairs_them_by_seed(tmp
     rows = [{**j, "test_acc": j["row_test_acc"] + (0.01 if j["method"] == "autoprune" else 0)}
             for j in jobs]
     lines = fp.paired_lines(rows, ["uniform-l2", "autoprune"])
-    assert lines[-1].startswith("| uniform-l2 (2 seeds) | +2.00 [") and "| +1.00 [" in lines[-1]
+    assert "| uniform-l2 (2 seeds) | +2.00 [+2.00, +2.00] | +1.00 [+1.00, +1.00] |" in lines
+    assert lines[-2:] == ["| uniform-l2 (2 seeds) | +0.00 [+0.00, +0.00] |",  # here - the row
+                          "| autoprune (2 seeds) | +1.00 [+1.00, +1.00] |"]
     with pytest.raises(SystemExit, match="no rows"):
         fp.jobs_from_rows(str(path), "latency:0.5", ["autoprune"])
