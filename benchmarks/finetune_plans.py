@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                    "run's --out file (with its --methods) and fine-tune nothing")
     args = p.parse_args(argv)
     if args.render:
+        if not Path(args.render).is_file():
+            p.error(f"--render {args.render!r}: no such file (an earlier run's --out)")
         print(render(json.loads(Path(args.render).read_text()), args.methods, args.render))
         return
     if bool(args.rows) != bool(args.cell) or (args.rows and not args.methods):
