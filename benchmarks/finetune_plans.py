@@ -77,7 +77,7 @@ def gradual_finetune(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: 
     hook = ap.PruneHook(model, ctx["example"], plan, optimizer=opt,
                         at_steps=prune_events(steps, k, cfg["gradual_until"]))
     for _, (x, y) in zip(range(steps), training_pairs(loader)):
-        model.train()  # the hook traces the model in eval mode and restores it
+        model.train()  # whatever mode the hook's tracing left it in
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,8 +111,9 @@ def _one(job: dict[str, Any]) -> dict[str, Any]:
                "val_acc": ctx["evaluate"](model, "val"), "final_steps": steps}
     else:
         out = sr._finetune(ctx["analysis"].apply(plan), cfg, ctx, seed)
-    row = {**{k: v for k, v in job.items() if k != "plan"}, "test_acc": out["test_acc"],
-           "val_acc": out["val_acc"], "finetune_s": time.perf_counter() - start}
+    row = {**{k: v for k, v in job.items() if k not in ("plan", "cache")},
+           "test_acc": out["test_acc"], "val_acc": out["val_acc"],
+           "finetune_s": time.perf_counter() - start}
     print(f"{job['label']} seed {seed}: test {row['test_acc']:.4f} val {row['val_acc']:.4f} "
           f"({row['finetune_s']:.0f} s)", flush=True)
     return row
@@ -121,11 +122,15 @@ def _one(job: dict[str, Any]) -> dict[str, Any]:
 def jobs_from_rows(path: str, cell: str, methods: list[str]) -> list[dict[str, Any]]:
     """One job per (seed, method) of ``cell`` (``KIND:BUDGET``) in a results file's rows."""
     kind, _, budget = cell.partition(":")
+    try:
+        wanted = {(kind, float(budget), m) for m in methods}
+    except ValueError:
+        raise SystemExit(f"--cell {cell!r}: expected KIND:BUDGET, e.g. latency:0.5") from None
     found = []
     for unit in json.loads(Path(path).read_text())["results"]:
         for r in unit["runs"]:
-            if (r["kind"], r["budget"], r["method"]) in {(kind, float(budget), m)
-                                                        for m in methods} and r.get("plan"):
+            if ((r["kind"], r["budget"], r["method"]) in wanted and r.get("plan")
+                    and r.get("test_acc") is not None):
                 found.append({"plan": r["plan"], "final_seed": int(r["final_seed"]),
                               "seed": r["seed"], "method": r["method"],
                               "label": f"{r['method']} seed {r['seed']}",

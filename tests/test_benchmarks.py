@@ -664,6 +664,7 @@ def test_finetune_plans_takes_a_cells_plans_from_rows_and_pairs_them_by_seed(tmp
                               (1, "uniform-l2", 0.88), (1, "autoprune", 0.89),
                               (1, "global-l2", 0.70))]
     runs.append({**runs[0], "budget": 0.15})  # another cell: not taken
+    runs.append({**runs[0], "seed": 2, "test_acc": None})  # an errored row: not taken either
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"results": [{"runs": runs}]}))
     jobs = fp.jobs_from_rows(str(path), "flops:0.07", ["uniform-l2", "autoprune"])
@@ -678,3 +679,5 @@ def test_finetune_plans_takes_a_cells_plans_from_rows_and_pairs_them_by_seed(tmp
                           "| autoprune (2 seeds) | +1.00 [+1.00, +1.00] |"]
     with pytest.raises(SystemExit, match="no rows"):
         fp.jobs_from_rows(str(path), "latency:0.5", ["autoprune"])
+    with pytest.raises(SystemExit, match="expected KIND:BUDGET"):
+        fp.jobs_from_rows(str(path), "latency", ["autoprune"])
