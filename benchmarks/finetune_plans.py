@@ -55,12 +55,12 @@ def prune_events(steps: int, k: int, until: float) -> list[int]:
     return events
 
 
-def gradual_finetune(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: int,
-                     k: int) -> tuple[Any, int, list[dict[str, Any]]]:
+def gradual_finetune(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any],
+                     seed: int) -> tuple[Any, int, list[dict[str, Any]]]:
     """The dense model fine-tuned as ``search_regime._train`` would fine-tune a pruned one
-    (``final_epochs``, ``seed``'s batches, cosine learning rate), pruned to ``plan`` in ``k``
-    events by :class:`autoprune.PruneHook`: (model on the CPU in eval mode, steps, the
-    hook's history)."""
+    (``final_epochs``, ``seed``'s batches, cosine learning rate), pruned to ``plan`` in
+    ``cfg["gradual"]`` events over the first ``cfg["gradual_until"]`` of the steps by
+    :class:`autoprune.PruneHook`: (model on the CPU in eval mode, steps, the hook's history)."""
     import torch
 
     import autoprune as ap
@@ -75,7 +75,7 @@ def gradual_finetune(plan: Any, cfg: dict[str, Any], ctx: dict[str, Any], seed: 
     opt = make_optimizer(model, settings)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     hook = ap.PruneHook(model, ctx["example"], plan, optimizer=opt,
-                        at_steps=prune_events(steps, k, cfg["gradual_until"]))
+                        at_steps=prune_events(steps, cfg["gradual"], cfg["gradual_until"]))
     for _, (x, y) in zip(range(steps), training_pairs(loader)):
         model.train()  # whatever mode the hook's tracing left it in
         loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -96,13 +96,13 @@ def _one(job: dict[str, Any]) -> dict[str, Any]:
     args = sr.parse_args(["--arch", job["arch"], "--cache", job["cache"],
                           "--out", str(Path(job["cache"]) / "x.md")])
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    cfg["gradual_until"] = job["until"]
+    cfg.update(gradual=job["gradual"], gradual_until=job["until"])
     ctx = sr._context(cfg, job["arch"], lambda msg: None)
     plan = ap.PruningPlan.from_dict(job["plan"])
     start = time.perf_counter()
     seed = job["final_seed"]
     if job["gradual"]:
-        model, steps, history = gradual_finetune(plan, cfg, ctx, seed, job["gradual"])
+        model, steps, history = gradual_finetune(plan, cfg, ctx, seed)
         want = ctx["analysis"].macs(plan) / ctx["analysis"].cost_model.dense_macs()
         if abs(history[-1]["flops_ratio"] - want) > 1e-6:
             raise RuntimeError(f"{job['label']}: the gradual prune ended at FLOPs "

@@ -646,7 +646,7 @@ def test_gradual_finetune_ends_at_the_plans_architecture_and_leaves_dense_alone(
            "ft": {"lr": 0.01, "optimizer": "sgd", "weight_decay": 5e-4}}
     before = [p.clone() for p in dense.parameters()]
     model, steps, history = _finetune_plans().gradual_finetune(
-        plan, {"final_epochs": 4.0, "gradual_until": 0.5}, ctx, seed=0, k=3)
+        plan, {"final_epochs": 4.0, "gradual": 3, "gradual_until": 0.5}, ctx, seed=0)
     assert steps == 12 and [h["step"] for h in history] == [1, 3, 5]
     shares = [h["flops_ratio"] for h in history]
     assert shares[0] > shares[1] > shares[2] == pytest.approx(an.macs(plan) /
