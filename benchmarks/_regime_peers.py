@@ -52,19 +52,26 @@ def _classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
 def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[Any],
                      flops: float, sl_steps: int, log: Callable[[str], None] = print,
                      num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (SGD lr 0.01, momentum
-    0.9, wd 5e-4, cosine; ``pruner.regularize`` after every backward) and progressive global
-    group-L2 pruning down to ``flops`` of the dense MACs (torch-pruning's own counter)."""
+    """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (train mode, SGD lr
+    0.01, momentum 0.9, no weight decay, cosine; ``pruner.regularize`` after every backward) and
+    progressive global group-L2 pruning (scores normalised by each group's maximum) down to
+    ``flops`` of the dense MACs (torch-pruning's own counter): ``reproduce/main.py --method
+    group_sl --global-pruning``, with a shorter sparsity phase."""
     import torch_pruning as tp
 
     start = time.perf_counter()
     model = copy.deepcopy(dense).train()
     pruner = tp.pruner.GroupNormPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
         global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0,
         iterative_steps=ITERATIVE_STEPS, reg=REG,
         ignored_layers=_classifier_heads(model, num_classes))
-    opt = torch.optim.SGD(model.parameters(), lr=SL_LR, momentum=0.9, weight_decay=5e-4)
+    # torch-pruning traces the model in eval mode and leaves it there: sparsity learning in eval
+    # mode froze BatchNorm's statistics, and on the dense ResNet-20 of 2026-12-07 it diverged to
+    # NaN within 30 steps on 3 seeds of 5 (reproduce/main.py trains in train mode, and without
+    # weight decay while the regulariser runs)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=SL_LR, momentum=0.9, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sl_steps))
     for x, y in itertools.islice(itertools.cycle(batches), sl_steps):
         loss = nn.functional.cross_entropy(model(x), y)

@@ -320,6 +320,25 @@ def test_groupnorm_recipe_lands_under_the_flops_budget_and_runs():
     assert all(torch.equal(a, b) for a, b in zip(before, dense.parameters()))  # dense untouched
 
 
+def test_groupnorm_recipe_learns_sparsity_in_train_mode():
+    """torch-pruning's tracing leaves the model in eval mode; the recipe must train in train
+    mode (BatchNorm's running statistics move), as torch-pruning's reproduce/ scripts do."""
+    import torch
+
+    from autoprune.tasks.models import cifar_resnet
+
+    torch.manual_seed(0)
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    batches = [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))) for _ in range(2)]
+    model, info = _peers().groupnorm_recipe(dense, x, batches, 1.0, sl_steps=2, log=lambda m: None)
+    assert info["prune_steps"] == 0 and not model.training  # flops 1.0: nothing pruned
+    moved = [not torch.equal(a.running_mean, b.running_mean)
+             for a, b in zip(model.modules(), dense.modules())
+             if isinstance(a, torch.nn.BatchNorm2d)]
+    assert moved and all(moved)
+
+
 def test_latency_matched_uniform_finds_the_largest_fraction_within_budget(monkeypatch):
     import torch
 
