@@ -60,7 +60,7 @@ def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[
     import torch_pruning as tp
 
     start = time.perf_counter()
-    model = copy.deepcopy(dense).train()
+    model = copy.deepcopy(dense)  # put in train mode after the pruner traces it (below)
     pruner = tp.pruner.GroupNormPruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
         global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0,
