@@ -30,10 +30,11 @@ SEARCH_FIELDS = ("trials", "search_steps", "distill")
 #: BatchNorm re-estimation batches every kept row used before ``--bn-batches``: only another
 #: value is part of a key.
 BN_BATCHES = 20
-UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "uniform-lat-depth",
-              SENS, SENS_COST)
+GN_CAP = "groupnorm-sl-cap"  # the group-norm recipe, no layer pruned past 0.7 (when named)
+UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", GN_CAP, "uniform-lat",
+              "uniform-lat-depth", SENS, SENS_COST)
 
-__all__ = ["KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "SENS_COST", "UNSEARCHED",
+__all__ = ["GN_CAP", "KEY_FIELDS", "REFINE", "SEARCH_FIELDS", "SENS", "SENS_COST", "UNSEARCHED",
            "DenseMismatch", "check_dense", "header_key", "keep", "kept", "kept_row", "proxy_key",
            "restore", "row_key", "space_digest"]
 

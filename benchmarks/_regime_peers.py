@@ -28,6 +28,9 @@ from torch import nn
 REG = 5e-4  # reproduce/main.py --reg default for CIFAR
 SL_LR = 0.01  # reproduce/main.py --sl-lr default
 ITERATIVE_STEPS = 400  # reproduce/main.py --iterative-steps default
+#: ``groupnorm-sl-cap``: the per-layer cap torch-pruning's own VGG-19 group_sl script passed
+#: (``--max-sparsity 0.7``; reproduce/main.py's ``--max-pruning-ratio`` defaults to 1.0)
+CAPPED_RATIO = 0.7
 
 
 def paired_interval(diffs: list[float]) -> tuple[float, float]:
@@ -51,19 +54,21 @@ def _classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[Any],
                      flops: float, sl_steps: int, log: Callable[[str], None] = print,
-                     num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
+                     num_classes: int = 10,
+                     max_ratio: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (train mode, SGD lr
     0.01, momentum 0.9, no weight decay, cosine; ``pruner.regularize`` after every backward) and
     progressive global group-L2 pruning (scores normalised by each group's maximum) down to
-    ``flops`` of the dense MACs (torch-pruning's own counter): ``reproduce/main.py --method
-    group_sl --global-pruning``, with a shorter sparsity phase."""
+    ``flops`` of the dense MACs (torch-pruning's own counter), no layer losing more than
+    ``max_ratio`` of its channels: ``reproduce/main.py --method group_sl --global-pruning
+    --max-pruning-ratio max_ratio``, with a shorter sparsity phase."""
     import torch_pruning as tp
 
     start = time.perf_counter()
     model = copy.deepcopy(dense)  # put in train mode after the pruner traces it (below)
     pruner = tp.pruner.GroupNormPruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
-        global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0,
+        global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=max_ratio,
         iterative_steps=ITERATIVE_STEPS, reg=REG,
         ignored_layers=_classifier_heads(model, num_classes))
     # torch-pruning traces the model in eval mode and leaves it there: sparsity learning in eval

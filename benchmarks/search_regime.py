@@ -10,8 +10,8 @@ fine-tuned with the same recipe, seed and batches.
 Cells:
 - FLOPs budgets (default 0.3 0.15 0.07; every method unrounded): uniform-l2, global-l2,
   torch-pruning's group-norm + sparsity-learning recipe (``groupnorm-sl``), autoprune
-  (``random`` too with ``--random-in all``; ``autoprune-depth``, ``--depth on``, when named in
-  ``--methods``);
+  (``random`` too with ``--random-in all``; when named in ``--methods``: ``autoprune-depth``,
+  ``--depth on``, and ``groupnorm-sl-cap``, the recipe with no layer pruned past 0.7);
 - measured latency budgets (default 0.5 0.3; batch 1, ``--latency-runtime``, default
   onnxruntime; channel widths rounded to 8, autoprune's default): the uniform plan whose measured
   latency meets the budget (``uniform-lat``, bisected), the same with every residual block
@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import die_with_parent, save_report
 from _regime_cache import (
     BN_BATCHES,
+    GN_CAP,
     REFINE,
     SENS,
     SENS_COST,
@@ -134,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "epochs before pruning (default 1)")
     p.add_argument("--dense-epochs", type=int, help="override the per-arch dense epochs")
     p.add_argument("--methods", nargs="+",
-                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, REFINE, SENS, SENS_COST}),
+                   choices=sorted({*FLOPS_METHODS, *LATENCY_METHODS, GN_CAP, REFINE, SENS,
+                                   SENS_COST}),
                    help="only these methods (default all that fit each cell; --quick: "
                         "neither depth variant)")
     p.add_argument("--random-in", choices=["latency", "all", "none"],
@@ -204,8 +206,8 @@ def cells(cfg: dict[str, Any]) -> list[tuple[str, float]]:
 
 def methods_of(cfg: dict[str, Any], kind: str) -> list[str]:
     names = list(FLOPS_METHODS if kind == "flops" else LATENCY_METHODS)
-    if kind == "flops" and DEPTH in (cfg["methods"] or ()):
-        names.append(DEPTH)  # not in the default FLOPs table: only when named
+    if kind == "flops":  # not in the default FLOPs table: only when named
+        names += [m for m in (GN_CAP, DEPTH) if m in (cfg["methods"] or ())]
     if cfg.get("refine"):
         names.append(REFINE)
     if cfg.get("sensitivity"):
@@ -426,11 +428,12 @@ def _choose(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
 
     an, dense = ctx["analysis"], ctx["dense"]
     start = time.perf_counter()
-    if method == "groupnorm-sl":
+    if method in ("groupnorm-sl", GN_CAP):
         steps = max(1, round(cfg["sl_epochs"] * ctx["epoch_steps"]))
         return peers.groupnorm_recipe(dense, ctx["example"],
                                       ctx["data"].loader(seed * 31 + 7, ctx["batch"]), b, steps,
-                                      log)
+                                      log, max_ratio=peers.CAPPED_RATIO if method == GN_CAP
+                                      else 1.0)
     if method in (SENS, SENS_COST):
         plan, info = _sensitivity_plan(ctx, kind, b, cfg, log, cost=method == SENS_COST)
     elif method in ("uniform-lat", "uniform-lat-depth"):

@@ -700,3 +700,28 @@ def test_finetune_plans_takes_a_cells_plans_from_rows_and_pairs_them_by_seed(tmp
         fp.jobs_from_rows(str(path), "latency:0.5", ["autoprune"])
     with pytest.raises(SystemExit, match="expected KIND:BUDGET"):
         fp.jobs_from_rows(str(path), "latency", ["autoprune"])
+
+
+def test_groupnorm_recipe_stops_each_layer_near_max_ratio():
+    """``groupnorm-sl-cap``: torch-pruning stops pruning a layer once it is below ``max_ratio``
+    (uncapped, one epoch of sparsity learning left VGG-8's first conv 2 channels of 32); one
+    global step may take it past the cap, not further."""
+    import torch
+
+    from autoprune.tasks.models import cifar_resnet
+
+    torch.manual_seed(0)
+    dense = cifar_resnet(8, (8, 16, 16)).eval()
+    x = torch.randn(1, 1, 12, 12)
+    batches = [(torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))) for _ in range(2)]
+    widths = {n: m.out_channels for n, m in dense.named_modules()
+              if isinstance(m, torch.nn.Conv2d)}
+    kept = {}
+    for cap in (1.0, 0.5):
+        model, _ = _peers().groupnorm_recipe(dense, x, batches, 0.05, sl_steps=1,
+                                             log=lambda m: None, max_ratio=cap)
+        kept[cap] = {n: m.out_channels for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Conv2d)}
+    floor = {n: w * (1 - 0.5) - 1 for n, w in widths.items()}  # the cap, less one channel
+    assert all(kept[0.5][n] >= floor[n] for n in widths)  # capped: none far past 0.5 ...
+    assert any(kept[1.0][n] < floor[n] for n in widths)  # ... as the uncapped recipe goes here
