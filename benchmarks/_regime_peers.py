@@ -54,14 +54,16 @@ def _classifier_heads(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[Any],
                      flops: float, sl_steps: int, log: Callable[[str], None] = print,
-                     num_classes: int = 10,
-                     max_ratio: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
+                     num_classes: int = 10, max_ratio: float = 1.0,
+                     after_sl: Callable[[nn.Module], None] | None = None,
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (train mode, SGD lr
     0.01, momentum 0.9, no weight decay, cosine; ``pruner.regularize`` after every backward) and
     progressive global group-L2 pruning (scores normalised by each group's maximum) down to
     ``flops`` of the dense MACs (torch-pruning's own counter), no layer losing more than
     ``max_ratio`` of its channels: ``reproduce/main.py --method group_sl --global-pruning
-    --max-pruning-ratio max_ratio``, with a shorter sparsity phase."""
+    --max-pruning-ratio max_ratio``, with a shorter sparsity phase. ``after_sl`` sees the model
+    between the two (in eval mode); the info's ``kept`` is each conv's share of its channels."""
     import torch_pruning as tp
 
     start = time.perf_counter()
@@ -87,6 +89,8 @@ def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[
         sched.step()
     sl_s = time.perf_counter() - start
     model.eval()
+    if after_sl is not None:
+        after_sl(model)
     base, _ = tp.utils.count_ops_and_params(model, example_inputs=example)
     macs, steps = float(base), 0
     while macs > flops * base and pruner.current_step < pruner.iterative_steps:
@@ -96,7 +100,14 @@ def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[
     log(f"group-norm recipe: {sl_steps} sparsity steps ({sl_s:.0f} s), {steps} pruning steps "
         f"to {macs / base:.3f} of the MACs")
     return model, {"search_s": time.perf_counter() - start, "sl_steps": sl_steps,
-                   "prune_steps": steps}
+                   "prune_steps": steps, "kept": conv_kept(model, dense)}
+
+
+def conv_kept(model: nn.Module, dense: nn.Module) -> dict[str, float]:
+    """Each conv of ``model``: its output channels over those of the same conv in ``dense``."""
+    widths = {n: m.out_channels for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
+    return {n: round(m.out_channels / widths[n], 4) for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and n in widths}
 
 
 def measured_ratio(model: nn.Module, dense: nn.Module, example: torch.Tensor, target: Any,

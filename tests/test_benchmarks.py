@@ -270,6 +270,11 @@ def test_quick_runs_every_peer_once_without_the_depth_variants_unless_asked():
     assert regime.methods_of(full, "latency") == ["uniform-lat", "uniform-lat-depth", "random",
                                                   "autoprune", "autoprune-depth"]
     assert "autoprune-depth" not in regime.methods_of(full, "flops")
+    # the capped group-norm recipe: FLOPs cells only, and only when named
+    assert "groupnorm-sl-cap" not in regime.methods_of(full, "flops")
+    capped = vars(regime.parse_args(["--methods", "groupnorm-sl", "groupnorm-sl-cap"]))
+    assert regime.methods_of(capped, "flops") == ["groupnorm-sl", "groupnorm-sl-cap"]
+    assert regime.methods_of(capped, "latency") == []
 
 
 def test_bn_batches_enters_a_rows_key_only_when_not_the_value_every_kept_row_used():
@@ -718,10 +723,10 @@ def test_groupnorm_recipe_stops_each_layer_near_max_ratio():
               if isinstance(m, torch.nn.Conv2d)}
     kept = {}
     for cap in (1.0, 0.5):
-        model, _ = _peers().groupnorm_recipe(dense, x, batches, 0.05, sl_steps=1,
-                                             log=lambda m: None, max_ratio=cap)
-        kept[cap] = {n: m.out_channels for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Conv2d)}
-    floor = {n: w * (1 - 0.5) - 1 for n, w in widths.items()}  # the cap, less one channel
+        _, info = _peers().groupnorm_recipe(dense, x, batches, 0.05, sl_steps=1,
+                                            log=lambda m: None, max_ratio=cap)
+        kept[cap] = info["kept"]  # each conv's share of its channels
+    assert set(kept[1.0]) == set(widths)
+    floor = {n: 0.5 - 1 / w for n, w in widths.items()}  # the cap, less one channel
     assert all(kept[0.5][n] >= floor[n] for n in widths)  # capped: none far past 0.5 ...
     assert any(kept[1.0][n] < floor[n] for n in widths)  # ... as the uncapped recipe goes here

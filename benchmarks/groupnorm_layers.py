@@ -1,0 +1,69 @@
+"""Where torch-pruning's group-norm recipe puts its pruning, beside the uniform plan: one
+(arch, FLOPs budget, seed) of ``search_regime.py``, the same dense model and batches.
+
+Prints the validation accuracy of the dense model, after the recipe's sparsity learning and
+after its pruning (before any fine-tune), and each conv's share of its channels kept by the
+recipe (uncapped and ``--cap``) and by the uniform L2 plan. No fine-tune, no test set::
+
+    python benchmarks/groupnorm_layers.py --arch vgg8 --flops 0.3 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="vgg8", choices=["resnet20", "mbv2", "vgg8"])
+    p.add_argument("--flops", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cap", type=float, default=0.7, help="max_pruning_ratio of the capped run")
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    args = p.parse_args(argv)
+
+    import _quality_data as qd
+    import _regime_peers as peers
+    import search_regime as sr
+    import torch
+
+    import autoprune as ap
+    from autoprune.engine import analyze
+
+    torch.set_num_threads(1)
+    data = qd.load_data(args.data_dir, 0, 55000, 5000, None)
+    dense = qd.train_dense(args.arch, data, 0, sr.DENSE_EPOCHS[args.arch], print, "cpu").eval()
+    evaluate, example = qd.make_evaluate(data, dense), qd.example_input()
+    batch = qd.ARCHS[args.arch].batch
+    steps = len(data.loader(0, batch))  # one epoch, as search_regime's --sl-epochs 1
+    print(f"{args.arch} at {args.flops:.0%} FLOPs, seed {args.seed}: dense val "
+          f"{evaluate(dense, 'val'):.4f}")
+    kept = {}
+    for cap in (1.0, args.cap):
+        model, info = peers.groupnorm_recipe(
+            dense, example, data.loader(args.seed * 31 + 7, batch), args.flops, steps,
+            max_ratio=cap, after_sl=lambda m: print(f"  after sparsity learning: val "
+                                                    f"{evaluate(m, 'val'):.4f}"))
+        print(f"  group-norm, max ratio {cap}: pruned, before fine-tune: val "
+              f"{evaluate(model, 'val'):.4f}")
+        kept[f"group-norm {cap}"] = info["kept"]
+    an = analyze(dense, example)
+    plan = ap.fit_budget(dense, example, allocation=1.0, flops=args.flops, caps=0.95,
+                         importance="l2", analysis=an)
+    kept["uniform"] = peers.conv_kept(an.apply(plan), dense)
+    names = list(kept["uniform"])
+    print("\n| conv | " + " | ".join(kept) + " |\n|---|" + "---|" * len(kept))
+    for n in names:
+        print(f"| {n} | " + " | ".join(f"{k[n]:.2f}" for k in kept.values()) + " |")
+    print("| min / median | " + " | ".join(
+        f"{min(k.values()):.2f} / {statistics.median(k.values()):.2f}" for k in kept.values())
+          + " |")
+
+
+if __name__ == "__main__":
+    main()
