@@ -112,6 +112,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "methods": ["uniform-l2", "global-l2", "groupnorm-sl", "uniform-lat", "autoprune"]},
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
+#: a FLOPs-cell row above budget x this did not meet the budget (the capped group-norm recipe
+#: stops short of 7 %: no layer may lose more than 0.7 of its channels)
+OVER_BUDGET = 1.02
 NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured",
            "uniform-lat-depth": "no uniform plan without the residual blocks meets the budget"}
 
@@ -734,7 +737,8 @@ def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     mean, half = peers.paired_interval(diffs)
                     out.append({"arch": arch, "kind": kind, "budget": b, "ours": us,
                                 "peer": method, "n": len(diffs), "diff": mean, "half": half,
-                                "diffs": diffs, "unpaired": len(pairs) - len(same)})
+                                "diffs": diffs, "unpaired": len(pairs) - len(same),
+                                "over": len(_over_budget([c for _, c in same]))})
     return out
 
 
@@ -763,6 +767,12 @@ def proxy_lines(results: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {name} | {rho:.3f} | "
                          f"{'' if share is None else f'{share:.2f}'} |")
     return lines
+
+
+def _over_budget(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The FLOPs-cell rows whose model is over their budget (by more than ``OVER_BUDGET``)."""
+    return [r for r in rows if r["kind"] == "flops" and r.get("flops_ratio") is not None
+            and r["flops_ratio"] > r["budget"] * OVER_BUDGET]
 
 
 def _mark(kind: str, rows: list[dict[str, Any]]) -> str:
@@ -794,8 +804,8 @@ def accuracy_lines(runs: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]
                 ok = [r for r in rs if r.get("test_acc") is not None]
                 if not rs:
                     continue
-                mark = _mark(kind, rs)
-                marks.add(mark)
+                mark = _mark(kind, rs) + ("◊" if _over_budget(ok) else "")
+                marks.update(mark)
                 lines.append(f"| {arch} | {kind} {b:g} | {method}{mark} | "
                              f"{mean_std([r['test_acc'] for r in ok])} | "
                              f"{mean_std([r['flops_ratio'] for r in ok], 100, 1)} | "
@@ -810,6 +820,9 @@ def accuracy_lines(runs: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]
         lines += ["", "‡ measured before autoprune's baselines were torch-pruning's one-liners "
                   "(uniform and global ranking capped at 0.95 only; before, both were held to "
                   "the space's caps); latency cells are unaffected."]
+    if "◊" in marks:
+        lines += ["", "◊ over the FLOPs budget on at least one seed (its FLOPs % column): it "
+                  "did not meet the budget there, and its comparisons are flagged below."]
     return lines
 
 
@@ -871,7 +884,9 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
                      f"{_fmt(v['diff'], v['half'])} | "
                      + " / ".join(f"{d * 100:+.2f}" for d in v["diffs"])
                      + (f" ({v['unpaired']} seed(s) left out: fine-tuned with other seeds)"
-                        if v["unpaired"] else "") + " |")
+                        if v["unpaired"] else "")
+                     + (f" (the peer is over the budget on {v['over']} seed(s): not a "
+                        "comparison at equal FLOPs)" if v.get("over") else "") + " |")
     lines += proxy_lines(results)
     errors = [f"{r['arch']} seed {r['seed']} {r['kind']} {r['budget']:g} {r['method']}: "
               f"{r.get('error') or NO_PICK.get(r['method'], 'no feasible full fine-tune')}"

@@ -170,6 +170,26 @@ def test_only_rows_of_an_earlier_search_are_footnoted():
     assert any(line.startswith("† measured before") for line in lines)
 
 
+def test_a_peer_over_its_flops_budget_is_flagged_in_both_tables():
+    regime = _regime()
+    cfg = {"arch": ["a"], "flops": [0.07], "latency": [], "methods": None, "refine": 0,
+           "sensitivity": False, "random_in": "none"}
+
+    def row(method, seed, flops, **extra):
+        return {"arch": "a", "kind": "flops", "budget": 0.07, "method": method, "seed": seed,
+                "test_acc": 0.9, "flops_ratio": flops, "search_s": 1.0, "final_seed": seed,
+                "global_baseline": "exact", "baselines_kind": "one-liners", **extra}
+
+    runs = [row("autoprune", s, 0.07) for s in (0, 1)] + [
+        row("uniform-l2", s, 0.0701) for s in (0, 1)] + [
+        row("groupnorm-sl", 0, 0.069), row("groupnorm-sl", 1, 0.088)]  # seed 1 stopped short
+    names = [line.split(" | ")[2] for line in regime.accuracy_lines(runs, cfg)
+             if line.startswith("| a |")]
+    assert names == ["uniform-l2", "groupnorm-sl◊", "autoprune"]
+    over = {v["peer"]: v["over"] for v in regime.verdicts([{"runs": runs}])}
+    assert over == {"uniform-l2": 0, "groupnorm-sl": 1}
+
+
 def test_variants_of_ours_are_compared_with_the_peers_and_with_autoprune():
     def row(method, seed, acc):
         return {"arch": "a", "kind": "latency", "budget": 0.3, "method": method, "seed": seed,
