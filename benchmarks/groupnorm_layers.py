@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cap", type=float, default=0.7, help="max_pruning_ratio of the capped run")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--out", help="also write the printed lines to this markdown file")
     args = p.parse_args(argv)
 
     import _quality_data as qd
@@ -36,33 +37,41 @@ def main(argv: list[str] | None = None) -> None:
     from autoprune.engine import analyze
 
     torch.set_num_threads(1)
+    lines = [f"`python benchmarks/groupnorm_layers.py {' '.join(argv or sys.argv[1:])}`", ""]
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     data = qd.load_data(args.data_dir, 0, 55000, 5000, None)
     dense = qd.train_dense(args.arch, data, 0, sr.DENSE_EPOCHS[args.arch], print, "cpu").eval()
     evaluate, example = qd.make_evaluate(data, dense), qd.example_input()
     batch = qd.ARCHS[args.arch].batch
     steps = len(data.loader(0, batch))  # one epoch, as search_regime's --sl-epochs 1
-    print(f"{args.arch} at {args.flops:.0%} FLOPs, seed {args.seed}: dense val "
-          f"{evaluate(dense, 'val'):.4f}")
+    say(f"{args.arch} at {args.flops:.0%} FLOPs, seed {args.seed}: dense val "
+        f"{evaluate(dense, 'val'):.4f}")
     kept = {}
     for cap in (1.0, args.cap):
         model, info = peers.groupnorm_recipe(
             dense, example, data.loader(args.seed * 31 + 7, batch), args.flops, steps,
-            max_ratio=cap, after_sl=lambda m: print(f"  after sparsity learning: val "
-                                                    f"{evaluate(m, 'val'):.4f}"))
-        print(f"  group-norm, max ratio {cap}: pruned, before fine-tune: val "
-              f"{evaluate(model, 'val'):.4f}")
+            max_ratio=cap, log=say, after_sl=lambda m, cap=cap: say(
+                f"- max ratio {cap}: val after sparsity learning {evaluate(m, 'val'):.4f}"))
+        say(f"- max ratio {cap}: val pruned, before any fine-tune {evaluate(model, 'val'):.4f}")
         kept[f"group-norm {cap}"] = info["kept"]
     an = analyze(dense, example)
     plan = ap.fit_budget(dense, example, allocation=1.0, flops=args.flops, caps=0.95,
                          importance="l2", analysis=an)
     kept["uniform"] = peers.conv_kept(an.apply(plan), dense)
-    names = list(kept["uniform"])
-    print("\n| conv | " + " | ".join(kept) + " |\n|---|" + "---|" * len(kept))
-    for n in names:
-        print(f"| {n} | " + " | ".join(f"{k[n]:.2f}" for k in kept.values()) + " |")
-    print("| min / median | " + " | ".join(
+    say("")
+    say("| conv | " + " | ".join(kept) + " |")
+    say("|---|" + "---|" * len(kept))
+    for n in kept["uniform"]:
+        say(f"| {n} | " + " | ".join(f"{k[n]:.2f}" for k in kept.values()) + " |")
+    say("| min / median | " + " | ".join(
         f"{min(k.values()):.2f} / {statistics.median(k.values()):.2f}" for k in kept.values())
-          + " |")
+        + " |")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
