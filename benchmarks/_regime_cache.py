@@ -30,7 +30,7 @@ SEARCH_FIELDS = ("trials", "search_steps", "distill")
 #: BatchNorm re-estimation batches every kept row used before ``--bn-batches``: only another
 #: value is part of a key.
 BN_BATCHES = 20
-GN_CAP = "groupnorm-sl-cap"  # the group-norm recipe, no layer pruned past 0.7 (when named)
+GN_CAP = "groupnorm-sl-cap"  # the group-norm recipe capped at 0.7 per layer (when named)
 UNSEARCHED = ("uniform-l2", "global-l2", "groupnorm-sl", GN_CAP, "uniform-lat",
               "uniform-lat-depth", SENS, SENS_COST)
 

@@ -60,10 +60,11 @@ def groupnorm_recipe(dense: nn.Module, example: torch.Tensor, batches: Iterable[
     """A copy of ``dense`` after ``sl_steps`` of group-sparsity learning (train mode, SGD lr
     0.01, momentum 0.9, no weight decay, cosine; ``pruner.regularize`` after every backward) and
     progressive global group-L2 pruning (scores normalised by each group's maximum) down to
-    ``flops`` of the dense MACs (torch-pruning's own counter), no layer losing more than
-    ``max_ratio`` of its channels: ``reproduce/main.py --method group_sl --global-pruning
-    --max-pruning-ratio max_ratio``, with a shorter sparsity phase. ``after_sl`` sees the model
-    between the two (in eval mode); the info's ``kept`` is each conv's share of its channels."""
+    ``flops`` of the dense MACs (torch-pruning's own counter), a layer no longer pruned once it
+    lost more than ``max_ratio`` of its channels (one step may take it a little further):
+    ``reproduce/main.py --method group_sl --global-pruning --max-pruning-ratio max_ratio``,
+    with a shorter sparsity phase. ``after_sl`` sees the model between the two (in eval mode);
+    the info's ``kept`` is each conv's share of its channels."""
     import torch_pruning as tp
 
     start = time.perf_counter()

@@ -11,7 +11,7 @@ Cells:
 - FLOPs budgets (default 0.3 0.15 0.07; every method unrounded): uniform-l2, global-l2,
   torch-pruning's group-norm + sparsity-learning recipe (``groupnorm-sl``), autoprune
   (``random`` too with ``--random-in all``; when named in ``--methods``: ``autoprune-depth``,
-  ``--depth on``, and ``groupnorm-sl-cap``, the recipe with no layer pruned past 0.7);
+  ``--depth on``, and ``groupnorm-sl-cap``, the recipe capped at 0.7 per layer);
 - measured latency budgets (default 0.5 0.3; batch 1, ``--latency-runtime``, default
   onnxruntime; channel widths rounded to 8, autoprune's default): the uniform plan whose measured
   latency meets the budget (``uniform-lat``, bisected), the same with every residual block
@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 CACHE = Path(__file__).parent / ".cache" / "regime"
 #: a FLOPs-cell row above budget x this did not meet the budget (the capped group-norm recipe
-#: stops short of 7 %: no layer may lose more than 0.7 of its channels)
+#: stops short of 7 %: torch-pruning stops pruning a layer once it lost 0.7 of its channels)
 OVER_BUDGET = 1.02
 NO_PICK = {"uniform-lat": "no uniform plan meets the budget when measured",
            "uniform-lat-depth": "no uniform plan without the residual blocks meets the budget"}
