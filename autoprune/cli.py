@@ -163,9 +163,19 @@ def _open_run(inputs: RunInputs, run_dir: Any, trust_task: bool = True) -> Any:
                      seed=int(task_cfg.get("seed") or 0),
                      num_workers=int(task_cfg.get("num_workers") or 0))
     target = Target(task.dense_model(), task.example_inputs(), task.evaluate,
-                    task.splits().train, getattr(task, "finetune", None))
+                    task.splits().train, getattr(task, "finetune", None), _val_size(task))
     recipe = Recipe(inputs.space, inputs.search, inputs.finetune)
     return Run(run_dir, target, inputs.budget, recipe)
+
+
+def _val_size(task: Any) -> int | None:
+    """The size of a task's validation split (the one-standard-error rule's n), when its
+    loader's dataset has a length (an iterable dataset has none: None)."""
+    try:
+        n = len(task.splits().val.dataset)
+    except (AttributeError, TypeError):
+        return None
+    return n if n >= 1 else None
 
 
 # what --resume may be given beside it: everything else would change the run's meaning

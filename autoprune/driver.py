@@ -26,6 +26,7 @@ from autoprune.interrupts import watching
 from autoprune.plan import DEFAULT_BUDGET, Budget
 from autoprune.results import RunDir
 from autoprune.run import Recipe, Run, Target, open_run_dir, release_unstarted, resolved_config
+from autoprune.selection import recommend
 from autoprune.settings import FinetuneSettings, RunSettings, SearchSettings
 from autoprune.space import SearchSpace, load_space
 from autoprune.trial import TrialRecord
@@ -38,10 +39,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchResult:
+    """A finished search: every trial, the Pareto front, the dense figures and the model to
+    deploy (:func:`autoprune.selection.recommend`: a one-liner baseline within one standard
+    error of the best validation accuracy when the run knows its ``val_size``, else the best)."""
+
     run_dir: Path
     trials: list[TrialRecord]
     front: list[TrialRecord]
     baseline: dict[str, Any] = field(default_factory=dict)
+    recommended: TrialRecord | None = None
 
 
 def prime(run: Run, backend: SearchBackend, resume: bool, trials: int) -> None:
@@ -151,7 +157,8 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
     ledger.score_on_test(records, run.evaluate, run.stages.load)
     ledger.publish(backend)  # test accuracy, final latencies onto the study (optuna-dashboard)
     records = ledger.write(backend.records(), final=True)
-    return SearchResult(run.dir.path, records, ledger.front(records), run.baseline)
+    pick = recommend([r for r in records if r.is_full], run.baseline["dense"].get("val_size"))
+    return SearchResult(run.dir.path, records, ledger.front(records), run.baseline, pick)
 
 
 def work(run: Run, trials: int, args: WorkerArgs) -> int:
@@ -189,7 +196,8 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
            budget: Budget | None = None, trials: int = RunSettings.trials,
            run_dir: str | Path | None = None, space: str | SearchSpace = "default",
            finetune_settings: FinetuneSettings | None = None,
-           settings: SearchSettings | None = None, resume: bool = False) -> SearchResult:
+           settings: SearchSettings | None = None, resume: bool = False,
+           val_size: int | None = None) -> SearchResult:
     """Search per-group pruning ratios of ``model`` under ``budget``; keep the Pareto front.
 
     ``evaluate(model)`` (or ``evaluate(model, split)`` with split ``"val"``/``"test"``) returns
@@ -197,6 +205,9 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
     candidate in place; without it autoprune fine-tunes on ``train_loader`` batches of
     ``(inputs, targets)`` with cross-entropy. ``train_loader`` also feeds BatchNorm
     re-estimation for the proxy score. Results go to ``run_dir`` (default ``results/<name>``).
+    ``val_size``, the number of examples ``evaluate(model, "val")`` scores, turns on the
+    one-standard-error rule for :attr:`SearchResult.recommended` (:mod:`autoprune.selection`);
+    without it the recommended model is the best on validation.
     """
     budget = budget or DEFAULT_BUDGET
     recipe = Recipe(space if isinstance(space, SearchSpace) else load_space(space),
@@ -205,8 +216,8 @@ def search(model: nn.Module, example_inputs: Any, *, evaluate: Callable[..., flo
     run_d = open_run_dir(run_dir, config, resume, budget)
     with watching():  # a Ctrl-C that a library swallowed still stops the search
         try:
-            run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune),
-                      budget, recipe)
+            run = Run(run_d, Target(model, example_inputs, evaluate, train_loader, finetune,
+                                    val_size), budget, recipe)
         except BaseException:
             if not resume:
                 release_unstarted(run_d)

@@ -28,13 +28,16 @@ from autoprune.report_data import (
     ms,
     pct,
     points,
+    recommended,
     slug,
     state_counts,
     summary_rows,
+    val_size,
 )
 from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
+from autoprune.selection import standard_error
 from autoprune.trial import DRIFT_FLAG, HARD_LINE, LEGACY_DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
@@ -136,17 +139,33 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _why(run: RunView, pick: TrialRecord) -> str:
+    """Why ``pick`` is the recommended model (:mod:`autoprune.selection`), in a clause."""
+    best, n = best_member(run), val_size(run)
+    if n is None:
+        return ("the best validation accuracy (the run does not know its validation size: pass "
+                "val_size to apply the one-standard-error rule)")
+    top = pick if best is None or best.val_acc == pick.val_acc else best
+    se = f"{100 * standard_error(float(top.val_acc or 0.0), n):.2f} point on {n} examples"
+    if top is pick:
+        return f"the best validation accuracy; no one-liner within one standard error ({se})"
+    return (f"{pick.baseline} within one standard error ({se}) of the best validation "
+            f"accuracy, trial {top.trial}'s {pct(top.val_acc)}; a searched plan is preferred "
+            f"only when it leads the one-liners by more (that one: --trial {top.trial})")
+
+
 def terminal_summary(run_dir: str) -> str:
     """The run's budget, trial counts, front and baselines, ending with the export command of
-    the best front member (by validation accuracy)."""
+    the recommended model (:func:`autoprune.report_data.recommended`) and why."""
     run = RunDir.open(run_dir)
     view = load(run)
     budget_text = ", ".join(f"latency <= {v:g} ms" if k == "latency_ms" else f"{k} <= {v:.0%}"
                             for k, v in view.budget.items() if v is not None)
     baselines = [r for r in view.records if r.baseline and r.state is TrialState.COMPLETE]
-    best = best_member(view)
-    tail = (f"\n\nnext: autoprune export {_printable(shlex.quote(str(run_dir)))} "
-            f"--trial {best.trial}" if best is not None else "")
+    pick = recommended(view)
+    tail = (f"\n\nrecommended: trial {pick.trial}, {_why(view, pick)}\nnext: autoprune export "
+            f"{_printable(shlex.quote(str(run_dir)))} --trial {pick.trial}"
+            if pick is not None else "")
     return (f"run: {_printable(str(run.path))}\nbudget: {budget_text or '-'}; "
             f"trials: {state_counts(view.records) or 'none'}{_latency_note(view)}\n\n"
             f"Pareto front (validation selects; test shown for front members and baselines; "
@@ -353,10 +372,10 @@ def _metrics(check: FileCheck) -> dict[str, Any]:
 
 
 def _headline(run: RunView) -> str:
-    best = best_member(run)
-    pick = (f" The best validation accuracy on the front: trial {best.trial} "
-            f"({pct(best.val_acc)} val, {pct(best.test_acc)} test, {pct(best.flops_ratio)} of "
-            "the dense FLOPs)." if best is not None else "")
+    best = recommended(run)
+    pick = (f" Recommended: trial {best.trial} ({pct(best.val_acc)} val, "
+            f"{pct(best.test_acc)} test, {pct(best.flops_ratio)} of the dense FLOPs): "
+            f"{esc(_why(run, best))}." if best is not None else "")
     return (f"<p>Trials: {esc(state_counts(run.records) or 'none')}.{pick} Validation "
             "accuracy selects the front; test accuracy is measured once, on front members and "
             "baselines. Δ: test accuracy in percentage points.</p>")

@@ -2,8 +2,9 @@
 
 Each run's front (validation accuracy vs FLOPs ratio, the one cost every run records) on one
 chart, in its own colour and letter, with each run's dense model; then a table of the runs and
-their best front member. Built from the same reads as the single-run report
-(:mod:`autoprune.report_data`) and escaped the same way (:func:`autoprune._svg.esc`).
+their recommended model (:func:`autoprune.report_data.recommended`). Built from the same
+reads as the single-run report (:mod:`autoprune.report_data`) and escaped the same way
+(:func:`autoprune._svg.esc`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from autoprune import _svg
 from autoprune.errors import ConfigError
 from autoprune.pareto import hypervolume_2d, non_dominated
-from autoprune.report_data import RunView, best_member, esc, load, pct, state_counts
+from autoprune.report_data import RunView, esc, load, pct, recommended, state_counts
 from autoprune.report_plots import ACCURACY, Label, place_labels
 from autoprune.results import RunDir, atomic_write_text
 
@@ -63,7 +64,7 @@ def _chart(runs: Sequence[RunView]) -> str:
 
 
 def _row(i: int, run: RunView) -> str:
-    best = best_member(run)
+    best = recommended(run)
     points = [(a, x) for _, x, a in _front_points(run)]
     volume = hypervolume_2d(points, ("max", "min"), (0.0, 1.0)) if points else None
     budget = ", ".join(f"{k} {v:g}" for k, v in run.budget.items() if v is not None) or "-"
@@ -83,7 +84,7 @@ def _row(i: int, run: RunView) -> str:
 def _page(runs: Sequence[RunView]) -> str:
     head = ("<tr><th>run</th><th>folder</th><th>budget</th><th>dense val</th><th>dense test"
             "</th><th>trials</th><th>front</th><th>hypervolume (FLOPs)</th>"
-            "<th>best front member (val acc)</th><th>export</th></tr>")
+            "<th>recommended (one-SE rule)</th><th>export</th></tr>")
     rows = "".join(_row(i, run) for i, run in enumerate(runs))
     dense = {pct(run.dense.get("val_acc")) for run in runs}
     warn = ("<p>The runs' dense models score differently: different tasks, models or splits "

@@ -22,11 +22,13 @@ from autoprune.errors import AutopruneError
 from autoprune.plan import Budget, kept_channels
 from autoprune.results import RunDir
 from autoprune.run_files import FileCheck
+from autoprune.selection import baseline_family, recommend
 from autoprune.trial import TrialRecord, TrialState
 
 __all__ = ["RunView", "SummaryRow", "baseline_family", "best_member", "budget_x", "cost_name",
            "esc", "front_records", "hypervolume_points", "kept_of", "load", "ms", "pct",
-           "points", "slug", "state_counts", "summary_rows", "within_budget"]
+           "points", "recommended", "slug", "state_counts", "summary_rows", "val_size",
+           "within_budget"]
 
 
 def pct(value: float | None) -> str:
@@ -147,12 +149,6 @@ def load(run: RunDir) -> RunView:
                    run.budget_path, final.iqr, frozenset(final.ms), final.drift)
 
 
-def baseline_family(name: str | None) -> str | None:
-    """``"uniform"`` or ``"global"`` for the enqueued baselines (``uniform-l2``, ...)."""
-    family = (name or "").split("-")[0]
-    return family if family in ("uniform", "global") else None
-
-
 def points(value: float | None, reference: float | None) -> float | None:
     """``value - reference`` in percentage points (accuracies are fractions)."""
     return None if value is None or reference is None else (value - reference) * 100.0
@@ -176,6 +172,19 @@ def best_member(run: RunView) -> TrialRecord | None:
     if not run.front:
         return None
     return max(run.front, key=lambda r: (float(r.val_acc or 0.0), -float(r.flops_ratio or 1.0)))
+
+
+def val_size(run: RunView) -> int | None:
+    """The number of validation examples ``evaluate`` scored, when the run recorded it."""
+    n = run.dense.get("val_size")
+    return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 1 else None
+
+
+def recommended(run: RunView) -> TrialRecord | None:
+    """The model to deploy: :func:`autoprune.selection.recommend` over the fully fine-tuned
+    trials (a one-liner baseline within one standard error of the best validation accuracy,
+    else the best; the best alone when the run does not know its validation size)."""
+    return recommend([r for r in run.records if r.is_full], val_size(run))
 
 
 @dataclass(frozen=True)

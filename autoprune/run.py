@@ -59,6 +59,13 @@ class Target:
     evaluate: Callable[..., float] | None
     train_loader: Iterable[Any] | None = None
     finetune: Callable[..., Any] | None = None
+    val_size: int | None = None  # examples evaluate(model, "val") scores: the one-SE rule's n
+
+    def __post_init__(self) -> None:
+        n = self.val_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"val_size={n!r}: give the number of validation examples "
+                              "evaluate(model, 'val') scores (an int >= 1), or None")
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,9 @@ class Run:
                        repeats=30, warmup=10, runtime=s.latency_runtime)
         data = {
             "dense": {**cost.to_dict(), "val_acc": self.evaluate(dense, "val"),
-                      "test_acc": self.evaluate(dense, "test")},
+                      "test_acc": self.evaluate(dense, "test"),
+                      **({} if self.target.val_size is None
+                         else {"val_size": int(self.target.val_size)})},
             "groups": len(analysis.groups),
             # the dense widths, so the report can show kept/total channels per group
             "group_channels": {g.name: {"channels": g.channels, "quantum": g.quantum,

@@ -193,6 +193,24 @@ def test_terminal_summary_shows_baselines_and_the_next_step(tmp_path: Path):
     assert "+2.00 pt" in next(line for line in lines if line.split()[:1] == ["3"])
 
 
+@pytest.mark.parametrize("val_size, trial, why", [
+    (None, 3, "pass val_size to apply the one-standard-error rule"),
+    # trial 3 leads uniform (trial 0) by 0.5 point of validation accuracy, 0.980 against 0.975
+    (5000, 3, "no one-liner within one standard error (0.20 point on 5000 examples)"),
+    (500, 0, "uniform-l2 within one standard error (0.63 point on 500 examples) of the best "
+             "validation accuracy, trial 3's 98.00%"),
+])
+def test_the_recommended_model_follows_the_one_standard_error_rule(tmp_path: Path, val_size,
+                                                                   trial, why):
+    dense = DENSE if val_size is None else {**DENSE, "val_size": val_size}
+    run = fabricated_run(tmp_path / "run", name_dense=dense)
+    lines = terminal_summary(str(run.path)).splitlines()
+    assert lines[-1] == f"next: autoprune export {run.path} --trial {trial}"
+    assert lines[-2].startswith(f"recommended: trial {trial}, ") and why in lines[-2]
+    raw = write_report(run.path).read_text(encoding="utf-8")
+    assert f"Recommended: trial {trial} (" in raw
+
+
 def test_terminal_summary_counts_the_models_the_final_re_timing_dropped(tmp_path: Path):
     run = fabricated_run(tmp_path / "run")
     assert "measured over the budget" not in terminal_summary(str(run.path))

@@ -98,6 +98,8 @@ def test_cli_search_digits_run_directory(tmp_path):
 
     task = load_task("digits")
     dense, x = task.dense_model(), task.example_inputs()
+    # the task's validation size reaches baseline.json: the one-standard-error rule's n
+    assert baseline["dense"]["val_size"] == len(task.splits().val.dataset) > 100
     for r in records[:2]:
         plan = ap.PruningPlan.from_json((run_dir / "plans" / f"{r.trial}.json").read_text())
         macs, _ = tp.utils.count_ops_and_params(ap.apply_plan(dense, x, plan), x)
@@ -248,8 +250,12 @@ def test_user_model_through_python_api(tmp_path, monkeypatch):
                        budget=ap.Budget(flops=0.5), trials=3, run_dir=tmp_path / "api",
                        finetune_settings=ap.FinetuneSettings(steps=10, bn_batches=2),
                        settings=ap.SearchSettings(progress=False),
-                       space=ap.SearchSpace(round_to=1))  # 16/32 channels: enough models
+                       space=ap.SearchSpace(round_to=1),  # 16/32 channels: enough models
+                       val_size=10**6)  # one SE ~0: the best on validation is recommended
     assert result.run_dir == tmp_path / "api"
+    best = max(result.front, key=lambda r: (r.val_acc, -r.flops_ratio))
+    assert result.recommended is not None and result.recommended.val_acc == best.val_acc
+    assert result.baseline["dense"]["val_size"] == 10**6
     # --trials counts full fine-tunes; screened candidates are recorded beside them
     assert sum(r.state == "COMPLETE" for r in result.trials) == 3 and result.front
     assert all(r.state == "SCREENED" and (r.fidelity or 0) < 1 for r in result.trials
@@ -349,6 +355,14 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     resumed = cli("search", "--resume", "run", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     check_run(tmp_path / "run", 0.5, 6)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "5000"])
+def test_val_size_must_be_a_count_of_examples(bad):
+    from autoprune.run import Target
+
+    with pytest.raises(ap.ConfigError, match=r"val_size=.* number of validation examples"):
+        Target(torch.nn.Linear(1, 1), torch.zeros(1, 1), None, val_size=bad)
 
 
 def test_fit_budget_rejects_bad_fractions():
