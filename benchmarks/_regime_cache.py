@@ -99,15 +99,18 @@ def space_digest(space: Any) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def kept_row(cfg: dict[str, Any], key: str, digest: str | None) -> dict[str, Any] | None:
+def kept_row(cfg: dict[str, Any], key: str, digest: str | None,
+             chosen_by: str | None = None) -> dict[str, Any] | None:
     """The kept row ``key`` if it may be reused: a row whose method searched the space
-    (``digest`` not None) must have been searched in a space with that digest; one from another
-    space, or kept before rows recorded it, is stale (None: searched again). ``--kept-only``
-    renders every kept row as it is."""
+    (``digest`` not None) must have been searched in a space with that digest, and picked the
+    way ``chosen_by`` says (``one-se`` / ``best-val``; rows kept before they recorded it read
+    as best-val); one from another space or picked otherwise, or kept before rows recorded the
+    space, is stale (None: searched again). ``--kept-only`` renders every kept row as it is."""
     row = kept(cfg, key)
-    if row is None or digest is None or cfg["kept_only"] or row.get("space_digest") == digest:
+    if row is None or digest is None or cfg["kept_only"]:
         return row
-    return None
+    same_pick = chosen_by is None or row.get("chosen_by", "best-val") == chosen_by
+    return row if row.get("space_digest") == digest and same_pick else None
 
 
 def check_dense(header: dict[str, Any] | None, dense: dict[str, Any], arch: str) -> None:

@@ -160,6 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "read as off)")
     p.add_argument("--distill", action="store_true", help="autoprune's searches distil from "
                    "the dense model")
+    p.add_argument("--selection", default="one-se", choices=["one-se", "best-val"],
+                   help="how autoprune's pick is chosen among its fully fine-tuned trials: "
+                   "one-se (autoprune's default, the one-standard-error rule: a one-liner "
+                   "baseline within one standard error of the best validation accuracy) or "
+                   "best-val (the best on validation; rows kept before the flag existed)")
     p.add_argument("--proxy-arch", default="resnet20", choices=[*ARCH_NAMES, "none"],
                    help="arch of the proxy study (Spearman of each cheap score and of the full "
                         "fine-tune under another seed, the noise ceiling); none: skip")
@@ -258,6 +263,15 @@ def _digest(arch: str, kind: str, method: str) -> str | None:
     return None if method in UNSEARCHED else space_digest(_space(arch, kind))
 
 
+def _chosen_by(cfg: dict[str, Any], method: str) -> str | None:
+    """How a method's row picks among its search's trials (None: a peer that does not search;
+    random search has no baselines to prefer and the refine method re-ranks its own top: both
+    pick the best on validation)."""
+    if method in UNSEARCHED:
+        return None
+    return "best-val" if method in ("random", REFINE) else str(cfg.get("selection") or "best-val")
+
+
 def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, kind: str,
             b: float, seed: int) -> tuple[Any, dict[str, Any]]:
     import autoprune as ap
@@ -265,6 +279,7 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
     from autoprune.settings import FinetuneSettings, SearchSettings
 
     latency = kind == "latency"
+    one_se = _chosen_by(cfg, method) == "one-se"
     common: dict[str, Any] = {"seed": seed, "progress": False, "levels": 1,
                               "latency": latency, "latency_batch": 1,
                               "latency_runtime": cfg["latency_runtime"],
@@ -289,7 +304,8 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
                             steps=cfg["search_steps"], bn_batches=cfg["bn_batches"],
                             device=cfg["device"],
                             distill=cfg["distill"] and method in OURS, **ctx["ft"]),
-                        settings=settings)
+                        settings=settings,
+                        val_size=ctx["data"].sizes()["val"] if one_se else None)
         _keep_shared(ctx, run_dir, (kind, b, seed), latency)
     finally:
         _drop_run(cfg, run_dir, f"{arch}-{kind}{b:g}-seed{seed}-{method}")
@@ -315,7 +331,10 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         top = sorted(pool, key=lambda r: -(r.val_acc or 0.0))[:cfg["refine"]]
         info["top"] = [{"trial": r.trial, "baseline": r.baseline, "search_val": r.val_acc,
                         "plan": r.plan} for r in top]
-    best = max(full, key=lambda r: r.val_acc or 0.0)
+    best = result.recommended or max(full, key=lambda r: r.val_acc or 0.0)
+    top = max(full, key=lambda r: r.val_acc or 0.0)  # what best-on-validation would pick
+    info.update(chosen_by="one-se" if one_se else "best-val", best_val_trial=top.trial,
+                best_val=top.val_acc, best_val_baseline=top.baseline)
     info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
                 search_latency_ms=best.latency_ms, global_baseline="exact",
                 baselines_kind="one-liners")
@@ -564,14 +583,15 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
     final_seed = final_seed_of(cfg, arch, seed, ci, kind, b)
     for method in methods_of(cfg, kind):
         key, digest = row_key(cfg, arch, seed, kind, b, method), _digest(arch, kind, method)
-        row = kept_row(cfg, key, digest)
+        row = kept_row(cfg, key, digest, _chosen_by(cfg, method))
         if row is None and cfg["kept_only"]:
             continue
         if row is None:
             assert ctx is not None  # only --kept-only runs without the dense model
             if kept(cfg, key) is not None:
                 log(f"seed {seed} {kind} {b:g}: {method}: the kept row was searched in another "
-                    "space (or before rows recorded it): searching again")
+                    "space (or before rows recorded it), or picked by another --selection: "
+                    "searching again")
             base = {"arch": arch, "seed": seed, "kind": kind, "budget": b, "method": method,
                     **({"space_digest": digest} if digest else {})}
             row = _pick(cfg, ctx, key, base, seed, final_seed, log)
@@ -603,8 +623,8 @@ def _has_work(cfg: dict[str, Any], arch: str, seed: int, kind: str, b: float) ->
     --kept-only): only then does its unit need the dense model."""
     if cfg["kept_only"]:
         return False
-    rows = [kept_row(cfg, row_key(cfg, arch, seed, kind, b, m), _digest(arch, kind, m))
-            for m in methods_of(cfg, kind)]
+    rows = [kept_row(cfg, row_key(cfg, arch, seed, kind, b, m), _digest(arch, kind, m),
+                     _chosen_by(cfg, m)) for m in methods_of(cfg, kind)]
     return any(r is None or (r.get("test_acc") is not None and "latency_ratio" not in r)
                for r in rows)
 
@@ -847,6 +867,11 @@ def report(results: list[dict[str, Any]], cfg: dict[str, Any], wall: float) -> s
              + ("" if cfg.get("bn_batches", BN_BATCHES) == BN_BATCHES else
                 f" but BatchNorm re-estimated on {cfg['bn_batches']} batches before a score, "
                 f"not {BN_BATCHES}") + "; random: random sampler, no screening, no priors",
+             "- autoprune's pick among its fully fine-tuned trials: " + (
+                 "the one-standard-error rule (a one-liner baseline within one binomial "
+                 "standard error of the best validation accuracy, uniform first; rows "
+                 "recording `chosen_by` best-val, or none, were picked on validation alone)"
+                 if cfg.get("selection") == "one-se" else "the best validation accuracy"),
              f"- final fine-tune: {cfg['final_epochs']:g} epochs of the training set, same seed "
              "and batches for every method of a cell",
              *([f"- group-norm recipe: {cfg['sl_epochs']:g} epoch(s) of sparsity learning "

@@ -273,6 +273,18 @@ def test_a_kept_search_row_from_another_space_is_searched_again(tmp_path):
         keep(cfg, row_key(cfg, "mbv2", 0, "latency", 0.3, method),
              {"method": method, "space_digest": now, **done})
     assert kept_row(cfg, auto, now) is not None
+    # rows kept before they recorded how the pick was made were picked on validation alone:
+    # the default --selection one-se searches them again, random search (no baselines) not
+    assert cfg["selection"] == "one-se" and regime._chosen_by(cfg, "autoprune") == "one-se"
+    assert regime._chosen_by(cfg, "random") == "best-val"
+    assert regime._chosen_by(cfg, "uniform-lat") is None
+    assert kept_row(cfg, auto, now, "one-se") is None
+    assert kept_row(cfg, auto, now, "best-val") is not None
+    assert regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
+    assert not regime._has_work({**cfg, "selection": "best-val"}, "mbv2", 0, "latency", 0.3)
+    for method in ("autoprune", "autoprune-depth"):
+        keep(cfg, row_key(cfg, "mbv2", 0, "latency", 0.3, method),
+             {"method": method, "space_digest": now, "chosen_by": "one-se", **done})
     assert not regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
 
 
@@ -750,3 +762,33 @@ def test_groupnorm_recipe_stops_each_layer_near_max_ratio():
     floor = {n: 0.5 - 1 / w for n, w in widths.items()}  # the cap, less one channel
     assert all(kept[0.5][n] >= floor[n] for n in widths)  # capped: none far past 0.5 ...
     assert any(kept[1.0][n] < floor[n] for n in widths)  # ... as the uncapped recipe goes here
+
+
+def test_selection_replay_swaps_to_the_peer_fine_tuned_with_the_same_plan_and_seed():
+    """benchmarks/selection_replay.py: where the one-SE rule keeps a one-liner, a FLOPs cell
+    reads that one-liner's final accuracy off the peer row of the same final seed, and a
+    latency cell off --finetuned (or says it is not measured)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import selection_replay as sel
+
+    base = {"kind": "flops", "budget": 0.15, "method": "autoprune", "final_seed": 7,
+            "chosen_trial": 9, "chosen_baseline": None, "flops_ratio": 0.15,
+            "baselines": {"uniform-l2": {"state": "COMPLETE", "val": 0.9170},  # 0.30 behind
+                          "global-l2": {"state": "COMPLETE", "val": 0.9190}}}
+    peers = {"uniform-l2": {"test_acc": 0.9300}, "global-l2": {"test_acc": 0.9280}}
+    # 5000 validation images at 0.92: one SE = 0.38 point, so uniform (0.30 behind) is kept
+    near = sel.replay_row({**base, "chosen_val": 0.9200, "test_acc": 0.9290}, 5000, peers, {},
+                          ("vgg8", "flops", 0.15, 0))
+    assert near["rule"] == "uniform-l2" and near["rule_test"] == 0.9300
+    far = sel.replay_row({**base, "chosen_val": 0.9250, "test_acc": 0.9290}, 5000, peers, {},
+                         ("vgg8", "flops", 0.15, 0))  # 0.80 ahead of uniform, 0.60 of global
+    assert far["rule"] == "the same" and far["rule_test"] == 0.9290
+    lat = {**base, "kind": "latency", "budget": 0.5, "chosen_val": 0.9200, "test_acc": 0.9290}
+    key = ("vgg8", "latency", 0.5, 0)
+    assert sel.replay_row(lat, 5000, {}, {}, key)["rule_test"] is None
+    assert sel.replay_row(lat, 5000, {}, {(*key, "uniform-l2"): 0.9311}, key)["rule_test"] \
+        == 0.9311
+    cell = sel.summarise(("vgg8", "flops", 0.15), [{**near, "peers": {"uniform-l2": 0.93,
+                                                                      "global-l2": 0.928}}])
+    assert cell["best_peer"] == "uniform-l2" and cell["swapped"] == 1
+    assert cell["before"][0] == pytest.approx(-0.10) and cell["after"][0] == pytest.approx(0.0)
