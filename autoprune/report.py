@@ -20,7 +20,6 @@ from autoprune.report_data import (
     RunView,
     SummaryRow,
     baseline_family,
-    best_member,
     esc,
     front_records,
     kept_of,
@@ -37,7 +36,7 @@ from autoprune.report_data import (
 from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
-from autoprune.selection import standard_error
+from autoprune.selection import recommend, standard_error
 from autoprune.trial import DRIFT_FLAG, HARD_LINE, LEGACY_DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
@@ -141,12 +140,14 @@ def _printable(text: str) -> str:
 
 def _why(run: RunView, pick: TrialRecord) -> str:
     """Why ``pick`` is the recommended model (:mod:`autoprune.selection`), in a clause."""
-    best, n = best_member(run), val_size(run)
+    best, n = recommend([r for r in run.records if r.is_full], None), val_size(run)
     if n is None:
         return ("the best validation accuracy (the run does not know its validation size: pass "
                 "val_size to apply the one-standard-error rule)")
     top = pick if best is None or best.val_acc == pick.val_acc else best
     se = f"{100 * standard_error(float(top.val_acc or 0.0), n):.2f} point on {n} examples"
+    if top is pick and pick.baseline:
+        return f"the best validation accuracy, and the {pick.baseline} baseline itself"
     if top is pick:
         return f"the best validation accuracy; no one-liner within one standard error ({se})"
     return (f"{pick.baseline} within one standard error ({se}) of the best validation "

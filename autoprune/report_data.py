@@ -25,7 +25,7 @@ from autoprune.run_files import FileCheck
 from autoprune.selection import baseline_family, recommend
 from autoprune.trial import TrialRecord, TrialState
 
-__all__ = ["RunView", "SummaryRow", "baseline_family", "best_member", "budget_x", "cost_name",
+__all__ = ["RunView", "SummaryRow", "baseline_family", "budget_x", "cost_name",
            "esc", "front_records", "hypervolume_points", "kept_of", "load", "ms", "pct",
            "points", "recommended", "slug", "state_counts", "summary_rows", "val_size",
            "within_budget"]
@@ -164,14 +164,6 @@ def kept_of(run: RunView, group: str, ratio: float | None,
     round_to = plan.get("round_to")
     unit = int(info.get("unit_width") or 1)
     return kept_channels(channels, float(ratio or 0.0), round_to, quantum, unit), channels
-
-
-def best_member(run: RunView) -> TrialRecord | None:
-    """The front member with the best validation accuracy (validation selects), the cheaper of
-    equals."""
-    if not run.front:
-        return None
-    return max(run.front, key=lambda r: (float(r.val_acc or 0.0), -float(r.flops_ratio or 1.0)))
 
 
 def val_size(run: RunView) -> int | None:

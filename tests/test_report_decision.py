@@ -211,6 +211,14 @@ def test_the_recommended_model_follows_the_one_standard_error_rule(tmp_path: Pat
     assert f"Recommended: trial {trial} (" in raw
 
 
+def test_a_one_liner_best_on_validation_is_recommended_as_itself(tmp_path: Path):
+    run = fabricated_run(tmp_path / "run", name_dense={**DENSE, "val_size": 5000})
+    run.write_trials([r.updated(val_acc=0.99) if r.trial == 1 else r for r in RECORDS])
+    lines = terminal_summary(str(run.path)).splitlines()
+    assert lines[-2] == ("recommended: trial 1, the best validation accuracy, and the global-l2 "
+                         "baseline itself")  # uniform (0.975) is 1.5 points, > 1 SE, behind
+
+
 def test_terminal_summary_counts_the_models_the_final_re_timing_dropped(tmp_path: Path):
     run = fabricated_run(tmp_path / "run")
     assert "measured over the budget" not in terminal_summary(str(run.path))
