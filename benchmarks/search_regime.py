@@ -332,9 +332,9 @@ def _search(method: str, cfg: dict[str, Any], ctx: dict[str, Any], arch: str, ki
         info["top"] = [{"trial": r.trial, "baseline": r.baseline, "search_val": r.val_acc,
                         "plan": r.plan} for r in top]
     best = result.recommended or max(full, key=lambda r: r.val_acc or 0.0)
-    top = max(full, key=lambda r: r.val_acc or 0.0)  # what best-on-validation would pick
-    info.update(chosen_by="one-se" if one_se else "best-val", best_val_trial=top.trial,
-                best_val=top.val_acc, best_val_baseline=top.baseline)
+    on_val = max(full, key=lambda r: r.val_acc or 0.0)  # what best-on-validation would pick
+    info.update(chosen_by="one-se" if one_se else "best-val", best_val_trial=on_val.trial,
+                best_val=on_val.val_acc, best_val_baseline=on_val.baseline)
     info.update(chosen_trial=best.trial, chosen_val=best.val_acc, chosen_baseline=best.baseline,
                 search_latency_ms=best.latency_ms, global_baseline="exact",
                 baselines_kind="one-liners")
