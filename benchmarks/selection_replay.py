@@ -101,9 +101,10 @@ def cells(files: list[str], finetuned: dict[tuple[Any, ...], float]) -> dict[tup
 
 
 def _fmt(diffs: list[float]) -> str:
-    mean, half = paired_interval(diffs)
-    return f"{mean:+.2f}" if half != half else \
-        f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    """Mean difference in points and its 95 % interval, as ``search_regime.py`` writes them."""
+    import search_regime as sr
+
+    return sr._fmt(*paired_interval(diffs), scale=1.0)
 
 
 def summarise(cell: tuple[Any, ...], rows: list[dict[str, Any]]) -> dict[str, Any]:
