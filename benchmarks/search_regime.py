@@ -592,8 +592,10 @@ def run_cell(cfg: dict[str, Any], ctx: dict[str, Any] | None, arch: str, seed: i
                 log(f"seed {seed} {kind} {b:g}: {method}: the kept row was searched in another "
                     "space (or before rows recorded it), or picked by another --selection: "
                     "searching again")
+            chosen_by = _chosen_by(cfg, method)  # recorded even when the search finds no pick
             base = {"arch": arch, "seed": seed, "kind": kind, "budget": b, "method": method,
-                    **({"space_digest": digest} if digest else {})}
+                    **({"space_digest": digest} if digest else {}),
+                    **({"chosen_by": chosen_by} if chosen_by else {})}
             row = _pick(cfg, ctx, key, base, seed, final_seed, log)
         if row.get("test_acc") is not None:
             model = Path(cfg["cache"]) / f"{key}.pt"  # restored rows have none (nor need

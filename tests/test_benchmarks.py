@@ -288,6 +288,29 @@ def test_a_kept_search_row_from_another_space_is_searched_again(tmp_path):
     assert not regime._has_work(cfg, "mbv2", 0, "latency", 0.3)
 
 
+def test_a_search_with_no_pick_is_kept_as_picked_by_the_rule_and_not_searched_again(
+        tmp_path, monkeypatch):
+    # a cell where the search finds no feasible pick (or raises) is a finished row: a rerun
+    # with the same --selection reuses it (it searched again once, because the row lacked
+    # `chosen_by` and read as picked on validation alone)
+    regime = _regime()
+    cfg = vars(regime.parse_args(["--quick", "--cache", str(tmp_path), "--methods", "autoprune"]))
+    calls = []
+
+    def no_pick(method, *args):
+        calls.append(method)
+        raise RuntimeError("no candidate met the latency budget")
+
+    monkeypatch.setattr(regime, "_choose", no_pick)
+    logs: list[str] = []
+    for _ in range(2):
+        rows = regime.run_cell(cfg, {}, "resnet20", 0, 0, "latency", 0.9, logs.append)
+    assert calls == ["autoprune"]  # the second run reused the kept row
+    assert rows[0]["chosen_by"] == "one-se" and "no candidate" in rows[0]["error"]
+    assert not any("searching again" in line for line in logs)
+    assert not regime._has_work(cfg, "resnet20", 0, "latency", 0.9)
+
+
 def test_quick_runs_every_peer_once_without_the_depth_variants_unless_asked():
     regime = _regime()
     quick = vars(regime.parse_args(["--quick"]))
