@@ -157,7 +157,8 @@ def finish(run: Run, backend: SearchBackend) -> SearchResult:
     ledger.score_on_test(records, run.evaluate, run.stages.load)
     ledger.publish(backend)  # test accuracy, final latencies onto the study (optuna-dashboard)
     records = ledger.write(backend.records(), final=True)
-    pick = recommend([r for r in records if r.is_full], run.baseline["dense"].get("val_size"))
+    pick = recommend([r for r in records if r.is_full], run.baseline["dense"].get("val_size"),
+                     cost=ledger.budget.cost_of)
     return SearchResult(run.dir.path, records, ledger.front(records), run.baseline, pick)
 
 

@@ -20,6 +20,8 @@ from autoprune.report_data import (
     RunView,
     SummaryRow,
     baseline_family,
+    cost_name,
+    cost_of,
     esc,
     front_records,
     kept_of,
@@ -36,7 +38,7 @@ from autoprune.report_data import (
 from autoprune.report_plots import AXES, LEGEND, parallel, progress, scatter
 from autoprune.results import RunDir, atomic_write_text
 from autoprune.run_files import FileCheck
-from autoprune.selection import recommend, standard_error
+from autoprune.selection import passed_over, recommend, standard_error
 from autoprune.trial import DRIFT_FLAG, HARD_LINE, LEGACY_DRIFT_FLAG, TrialRecord, TrialState
 
 __all__ = ["front_table", "summary_table", "terminal_summary", "write_report"]
@@ -140,19 +142,25 @@ def _printable(text: str) -> str:
 
 def _why(run: RunView, pick: TrialRecord) -> str:
     """Why ``pick`` is the recommended model (:mod:`autoprune.selection`), in a clause."""
-    best, n = recommend([r for r in run.records if r.is_full], None), val_size(run)
+    full, cost = [r for r in run.records if r.is_full], cost_of(run)
+    best, n = recommend(full, None, cost=cost), val_size(run)
     if n is None:
         return ("the best validation accuracy (the run does not know its validation size: pass "
                 "val_size to apply the one-standard-error rule)")
     top = pick if best is None or best.val_acc == pick.val_acc else best
     se = f"{100 * standard_error(float(top.val_acc or 0.0), n):.2f} point on {n} examples"
+    off = "".join(
+        f"; {b.baseline} (trial {b.trial}) is within it but off the front: trial {d.trial} "
+        f"scores as well on validation at {pct(cost(d))} {cost_name(run)} against {pct(cost(b))}"
+        for b, d in (passed_over(full, n, pick, cost=cost) if cost else []))
     if top is pick and pick.baseline:
         return f"the best validation accuracy, and the {pick.baseline} baseline itself"
     if top is pick:
-        return f"the best validation accuracy; no one-liner within one standard error ({se})"
+        return (f"the best validation accuracy; no one-liner on the front within one standard "
+                f"error ({se}){off}")
     return (f"{pick.baseline} within one standard error ({se}) of the best validation "
             f"accuracy, trial {top.trial}'s {pct(top.val_acc)}; a searched plan is preferred "
-            f"only when it leads the one-liners by more (that one: --trial {top.trial})")
+            f"only when it leads the one-liners by more (that one: --trial {top.trial}){off}")
 
 
 def terminal_summary(run_dir: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +25,7 @@ from autoprune.run_files import FileCheck
 from autoprune.selection import baseline_family, recommend
 from autoprune.trial import TrialRecord, TrialState
 
-__all__ = ["RunView", "SummaryRow", "baseline_family", "budget_x", "cost_name",
+__all__ = ["RunView", "SummaryRow", "baseline_family", "budget_x", "cost_name", "cost_of",
            "esc", "front_records", "hypervolume_points", "kept_of", "load", "ms", "pct",
            "points", "recommended", "slug", "state_counts", "summary_rows", "val_size",
            "within_budget"]
@@ -174,9 +174,15 @@ def val_size(run: RunView) -> int | None:
 
 def recommended(run: RunView) -> TrialRecord | None:
     """The model to deploy: :func:`autoprune.selection.recommend` over the fully fine-tuned
-    trials (a one-liner baseline within one standard error of the best validation accuracy,
-    else the best; the best alone when the run does not know its validation size)."""
-    return recommend([r for r in run.records if r.is_full], val_size(run))
+    trials (a one-liner baseline within one standard error of the best validation accuracy and
+    not clearly off the front, else the best; the best alone when the run does not know its
+    validation size)."""
+    return recommend([r for r in run.records if r.is_full], val_size(run), cost=cost_of(run))
+
+
+def cost_of(run: RunView) -> Callable[[TrialRecord], float | None] | None:
+    """A record's cost on the run's front axis (None for a run whose budget cannot be read)."""
+    return run.resolved.cost_of if run.resolved is not None else None
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ def test_terminal_summary_shows_baselines_and_the_next_step(tmp_path: Path):
 @pytest.mark.parametrize("val_size, trial, why", [
     (None, 3, "pass val_size to apply the one-standard-error rule"),
     # trial 3 leads uniform (trial 0) by 0.5 point of validation accuracy, 0.980 against 0.975
-    (5000, 3, "no one-liner within one standard error (0.20 point on 5000 examples)"),
+    (5000, 3, "no one-liner on the front within one standard error (0.20 point on 5000 "
+              "examples)"),
     (500, 0, "uniform-l2 within one standard error (0.63 point on 500 examples) of the best "
              "validation accuracy, trial 3's 98.00%"),
 ])
@@ -217,6 +218,21 @@ def test_a_one_liner_best_on_validation_is_recommended_as_itself(tmp_path: Path)
     lines = terminal_summary(str(run.path)).splitlines()
     assert lines[-2] == ("recommended: trial 1, the best validation accuracy, and the global-l2 "
                          "baseline itself")  # uniform (0.975) is 1.5 points, > 1 SE, behind
+
+
+def test_a_one_liner_off_the_front_is_not_recommended_and_the_summary_says_why(tmp_path: Path):
+    # both one-liners are within one SE (0.63 point on 500 examples) of trial 3, but trial 2
+    # now scores as well as they do at 30 % FLOPs against their 39.8-39.9 %
+    run = fabricated_run(tmp_path / "run", name_dense={**DENSE, "val_size": 500})
+    run.write_trials([r.updated(val_acc=0.975) if r.trial == 2 else r for r in RECORDS])
+    lines = terminal_summary(str(run.path)).splitlines()
+    assert lines[-1] == f"next: autoprune export {run.path} --trial 3"
+    assert lines[-2] == (
+        "recommended: trial 3, the best validation accuracy; no one-liner on the front within "
+        "one standard error (0.63 point on 500 examples); uniform-l2 (trial 0) is within it but "
+        "off the front: trial 2 scores as well on validation at 30.00% FLOPs against 39.80%; "
+        "global-l2 (trial 1) is within it but off the front: trial 2 scores as well on "
+        "validation at 30.00% FLOPs against 39.90%")
 
 
 def test_terminal_summary_counts_the_models_the_final_re_timing_dropped(tmp_path: Path):

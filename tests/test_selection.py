@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from autoprune.selection import baseline_family, recommend, standard_error
+from autoprune.selection import (
+    DOMINANCE_MARGIN,
+    baseline_family,
+    dominator,
+    recommend,
+    standard_error,
+)
 
 
 @dataclass(frozen=True)
@@ -68,3 +74,43 @@ def test_ties_on_validation_go_to_the_cheaper_and_nothing_to_none():
     cheap, dear = C(0.9, flops_ratio=0.2), C(0.9, flops_ratio=0.3)
     assert recommend([dear, cheap], None) is cheap
     assert recommend([], 5000) is None
+
+
+def _flops(c: C) -> float | None:
+    return c.flops_ratio
+
+
+def test_a_one_liner_clearly_off_the_front_is_passed_over():
+    # digits, as the README's first command ran it: 216 validation examples (1 SE ~0.8 point);
+    # the uniform plan at 39.8 % FLOPs scored what a searched plan scored at 23.5 %
+    uniform = C(0.9630, "uniform-l2", flops_ratio=0.398, name="uniform")
+    cheap = C(0.9630, flops_ratio=0.235, name="cheap")
+    best = C(0.9676, flops_ratio=0.390, name="best")
+    cands = [uniform, cheap, best]
+    assert recommend(cands, 216) is uniform  # accuracy alone: the uniform plan, off the front
+    assert dominator(uniform, cands, _flops) is cheap
+    assert recommend(cands, 216, cost=_flops) is best  # global-l2 absent: the best
+    glob = C(0.9600, "global-l2", flops_ratio=0.24, name="global")
+    assert recommend([*cands, glob], 216, cost=_flops) is glob  # on the front, within 1 SE
+
+
+@pytest.mark.parametrize("cheaper_by, passed_over", [
+    (DOMINANCE_MARGIN / 2, False),  # within the margin: timing noise, not off the front
+    (DOMINANCE_MARGIN * 2, True),
+])
+def test_the_front_check_allows_for_measurement_noise(cheaper_by, passed_over):
+    uniform = C(0.9200, "uniform-l2", flops_ratio=0.50, name="uniform")
+    peer = C(0.9200, flops_ratio=0.50 * (1 - cheaper_by), name="peer")
+    best = C(0.9230, flops_ratio=0.50, name="best")
+    pick = recommend([uniform, peer, best], 5000, cost=_flops)
+    assert pick is not None and pick.name == ("best" if passed_over else "uniform")
+
+
+def test_only_an_equally_accurate_cheaper_candidate_dominates():
+    uniform = C(0.9200, "uniform-l2", flops_ratio=0.5)
+    worse = C(0.9199, flops_ratio=0.2)  # much cheaper, 0.01 point lower: uniform stays
+    unknown = C(0.9300, flops_ratio=None)  # no cost: compares with nothing
+    assert dominator(uniform, [uniform, worse, unknown], _flops) is None
+    assert dominator(unknown, [uniform, worse, unknown], _flops) is None
+    cheaper, cheapest = C(0.93, flops_ratio=0.3), C(0.92, flops_ratio=0.1)
+    assert dominator(uniform, [uniform, cheaper, cheapest], _flops) is cheapest
