@@ -815,3 +815,36 @@ def test_selection_replay_swaps_to_the_peer_fine_tuned_with_the_same_plan_and_se
                                                                       "global-l2": 0.928}}])
     assert cell["best_peer"] == "uniform-l2" and cell["swapped"] == 1
     assert cell["before"][0] == pytest.approx(-0.10) and cell["after"][0] == pytest.approx(0.0)
+
+
+def test_front_check_replay_finds_the_runs_whose_pick_the_front_check_changes(tmp_path):
+    """benchmarks/front_check_replay.py reads kept run directories: a run where a cheaper
+    candidate matches the uniform baseline on validation changes its pick, one where none does
+    keeps it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import front_check_replay as fcr
+
+    from autoprune.results import RunDir
+    from autoprune.trial import TrialRecord
+
+    def run(name: str, cheap_flops: float) -> None:
+        r = RunDir.create(tmp_path / name)
+        r.write_config({"budget": {"flops": 0.4}})
+        r.write_baseline({"dense": {"macs": 1e6, "params": 1e4, "val_size": 216},
+                          "budget": {"flops": 0.4}})
+        r.write_trials([
+            TrialRecord(0, "COMPLETE", 0.398, 0.35, val_acc=0.963, fidelity=1.0,
+                        baseline="uniform-l2"),
+            TrialRecord(1, "COMPLETE", cheap_flops, 0.2, val_acc=0.963, fidelity=1.0),
+            TrialRecord(2, "COMPLETE", 0.39, 0.35, val_acc=0.9676, fidelity=1.0)])
+
+    run("digits-cheap", 0.235)
+    run("digits-close", 0.39)  # 2 % cheaper: within the margin
+    out = tmp_path / "replay.md"
+    fcr.main([str(tmp_path), "--out", str(out)])
+    rows = {r["run"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    cheap = rows["digits-cheap"]
+    assert cheap["one_se"] == 0 and cheap["changed"] == ["0.02", "0.05", "0.1"]
+    assert cheap["front_checked"]["0.05"] == 2  # the best: there is no global baseline
+    assert rows["digits-close"]["changed"] == ["0.02"] and rows["digits-close"]["one_se"] == 0
+    assert "margin 0.05: the front check changes the pick in 1 of 2" in out.read_text()
