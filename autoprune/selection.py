@@ -121,14 +121,14 @@ def recommend(candidates: Sequence[C], val_size: int | None, *, z: float = 1.0,
     return best
 
 
-def passed_over(candidates: Sequence[C], val_size: int, pick: C, *, z: float = 1.0,
+def passed_over(candidates: Sequence[C], val_size: int, pick: C, *,
                 cost: Callable[[C], float | None],
                 margin: float = DOMINANCE_MARGIN) -> list[tuple[C, C]]:
-    """The one-liners simpler than ``pick`` that were within ``z`` standard errors of the best
+    """The one-liners simpler than ``pick`` that were within one standard error of the best
     but clearly off the front, each with the candidate that puts it there (:func:`dominator`):
-    why :func:`recommend` did not deploy them."""
+    why :func:`recommend` (at its default ``z``) did not deploy them."""
     best = max(candidates, key=_val)
-    floor = _val(best) - z * standard_error(_val(best), val_size)
+    floor = _val(best) - standard_error(_val(best), val_size)
     family = baseline_family(pick.baseline)
     simpler = SIMPLEST_FIRST[:SIMPLEST_FIRST.index(family)] if family else SIMPLEST_FIRST
     out = []
