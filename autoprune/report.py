@@ -148,13 +148,13 @@ def _why(run: RunView, pick: TrialRecord) -> str:
         return ("the best validation accuracy (the run does not know its validation size: pass "
                 "val_size to apply the one-standard-error rule)")
     top = pick if best is None or best.val_acc == pick.val_acc else best
+    if top is pick and pick.baseline:
+        return f"the best validation accuracy, and the {pick.baseline} baseline itself"
     se = f"{100 * standard_error(float(top.val_acc or 0.0), n):.2f} point on {n} examples"
     off = "".join(
         f"; {b.baseline} (trial {b.trial}) is within it but off the front: trial {d.trial} "
         f"scores as well on validation at {pct(cost(d))} {cost_name(run)} against {pct(cost(b))}"
         for b, d in (passed_over(full, n, pick, cost=cost) if cost else []))
-    if top is pick and pick.baseline:
-        return f"the best validation accuracy, and the {pick.baseline} baseline itself"
     if top is pick:
         return (f"the best validation accuracy; no one-liner on the front within one standard "
                 f"error ({se}){off}")

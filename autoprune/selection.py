@@ -109,7 +109,7 @@ def recommend(candidates: Sequence[C], val_size: int | None, *, z: float = 1.0,
     best = max(candidates, key=lambda c: (_val(c), -_or(price(c), 1.0)))
     if val_size is None:
         return best
-    floor = _val(best) - z * standard_error(_val(best), val_size)
+    floor = _floor(best, val_size, z)
     for family in SIMPLEST_FIRST:
         if family == baseline_family(best.baseline):
             return best  # nothing simpler qualified before it
@@ -127,8 +127,7 @@ def passed_over(candidates: Sequence[C], val_size: int, pick: C, *,
     """The one-liners simpler than ``pick`` that were within one standard error of the best
     but clearly off the front, each with the candidate that puts it there (:func:`dominator`):
     why :func:`recommend` (at its default ``z``) did not deploy them."""
-    best = max(candidates, key=_val)
-    floor = _val(best) - standard_error(_val(best), val_size)
+    floor = _floor(max(candidates, key=_val), val_size, 1.0)
     family = baseline_family(pick.baseline)
     simpler = SIMPLEST_FIRST[:SIMPLEST_FIRST.index(family)] if family else SIMPLEST_FIRST
     out = []
@@ -138,6 +137,11 @@ def passed_over(candidates: Sequence[C], val_size: int, pick: C, *,
             if d is not None:
                 out.append((c, d))
     return out
+
+
+def _floor(best: Candidate, val_size: int, z: float) -> float:
+    """The lowest validation accuracy within ``z`` standard errors of ``best``'s."""
+    return _val(best) - z * standard_error(_val(best), val_size)
 
 
 def _or(value: float | None, default: float) -> float:
