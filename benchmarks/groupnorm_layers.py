@@ -28,26 +28,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="also write the printed lines to this markdown file")
     args = p.parse_args(argv)
 
-    import _quality_data as qd
     import _regime_peers as peers
     import search_regime as sr
-    import torch
 
     import autoprune as ap
-    from autoprune.engine import analyze
 
-    torch.set_num_threads(1)
     lines = [f"`python benchmarks/groupnorm_layers.py {' '.join(argv or sys.argv[1:])}`", ""]
 
     def say(line: str) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    data = qd.load_data(args.data_dir, 0, 55000, 5000, None)
-    dense = qd.train_dense(args.arch, data, 0, sr.DENSE_EPOCHS[args.arch], print, "cpu").eval()
-    evaluate, example = qd.make_evaluate(data, dense), qd.example_input()
-    batch = qd.ARCHS[args.arch].batch
-    steps = len(data.loader(0, batch))  # one epoch, as search_regime's --sl-epochs 1
+    # search_regime's own data, dense model, evaluation and batch (one torch thread)
+    ctx = sr._context(vars(sr.parse_args(["--arch", args.arch, "--data-dir", args.data_dir])),
+                      args.arch, print)
+    data, dense, evaluate, example = ctx["data"], ctx["dense"], ctx["evaluate"], ctx["example"]
+    batch, an = ctx["batch"], ctx["analysis"]
+    steps = ctx["epoch_steps"]  # one epoch, as search_regime's --sl-epochs 1
     say(f"{args.arch} at {args.flops:.0%} FLOPs, seed {args.seed}: dense val "
         f"{evaluate(dense, 'val'):.4f}")
     kept = {}
@@ -58,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"- max ratio {cap}: val after sparsity learning {evaluate(m, 'val'):.4f}"))
         say(f"- max ratio {cap}: val pruned, before any fine-tune {evaluate(model, 'val'):.4f}")
         kept[f"group-norm {cap}"] = info["kept"]
-    an = analyze(dense, example)
     plan = ap.fit_budget(dense, example, allocation=1.0, flops=args.flops, caps=0.95,
                          importance="l2", analysis=an)
     kept["uniform"] = peers.conv_kept(an.apply(plan), dense)
