@@ -848,3 +848,35 @@ def test_front_check_replay_finds_the_runs_whose_pick_the_front_check_changes(tm
     assert cheap["front_checked"]["0.05"] == 2  # the best: there is no global baseline
     assert rows["digits-close"]["changed"] == ["0.02"] and rows["digits-close"]["one_se"] == 0
     assert "margin 0.05: the front check changes the pick in 1 of 2" in out.read_text()
+
+
+def _refit_plans():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import refit_plans
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return refit_plans
+
+
+def test_refit_keeps_the_kept_shares_in_proportion_and_lands_on_the_budget():
+    """On a linear cost (each group's FLOPs share times its kept share) the refit has a closed
+    form: s = (target - fixed cost) / sum(w * kept), unless a group reaches a bound."""
+    refit_kept = _refit_plans().refit_kept
+    weights = {"a": 0.5, "b": 0.3, "c": 0.2}
+
+    def flops_of(ratios):
+        return sum(w * (1.0 - ratios[n]) for n, w in weights.items())
+
+    ratios = refit_kept({"a": 0.5, "b": 0.2, "c": 0.0}, flops_of, 0.3)
+    s = 0.3 / (0.5 * 0.5 + 0.3 * 0.8 + 0.2 * 1.0)
+    assert ratios == pytest.approx({"a": 1 - 0.5 * s, "b": 1 - 0.8 * s, "c": 1 - s}, abs=1e-9)
+    assert flops_of(ratios) <= 0.3
+    held = refit_kept({"a": 0.5, "b": 0.2, "c": 0.0}, flops_of, 0.3, fixed={"a": 0.9})
+    s = (0.3 - 0.5 * 0.1) / (0.3 * 0.8 + 0.2 * 1.0)
+    assert held == pytest.approx({"a": 0.9, "b": 1 - 0.8 * s, "c": 1 - s}, abs=1e-9)
+    grown = refit_kept({"a": 0.0, "b": 0.5, "c": 0.5}, flops_of, 0.9)  # a cannot grow past 1
+    assert grown["a"] == 0.0 and grown["b"] == pytest.approx(grown["c"])
+    assert flops_of(grown) == pytest.approx(0.9, abs=1e-9)
+    with pytest.raises(ValueError, match="below the plan's floor"):
+        refit_kept({"a": 0.5, "b": 0.2, "c": 0.0}, flops_of, 0.01, floor=0.05)
