@@ -11,9 +11,10 @@ read as a shape, the share of each group's channels it keeps, and scaled onto ea
 budget: group ``i`` keeps ``s * kept_i`` of its channels (between ``--floor`` and all of
 them), ``s`` bisected so the plan's FLOPs land at or just under the budget. ``--fix NAME=RATIO``
 holds a group at a pruning ratio and scales the others around it (e.g. the uniform plan with
-the last 1x1 conv pruned harder). Writes one ``PLAN.json`` per (seed, budget) into
-``--out-dir`` and prints each with its FLOPs share; fine-tune them with ``finetune_plans.py
-PLAN.json:FINAL_SEED`` (the target cell's final seed, ``final_seed`` in its rows).
+the last 1x1 conv pruned harder); ``--importance`` swaps the channel criterion. Writes one
+``METHOD-sSEED-BUDGET-IMPORTANCE.json`` plan per (seed, budget) into ``--out-dir`` and prints
+each with its FLOPs share; fine-tune them with ``finetune_plans.py PLAN.json:FINAL_SEED`` (the
+target cell's final seed, ``final_seed`` in its rows).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--flops", type=float, nargs="+", required=True, help="budgets to refit onto")
     p.add_argument("--fix", nargs="*", default=[], metavar="NAME=RATIO")
     p.add_argument("--floor", type=float, default=0.05, help="least share of a group kept")
+    p.add_argument("--importance", choices=("l1", "l2", "bn", "taylor", "random"),
+                   help="the channel criterion of the written plans (default: the rows')")
     p.add_argument("--arch", default="mbv2")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
@@ -104,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         for target in args.flops:
             every = {g.name: plan["ratios"].get(g.name, 0.0) for g in an.groups}
             ratios = refit_kept(every, flops_of, target, fixed, args.floor)
-            out = args.out_dir / f"{args.method}-s{seed}-{target:g}.json"
-            out.write_text(json.dumps({**plan, "ratios": ratios}, indent=1))
+            importance = args.importance or plan.get("importance", "l2")
+            out = args.out_dir / f"{args.method}-s{seed}-{target:g}-{importance}.json"
+            out.write_text(json.dumps({**plan, "ratios": ratios, "importance": importance},
+                                      indent=1))
             print(f"{out}: FLOPs {flops_of(ratios):.4f}  "
                   + " ".join(f"{ratios[n]:.2f}" for n in sorted(ratios)))
 
