@@ -3,6 +3,7 @@ trials (the figures come from Fashion-MNIST runs; this only proves the pipeline 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,6 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(name: str):
+    """The benchmark script ``benchmarks/<name>.py`` as a module, imported with the folder on
+    ``sys.path`` for the import only (scripts that import siblings put it there themselves)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
@@ -639,11 +650,7 @@ def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
     rule (the median move, x1.276) lifts the 0.5 budget to 0.638 and keeps all three, picking
     trial 2 (best on validation); the least move (x1.104) lifts it to 0.552 and keeps trial 1
     alone; the budget as measured keeps none. A FLOPs-budget run is skipped."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import drift_replay
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    drift_replay = _bench("drift_replay")
     run = tmp_path / "run"
     run.mkdir()
     ops = [{"op_code": 8, "trial_id": t, "user_attr": {"latency_ms": ms}}
@@ -670,12 +677,7 @@ def test_drift_replay_applies_the_ledgers_rule_to_a_kept_runs_figures(tmp_path):
 
 
 def _finetune_plans():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import finetune_plans
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return finetune_plans
+    return _bench("finetune_plans")
 
 
 def test_finetune_plans_names_a_bad_plan_argument_and_the_fix(tmp_path, capsys):
@@ -850,19 +852,10 @@ def test_front_check_replay_finds_the_runs_whose_pick_the_front_check_changes(tm
     assert "margin 0.05: the front check changes the pick in 1 of 2" in out.read_text()
 
 
-def _refit_plans():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import refit_plans
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return refit_plans
-
-
 def test_refit_keeps_the_kept_shares_in_proportion_and_lands_on_the_budget():
     """On a linear cost (each group's FLOPs share times its kept share) the refit has a closed
     form: s = (target - fixed cost) / sum(w * kept), unless a group reaches a bound."""
-    refit_kept = _refit_plans().refit_kept
+    refit_kept = _bench("refit_plans").refit_kept
     weights = {"a": 0.5, "b": 0.3, "c": 0.2}
 
     def flops_of(ratios):
