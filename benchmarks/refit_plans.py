@@ -54,9 +54,14 @@ def refit_kept(ratios: Mapping[str, float], flops_of: Callable[[dict[str, float]
 
 
 def _rows(path: Path, cell: str, method: str, seeds: list[int]) -> dict[int, dict[str, Any]]:
+    """``{seed: plan}`` of ``method``'s rows in ``cell`` (``KIND:BUDGET``) of a results file."""
     kind, _, budget = cell.partition(":")
+    try:
+        value = float(budget)
+    except ValueError:
+        raise SystemExit(f"--cell {cell!r}: expected KIND:BUDGET, e.g. flops:0.3") from None
     found = {r["seed"]: r["plan"] for unit in json.loads(path.read_text())["results"]
-             for r in unit["runs"] if r["kind"] == kind and r["budget"] == float(budget)
+             for r in unit["runs"] if r["kind"] == kind and r["budget"] == value
              and r["method"] == method and r.get("plan")}
     missing = sorted(set(seeds) - set(found))
     if missing:
@@ -65,6 +70,8 @@ def _rows(path: Path, cell: str, method: str, seeds: list[int]) -> dict[int, dic
 
 
 def main(argv: list[str] | None = None) -> None:
+    from autoprune.plan import IMPORTANCES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=Path, required=True, help="a search_regime.py results JSON")
     p.add_argument("--cell", required=True, help="KIND:BUDGET of the rows, e.g. flops:0.3")
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--flops", type=float, nargs="+", required=True, help="budgets to refit onto")
     p.add_argument("--fix", nargs="*", default=[], metavar="NAME=RATIO")
     p.add_argument("--floor", type=float, default=0.05, help="least share of a group kept")
-    p.add_argument("--importance", choices=("l1", "l2", "bn", "taylor", "random"),
+    p.add_argument("--importance", choices=IMPORTANCES,
                    help="the channel criterion of the written plans (default: the rows')")
     p.add_argument("--arch", default="mbv2")
     p.add_argument("--out-dir", type=Path, required=True)
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--fix {spec!r}: expected NAME=RATIO, e.g. features.10.0=0.95")
         if not 0.0 <= fixed[name] < 1.0:
             p.error(f"--fix {spec!r}: the ratio must be in [0, 1)")
+    rows = _rows(args.rows, args.cell, args.method, args.seeds)
 
     import search_regime as sr
 
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         return an.macs(ap.PruningPlan(ratios, "l2", None)) / dense
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for seed, plan in _rows(args.rows, args.cell, args.method, args.seeds).items():
+    for seed, plan in rows.items():
         for target in args.flops:
             every = {g.name: plan["ratios"].get(g.name, 0.0) for g in an.groups}
             ratios = refit_kept(every, flops_of, target, fixed, args.floor)

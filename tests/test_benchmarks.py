@@ -873,3 +873,21 @@ def test_refit_keeps_the_kept_shares_in_proportion_and_lands_on_the_budget():
     assert flops_of(grown) == pytest.approx(0.9, abs=1e-9)
     with pytest.raises(ValueError, match="below the plan's floor"):
         refit_kept({"a": 0.5, "b": 0.2, "c": 0.0}, flops_of, 0.01, floor=0.05)
+
+
+def test_refit_plans_refuses_a_bad_fix_or_cell_before_loading_a_model(tmp_path, capsys):
+    """Each bad argument is named with the expected form, and nothing is written."""
+    main = _bench("refit_plans").main
+    common = ["--rows", str(tmp_path / "rows.json"), "--flops", "0.15", "--out-dir",
+              str(tmp_path / "out")]
+    for fix, said in (("features.10.0=1.5", "the ratio must be in [0, 1)"),
+                      ("features.10.0", "expected NAME=RATIO")):
+        with pytest.raises(SystemExit):
+            main([*common, "--cell", "flops:0.3", "--fix", fix])
+        assert said in capsys.readouterr().err
+    (tmp_path / "rows.json").write_text(json.dumps({"results": []}))
+    with pytest.raises(SystemExit, match="expected KIND:BUDGET"):
+        main([*common, "--cell", "flops"])
+    with pytest.raises(SystemExit, match=r"no autoprune plan in cell flops:0.3 for seeds \[0\]"):
+        main([*common, "--cell", "flops:0.3"])
+    assert not (tmp_path / "out").exists()
