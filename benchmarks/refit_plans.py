@@ -54,15 +54,11 @@ def refit_kept(ratios: Mapping[str, float], flops_of: Callable[[dict[str, float]
 
 
 def _rows(path: Path, cell: str, method: str, seeds: list[int]) -> dict[int, dict[str, Any]]:
-    """``{seed: plan}`` of ``method``'s rows in ``cell`` (``KIND:BUDGET``) of a results file."""
-    kind, _, budget = cell.partition(":")
-    try:
-        value = float(budget)
-    except ValueError:
-        raise SystemExit(f"--cell {cell!r}: expected KIND:BUDGET, e.g. flops:0.3") from None
-    found = {r["seed"]: r["plan"] for unit in json.loads(path.read_text())["results"]
-             for r in unit["runs"] if r["kind"] == kind and r["budget"] == value
-             and r["method"] == method and r.get("plan")}
+    """``{seed: plan}`` of ``method``'s rows in ``cell`` (``KIND:BUDGET``) of a results file,
+    read as ``finetune_plans.py --rows`` reads them."""
+    from finetune_plans import jobs_from_rows
+
+    found = {job["seed"]: job["plan"] for job in jobs_from_rows(str(path), cell, [method])}
     missing = sorted(set(seeds) - set(found))
     if missing:
         raise SystemExit(f"--rows {path}: no {method} plan in cell {cell} for seeds {missing}")

@@ -885,7 +885,9 @@ def test_refit_plans_refuses_a_bad_fix_or_cell_before_loading_a_model(tmp_path, 
         with pytest.raises(SystemExit):
             main([*common, "--cell", "flops:0.3", "--fix", fix])
         assert said in capsys.readouterr().err
-    (tmp_path / "rows.json").write_text(json.dumps({"results": []}))
+    row = {"kind": "flops", "budget": 0.3, "method": "autoprune", "seed": 1, "final_seed": 1000,
+           "plan": {"ratios": {}}, "test_acc": 0.9}  # seed 1's plan only
+    (tmp_path / "rows.json").write_text(json.dumps({"results": [{"runs": [row]}]}))
     with pytest.raises(SystemExit, match="expected KIND:BUDGET"):
         main([*common, "--cell", "flops"])
     with pytest.raises(SystemExit, match=r"no autoprune plan in cell flops:0.3 for seeds \[0\]"):
